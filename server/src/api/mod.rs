@@ -1,0 +1,21 @@
+//! What other services and operators call: the HTTP probes and push API, and the public gRPC
+//! `Router` service.
+
+pub mod probes;
+pub mod push;
+pub mod router;
+
+use crate::delivery::Outcome;
+
+/// The JSON answer to a push, shared by HTTP (and mirrored by gRPC's `SendResult`).
+pub fn outcome_json(id: &str, outcome: &Outcome) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": id,
+        "status": outcome.status(),
+        "devices": outcome.devices(),
+    });
+    if let Outcome::Rejected { code, message } = outcome {
+        v["error"] = serde_json::json!({ "code": code.as_str(), "message": message });
+    }
+    v
+}

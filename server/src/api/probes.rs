@@ -1,0 +1,51 @@
+//! `/healthz`, `/readyz`, `/metrics` and `/gateway`: what load balancers, Kubernetes, Prometheus
+//! and clients looking for a node ask.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use crate::node::NodeState;
+use crate::ws::json_error;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(state: web::Data<Arc<NodeState>>) -> HttpResponse {
+    if state.accepting() {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready", "node": state.node.as_str() }))
+    } else {
+        let why = if state.is_draining() {
+            "draining"
+        } else {
+            "not registered in the route table"
+        };
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "unavailable", "reason": why }))
+    }
+}
+
+pub async fn metrics(state: web::Data<Arc<NodeState>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+/// The live, non-draining node with the fewest connections.
+pub async fn gateway(state: web::Data<Arc<NodeState>>) -> HttpResponse {
+    match state.pick_node(None).await {
+        Ok(Some((node, url))) => HttpResponse::Ok().json(serde_json::json!({ "url": url, "node": node })),
+        Ok(None) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no live node is accepting clients",
+        ),
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &format!("route table unavailable: {e}"),
+        ),
+    }
+}

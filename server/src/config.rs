@@ -1,0 +1,331 @@
+//! Node configuration: command-line flags, environment and an optional TOML file, resolved once
+//! into a plain [`Config`] (flag > env > file > default) and validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::ids::{IdError, NodeId};
+
+/// Flags as typed by the operator. Every field is optional so that the TOML file can fill the
+/// gaps; defaults are applied in [`Config::resolve`].
+#[derive(Debug, Default, Parser)]
+#[command(name = "wsroute-server", version, about = "A wsroute WebSocket node")]
+pub struct Args {
+    /// Unique name of this node in the cluster [default: hostname]
+    #[arg(long, env = "WSROUTE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HTTP + WebSocket listen address [default: 0.0.0.0:8080]
+    #[arg(long, env = "WSROUTE_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
+    /// gRPC listen address (mesh + public API) [default: 0.0.0.0:50051]
+    #[arg(long, env = "WSROUTE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// host:port other nodes dial [default: from --grpc-listen]
+    #[arg(long, env = "WSROUTE_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+    /// ws://host:port/ws that clients are sent to [default: from --ws-listen]
+    #[arg(long, env = "WSROUTE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Route table [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "WSROUTE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// HS256 secret for client tokens
+    #[arg(long, env = "WSROUTE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Bearer key for the HTTP push API and the public gRPC API
+    #[arg(long, env = "WSROUTE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Shared secret every node presents on mesh calls
+    #[arg(long, env = "WSROUTE_MESH_SECRET", hide_env_values = true)]
+    pub mesh_secret: Option<String>,
+    /// Largest client frame accepted; larger frames close the connection with 1009 [default: 65536]
+    #[arg(long, env = "WSROUTE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Accept ?user=ID without a token (development and tests only)
+    #[arg(long, env = "WSROUTE_DEV_AUTH", value_parser = clap::builder::FalseyValueParser::new())]
+    pub dev_auth: bool,
+    /// TOML file with the same keys (snake_case)
+    #[arg(long, env = "WSROUTE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The same keys as [`Args`], read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    ws_listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
+    advertise_grpc: Option<String>,
+    public_url: Option<String>,
+    redis_url: Option<String>,
+    jwt_secret: Option<String>,
+    api_key: Option<String>,
+    mesh_secret: Option<String>,
+    max_frame_bytes: Option<usize>,
+    dev_auth: Option<bool>,
+}
+
+/// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub ws_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    /// `None` means "derive from the bound gRPC address" (known only after binding port 0).
+    pub advertise_grpc: Option<String>,
+    /// `None` means "derive from the bound WebSocket address".
+    pub public_url: Option<String>,
+    pub redis_url: String,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub mesh_secret: Option<String>,
+    pub max_frame_bytes: usize,
+    pub dev_auth: bool,
+    pub limits: Limits,
+}
+
+/// Tunables that PROTOCOL.md does not name; sensible defaults, overridable in code and tests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Node lease in Redis; a node whose lease ran out is dead.
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed (and lost Redis state re-registered).
+    pub heartbeat_interval: Duration,
+    /// Application heartbeat the clients are told about in `hello`.
+    pub client_heartbeat: Duration,
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub session_queue: usize,
+    /// Sends of one connection awaiting their outcome before the node stops reading its frames.
+    pub sends_in_flight: usize,
+    /// Messages kept per offline user.
+    pub inbox_max: usize,
+    /// How long an inbox is kept after its last write.
+    pub inbox_ttl: Duration,
+    /// How long a send may take to learn its fate before it is `rejected` with `unavailable`.
+    pub send_deadline: Duration,
+    /// Largest batch of messages in one mesh call.
+    pub mesh_batch: usize,
+    /// How long a drain waits for clients to leave before closing the rest.
+    pub drain_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            client_heartbeat: Duration::from_secs(30),
+            session_queue: 1024,
+            sends_in_flight: 256,
+            inbox_max: 1000,
+            inbox_ttl: Duration::from_secs(7 * 24 * 3600),
+            send_deadline: Duration::from_secs(5),
+            mesh_batch: 512,
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("no client authentication configured: set --jwt-secret (WSROUTE_JWT_SECRET), or --dev-auth for development only")]
+    NoAuth,
+    #[error("--node-id {0:?} is not a valid id: {1}")]
+    NodeId(String, #[source] IdError),
+    #[error("--node-id not given and the hostname cannot be read")]
+    NoHostname,
+    #[error("--max-frame-bytes must be between 256 and 16777216, got {0}")]
+    FrameBytes(usize),
+    #[error("--{0} must not be empty")]
+    EmptySecret(&'static str),
+    #[error("--redis-url {0:?} must start with redis://, rediss:// or redis+cluster://")]
+    RedisUrl(String),
+}
+
+impl Config {
+    /// Resolves flags (already merged with the environment by clap) and the optional file.
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::ParseFile {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+
+        let node_id = match args.node_id.or(file.node_id) {
+            Some(id) => id,
+            None => hostname().ok_or(ConfigError::NoHostname)?,
+        };
+        let node_id = NodeId::parse(&node_id).map_err(|e| ConfigError::NodeId(node_id, e))?;
+
+        let max_frame_bytes = args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(65536);
+        if !(256..=16 * 1024 * 1024).contains(&max_frame_bytes) {
+            return Err(ConfigError::FrameBytes(max_frame_bytes));
+        }
+
+        let redis_url = args
+            .redis_url
+            .or(file.redis_url)
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        if !["redis://", "rediss://", "redis+cluster://"]
+            .iter()
+            .any(|p| redis_url.starts_with(p))
+        {
+            return Err(ConfigError::RedisUrl(redis_url));
+        }
+
+        let jwt_secret = args.jwt_secret.or(file.jwt_secret);
+        let api_key = args.api_key.or(file.api_key);
+        let mesh_secret = args.mesh_secret.or(file.mesh_secret);
+        for (name, value) in [
+            ("jwt-secret", &jwt_secret),
+            ("api-key", &api_key),
+            ("mesh-secret", &mesh_secret),
+        ] {
+            if value.as_deref() == Some("") {
+                return Err(ConfigError::EmptySecret(name));
+            }
+        }
+        let dev_auth = args.dev_auth || file.dev_auth.unwrap_or(false);
+        if jwt_secret.is_none() && !dev_auth {
+            return Err(ConfigError::NoAuth);
+        }
+
+        Ok(Self {
+            node_id,
+            ws_listen: args
+                .ws_listen
+                .or(file.ws_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            grpc_listen: args
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 50051))),
+            advertise_grpc: args.advertise_grpc.or(file.advertise_grpc),
+            public_url: args.public_url.or(file.public_url),
+            redis_url,
+            jwt_secret,
+            api_key,
+            mesh_secret,
+            max_frame_bytes,
+            dev_auth,
+            limits: Limits::default(),
+        })
+    }
+}
+
+/// `host:port` for other nodes to dial, from a bound address: an unspecified IP (0.0.0.0)
+/// cannot be dialled, so it becomes the loopback address; operators set `--advertise-grpc`.
+pub fn dialable(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        addr.ip()
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+fn hostname() -> Option<String> {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.is_empty()
+    {
+        return Some(h);
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        let mut v = vec!["wsroute-server"];
+        v.extend_from_slice(list);
+        Args::try_parse_from(v).expect("test args parse")
+    }
+
+    #[test]
+    fn refuses_to_start_without_auth() {
+        let err = Config::resolve(args(&["--node-id", "n1"])).expect_err("no auth");
+        assert!(matches!(err, ConfigError::NoAuth));
+        assert!(err.to_string().contains("--jwt-secret"));
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let c = Config::resolve(args(&["--node-id", "n1", "--dev-auth"])).expect("valid");
+        assert_eq!(c.ws_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn file_fills_gaps_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("wsroute-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"from-file\"\njwt_secret = \"s\"\nmax_frame_bytes = 1024\n",
+        )
+        .expect("write");
+        let c = Config::resolve(args(&[
+            "--config",
+            path.to_str().expect("utf8"),
+            "--max-frame-bytes",
+            "2048",
+        ]))
+        .expect("valid");
+        assert_eq!(c.node_id.as_str(), "from-file");
+        assert_eq!(c.max_frame_bytes, 2048);
+        assert_eq!(c.jwt_secret.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_an_error() {
+        let dir = std::env::temp_dir().join(format!("wsroute-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "nod_id = \"typo\"\n").expect("write");
+        let err = Config::resolve(args(&["--config", path.to_str().expect("utf8"), "--dev-auth"]))
+            .expect_err("typo");
+        assert!(err.to_string().contains("nod_id"), "{err}");
+    }
+
+    #[test]
+    fn unspecified_address_is_advertised_as_loopback() {
+        assert_eq!(dialable("0.0.0.0:9000".parse().expect("addr")), "127.0.0.1:9000");
+        assert_eq!(dialable("10.1.2.3:9000".parse().expect("addr")), "10.1.2.3:9000");
+    }
+}

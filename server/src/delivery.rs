@@ -1,0 +1,368 @@
+//! Delivering one message: resolve the recipient's connections (cache, then Redis), write to the
+//! local ones, forward the rest to exactly the nodes that hold them, repair a stale route once,
+//! and fall back to the inbox. The sender always gets an honest [`Outcome`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use wsroute_proto::v1 as pb;
+
+use crate::envelope::Envelope;
+use crate::error::RejectCode;
+use crate::ids::{ConnId, NodeId, UserId};
+use crate::inbox::{Inbox, StoreOutcome};
+use crate::mesh::client::{ForwardReply, PeerPool};
+use crate::metrics::Metrics;
+use crate::route::Route;
+use crate::route::cache::RouteCache;
+use crate::route::events::RouteEvent;
+use crate::route::registry::{RouteError, RouteTable};
+use crate::sessions::{DeliverError, Outbound, Sessions};
+
+/// What happened to a message, as the sender is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written to this many live connections of the recipient.
+    Delivered { devices: u32 },
+    /// Kept in the recipient's inbox.
+    Stored,
+    Rejected { code: RejectCode, message: String },
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Stored => "stored",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+
+    pub fn devices(&self) -> u32 {
+        match self {
+            Self::Delivered { devices } => *devices,
+            _ => 0,
+        }
+    }
+
+    pub fn rejected(code: RejectCode, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Frames handed to local connections, waiting to hear whether they were written.
+pub struct LocalAttempt {
+    waiters: Vec<oneshot::Receiver<bool>>,
+    /// Named connections this node does not hold.
+    pub gone: Vec<String>,
+}
+
+impl LocalAttempt {
+    /// Queues the message's frame on each connection, without waiting.
+    pub fn start(sessions: &Sessions, env: &Envelope, conns: &[ConnId]) -> Self {
+        let mut attempt = Self {
+            waiters: Vec::with_capacity(conns.len()),
+            gone: Vec::new(),
+        };
+        if conns.is_empty() {
+            return attempt;
+        }
+        let frame = env.frame();
+        for conn in conns {
+            let (written, waiter) = oneshot::channel();
+            let item = Outbound::Message {
+                id: env.id.clone(),
+                frame: frame.clone(),
+                from_inbox: false,
+                written: Some(written),
+            };
+            match sessions.deliver(conn, item) {
+                Ok(()) => attempt.waiters.push(waiter),
+                Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
+                // A slow consumer: not written, but the connection is still there.
+                Err(DeliverError::Full) => {
+                    tracing::warn!(conn_id = %conn, msg_id = %env.id, "connection queue full; not delivered there");
+                }
+            }
+        }
+        attempt
+    }
+
+    /// An attempt that reached no connection (malformed item): all named ones count as gone.
+    pub fn gone(conns: Vec<String>) -> Self {
+        Self {
+            waiters: Vec::new(),
+            gone: conns,
+        }
+    }
+
+    /// Waits (until `deadline`) for the writers; returns (written count, gone connections).
+    pub async fn settle(self, deadline: Instant) -> (u32, Vec<String>) {
+        let mut written = 0;
+        for waiter in self.waiters {
+            if let Ok(Ok(true)) = tokio::time::timeout_at(deadline, waiter).await {
+                written += 1;
+            }
+        }
+        (written, self.gone)
+    }
+}
+
+/// A message handed to its recipients, its outcome still to come.
+pub struct InFlight {
+    env: Envelope,
+    state: State,
+}
+
+enum State {
+    Decided(Outcome),
+    /// No route at all: the inbox decides.
+    Offline,
+    Sent(Attempt),
+}
+
+/// One round of handing a message out.
+struct Attempt {
+    tried: Vec<ConnId>,
+    local: LocalAttempt,
+    remote: Vec<(NodeId, ForwardReply)>,
+}
+
+pub struct Delivery {
+    node: NodeId,
+    sessions: Arc<Sessions>,
+    routes: RouteTable,
+    cache: Arc<RouteCache>,
+    peers: Arc<PeerPool>,
+    inbox: Inbox,
+    metrics: Metrics,
+    deadline: Duration,
+}
+
+impl Delivery {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: NodeId,
+        sessions: Arc<Sessions>,
+        routes: RouteTable,
+        cache: Arc<RouteCache>,
+        peers: Arc<PeerPool>,
+        inbox: Inbox,
+        metrics: Metrics,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            node,
+            sessions,
+            routes,
+            cache,
+            peers,
+            inbox,
+            metrics,
+            deadline,
+        }
+    }
+
+    /// Resolves and delivers, then waits for the outcome.
+    pub async fn send(&self, env: Envelope) -> Outcome {
+        let in_flight = self.dispatch(env).await;
+        self.finish(in_flight).await
+    }
+
+    /// First half of a send: resolve the recipient and queue the message on every connection and
+    /// peer. Calls made in order on one connection queue in that order, which is what keeps
+    /// messages from one sender to one recipient in order while their outcomes are awaited
+    /// concurrently.
+    pub async fn dispatch(&self, env: Envelope) -> InFlight {
+        let routes = match self.resolve(&env.to).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "cannot resolve recipient");
+                return InFlight {
+                    env,
+                    state: State::Decided(Outcome::rejected(
+                        RejectCode::Unavailable,
+                        "route table unavailable; try again",
+                    )),
+                };
+            }
+        };
+        let state = if routes.is_empty() {
+            State::Offline
+        } else {
+            State::Sent(self.hand_out(&env, &routes).await)
+        };
+        InFlight { env, state }
+    }
+
+    /// Second half: the honest outcome, within the send deadline.
+    pub async fn finish(&self, in_flight: InFlight) -> Outcome {
+        let InFlight { env, state } = in_flight;
+        let outcome = match tokio::time::timeout(self.deadline, self.settle(&env, state)).await {
+            Ok(o) => o,
+            Err(_) => {
+                tracing::warn!(to = %env.to, msg_id = %env.id, "send deadline passed");
+                Outcome::rejected(RejectCode::Unavailable, "delivery did not finish in time")
+            }
+        };
+        match &outcome {
+            Outcome::Delivered { .. } | Outcome::Stored => {}
+            Outcome::Rejected { code, .. } => {
+                self.metrics.rejected.with_label_values(&[code.as_str()]).inc();
+            }
+        }
+        outcome
+    }
+
+    async fn settle(&self, env: &Envelope, state: State) -> Outcome {
+        let attempt = match state {
+            State::Decided(o) => return o,
+            State::Offline => return self.store(env).await,
+            State::Sent(a) => a,
+        };
+        let mut tried = attempt.tried.clone();
+        let (written, stale) = self.wait(attempt).await;
+        if stale {
+            self.cache.invalidate(&env.to);
+        }
+        if written.total() > 0 {
+            return self.delivered(written);
+        }
+        // Repair: every route we knew failed. Read the truth once and try what is new.
+        let fresh = match self.routes.lookup(&env.to).await {
+            Ok(r) => r,
+            Err(e) => return self.store_or_unavailable(env, e).await,
+        };
+        let new: Vec<Route> = fresh
+            .into_iter()
+            .filter(|r| !tried.contains(&r.conn))
+            .collect();
+        if !new.is_empty() {
+            tracing::debug!(to = %env.to, msg_id = %env.id, routes = new.len(), "retrying on repaired routes");
+            let again = self.hand_out(env, &new).await;
+            tried.extend(again.tried.iter().cloned());
+            let (written, _) = self.wait(again).await;
+            if written.total() > 0 {
+                return self.delivered(written);
+            }
+        }
+        self.store(env).await
+    }
+
+    fn delivered(&self, w: Written) -> Outcome {
+        let label = if w.local > 0 {
+            "delivered_local"
+        } else {
+            "delivered_remote"
+        };
+        self.metrics.messages.with_label_values(&[label]).inc();
+        Outcome::Delivered { devices: w.total() }
+    }
+
+    async fn store_or_unavailable(&self, env: &Envelope, e: RouteError) -> Outcome {
+        tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "route re-read failed; storing");
+        self.store(env).await
+    }
+
+    async fn store(&self, env: &Envelope) -> Outcome {
+        match self.inbox.store(env).await {
+            Ok(StoreOutcome::Stored) => {
+                self.metrics.messages.with_label_values(&["stored"]).inc();
+                // Close the race with a connect that read the inbox just before this write.
+                if let Err(e) = self
+                    .routes
+                    .publish(&RouteEvent::Inbox(env.to.clone()).encode())
+                    .await
+                {
+                    tracing::warn!(to = %env.to, error = %e, "cannot announce inbox write");
+                }
+                Outcome::Stored
+            }
+            Ok(StoreOutcome::Full) => {
+                self.metrics.messages.with_label_values(&["rejected"]).inc();
+                Outcome::rejected(RejectCode::InboxFull, "the recipient's inbox is full")
+            }
+            Err(e) => {
+                tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "cannot store to inbox");
+                self.metrics.messages.with_label_values(&["rejected"]).inc();
+                Outcome::rejected(RejectCode::Unavailable, "inbox unavailable; try again")
+            }
+        }
+    }
+
+    async fn resolve(&self, user: &UserId) -> Result<Arc<[Route]>, RouteError> {
+        if let Some(r) = self.cache.get(user) {
+            return Ok(r);
+        }
+        let epoch = self.cache.epoch();
+        let routes: Arc<[Route]> = self.routes.lookup(user).await?.into();
+        self.cache.insert(user.clone(), Arc::clone(&routes), epoch);
+        Ok(routes)
+    }
+
+    async fn hand_out(&self, env: &Envelope, routes: &[Route]) -> Attempt {
+        let mut local = Vec::new();
+        let mut remote: HashMap<&NodeId, Vec<String>> = HashMap::new();
+        for r in routes {
+            if r.node == self.node {
+                local.push(r.conn.clone());
+            } else {
+                remote.entry(&r.node).or_default().push(r.conn.to_string());
+            }
+        }
+        let local_attempt = LocalAttempt::start(&self.sessions, env, &local);
+        let mut replies = Vec::with_capacity(remote.len());
+        for (node, conn_ids) in remote {
+            let item = pb::ForwardItem {
+                envelope: Some(env.to_proto()),
+                conn_ids,
+            };
+            replies.push((node.clone(), self.peers.forward(node, item).await));
+        }
+        Attempt {
+            tried: routes.iter().map(|r| r.conn.clone()).collect(),
+            local: local_attempt,
+            remote: replies,
+        }
+    }
+
+    /// Collects an attempt's results: how many written, and whether any route was stale.
+    async fn wait(&self, attempt: Attempt) -> (Written, bool) {
+        let deadline = Instant::now() + self.deadline;
+        let (local, gone) = attempt.local.settle(deadline).await;
+        let mut stale = !gone.is_empty();
+        let mut remote = 0;
+        for (node, reply) in attempt.remote {
+            match reply.await {
+                Ok(Ok(result)) => {
+                    remote += result.delivered;
+                    stale |= !result.gone.is_empty();
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %node, error = %e, "forward failed");
+                    stale = true;
+                }
+                Err(_) => stale = true,
+            }
+        }
+        (Written { local, remote }, stale)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    local: u32,
+    remote: u32,
+}
+
+impl Written {
+    fn total(self) -> u32 {
+        self.local + self.remote
+    }
+}

@@ -1,0 +1,150 @@
+//! The message in flight: who sent it, to whom, and the body passed through untouched; its
+//! `message` frame encoding and its mesh (protobuf) form.
+
+use bytestring::ByteString;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use wsroute_proto::v1 as pb;
+
+use crate::ids::{IdError, MsgId, UserId};
+
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub id: MsgId,
+    /// The authenticated sender (or the push API's label); never what a client claimed.
+    pub from: UserId,
+    pub to: UserId,
+    pub ts_ms: i64,
+    /// Valid JSON, as the sender wrote it.
+    pub body: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    from: &'a str,
+    to: &'a str,
+    ts: i64,
+    body: &'a RawValue,
+}
+
+/// A mesh envelope that cannot be turned back into a message.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("bad {field}: {source}")]
+    Id {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+    #[error("body is not valid JSON: {0}")]
+    Body(#[source] serde_json::Error),
+    #[error("item has no envelope")]
+    Missing,
+}
+
+impl Envelope {
+    /// The `message` frame, encoded once and shared by every connection it goes to.
+    pub fn frame(&self) -> ByteString {
+        let text = serde_json::to_string(&MessageFrame {
+            kind: "message",
+            id: self.id.as_str(),
+            from: self.from.as_str(),
+            to: self.to.as_str(),
+            ts: self.ts_ms,
+            body: &self.body,
+        })
+        .expect("a message frame always serializes: ids are plain strings and the body is valid JSON");
+        ByteString::from(text)
+    }
+
+    pub fn to_proto(&self) -> pb::Envelope {
+        pb::Envelope {
+            id: self.id.to_string(),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            ts_ms: self.ts_ms,
+            body_json: self.body.get().as_bytes().to_vec(),
+        }
+    }
+}
+
+impl TryFrom<pb::Envelope> for Envelope {
+    type Error = EnvelopeError;
+
+    fn try_from(p: pb::Envelope) -> Result<Self, Self::Error> {
+        let id = |field, s: &str| EnvelopeError::Id {
+            field,
+            source: MsgId::parse(s).err().unwrap_or(IdError::Empty),
+        };
+        let body_text = String::from_utf8(p.body_json).map_err(|e| {
+            EnvelopeError::Body(serde_json::Error::io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e,
+            )))
+        })?;
+        Ok(Self {
+            id: MsgId::parse(&p.id).map_err(|_| id("id", &p.id))?,
+            from: UserId::parse(&p.from).map_err(|source| EnvelopeError::Id {
+                field: "from",
+                source,
+            })?,
+            to: UserId::parse(&p.to).map_err(|source| EnvelopeError::Id {
+                field: "to",
+                source,
+            })?,
+            ts_ms: p.ts_ms,
+            body: RawValue::from_string(body_text).map_err(EnvelopeError::Body)?,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope {
+        Envelope {
+            id: MsgId::parse("m1").expect("valid"),
+            from: UserId::parse("alice").expect("valid"),
+            to: UserId::parse("bob").expect("valid"),
+            ts_ms: 7,
+            body: RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).expect("json"),
+        }
+    }
+
+    #[test]
+    fn frame_is_the_protocol_message() {
+        let v: serde_json::Value = serde_json::from_str(&env().frame()).expect("json");
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["from"], "alice");
+        assert_eq!(v["to"], "bob");
+        assert_eq!(v["ts"], 7);
+        assert_eq!(v["body"]["text"], "hi \"there\"");
+    }
+
+    #[test]
+    fn proto_round_trip_and_hostile_envelopes() {
+        let back = Envelope::try_from(env().to_proto()).expect("round trip");
+        assert_eq!(back.body.get(), env().body.get());
+        let mut bad = env().to_proto();
+        bad.body_json = b"{not json".to_vec();
+        assert!(matches!(Envelope::try_from(bad), Err(EnvelopeError::Body(_))));
+        let mut bad = env().to_proto();
+        bad.body_json = vec![0xff, 0xfe];
+        assert!(Envelope::try_from(bad).is_err());
+        let mut bad = env().to_proto();
+        bad.to = "no spaces".into();
+        assert!(Envelope::try_from(bad).is_err());
+    }
+}

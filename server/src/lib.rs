@@ -1,0 +1,21 @@
+//! wsroute-server: a WebSocket node that delivers direct messages to users by routing them, via
+//! a Redis route table and a gRPC mesh, to exactly the nodes that hold the recipients.
+//!
+//! Where things live: `ws/` (client endpoint and sessions), `sessions` (local connections),
+//! `route/` (Redis table, cache, events), `delivery` (resolve, deliver, forward, store),
+//! `mesh/` (node to node), `inbox` (offline users), `api/` (push API, Router, probes),
+//! `node` (wiring, lease, drain).
+
+pub mod api;
+pub mod config;
+pub mod delivery;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod inbox;
+pub mod mesh;
+pub mod metrics;
+pub mod node;
+pub mod route;
+pub mod sessions;
+pub mod ws;

@@ -1,0 +1,464 @@
+//! Wires a node together: binds its listeners, connects Redis, starts the HTTP/WebSocket and gRPC
+//! servers and the background loops (lease, route events, dead-node sweep), and drains it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsroute_proto::v1::mesh_server::MeshServer;
+use wsroute_proto::v1::router_server::RouterServer;
+
+use crate::api;
+use crate::config::{Config, dialable};
+use crate::delivery::Delivery;
+use crate::envelope::now_ms;
+use crate::ids::{IdGen, NodeId};
+use crate::inbox::Inbox;
+use crate::mesh::client::PeerPool;
+use crate::mesh::server::MeshService;
+use crate::metrics::Metrics;
+use crate::route::cache::RouteCache;
+use crate::route::events::{self, RouteEvent};
+use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
+use crate::route::Route;
+use crate::sessions::{Control, Sessions};
+use crate::ws::auth::Authenticator;
+
+/// How often a node looks for dead nodes to clean up.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad --redis-url: {0}")]
+    Redis(String),
+    #[error("Redis Cluster URLs (redis+cluster://) are not supported by this build yet")]
+    ClusterUnsupported,
+}
+
+/// Everything the parts of a node share.
+pub struct NodeState {
+    pub config: Config,
+    pub node: NodeId,
+    pub public_url: String,
+    pub grpc_addr: String,
+    pub started_at_ms: i64,
+    pub ids: IdGen,
+    pub auth: Authenticator,
+    pub sessions: Arc<Sessions>,
+    pub routes: RouteTable,
+    pub cache: Arc<RouteCache>,
+    pub inbox: Inbox,
+    pub delivery: Arc<Delivery>,
+    pub metrics: Metrics,
+    /// True while this node's lease is held in Redis (false while starting or Redis is away).
+    in_table: AtomicBool,
+    draining: AtomicBool,
+    /// Cancelled when the node stops: sessions close and background loops end.
+    pub shutdown: CancellationToken,
+    /// Every task the node spawns, so that stopping can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl NodeState {
+    /// Whether new clients may connect (`/readyz`).
+    pub fn accepting(&self) -> bool {
+        self.in_table.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn record(&self) -> NodeRecord {
+        NodeRecord {
+            node: self.node.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            public_url: self.public_url.clone(),
+            started_at_ms: self.started_at_ms,
+            connections: self.sessions.len() as u64,
+            lease_left_ms: 0,
+            draining: self.is_draining(),
+        }
+    }
+
+    /// The live, non-draining node with the fewest connections, other than `exclude`:
+    /// `(node id, public url)`.
+    pub async fn pick_node(
+        &self,
+        exclude: Option<&NodeId>,
+    ) -> Result<Option<(String, String)>, RouteError> {
+        let nodes = self.routes.list_nodes().await?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
+            .filter(|n| Some(&n.node) != exclude)
+            .filter(|n| n.node != self.node || self.accepting())
+            .map(|n| {
+                let conns = if n.node == self.node {
+                    self.sessions.len() as u64
+                } else {
+                    n.connections
+                };
+                (conns, n.node.to_string(), n.public_url)
+            })
+            .min()
+            .map(|(_, node, url)| (node, url)))
+    }
+
+    /// Puts this node and every connection it holds (back) into the route table.
+    async fn register_everything(&self) -> Result<usize, RouteError> {
+        self.routes.register_node(&self.record()).await?;
+        let regs: Vec<Registration> = self
+            .sessions
+            .snapshot()
+            .into_iter()
+            .map(|(conn, h)| Registration {
+                user: h.user,
+                route: Route {
+                    conn,
+                    node: self.node.clone(),
+                    device: h.device,
+                    connected_at_ms: h.connected_at_ms,
+                },
+            })
+            .collect();
+        for chunk in regs.chunks(1000) {
+            self.routes.register(chunk).await?;
+        }
+        Ok(regs.len())
+    }
+}
+
+/// A running node: its bound addresses and the handles needed to stop it.
+pub struct Node {
+    pub state: Arc<NodeState>,
+    pub ws_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    http: actix_web::dev::ServerHandle,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Node {
+    /// Binds, connects and starts everything. Must run inside an actix `System` driven by a
+    /// multi-thread tokio runtime (see `main.rs`).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        if config.redis_url.starts_with("redis+cluster://") {
+            return Err(StartError::ClusterUnsupported);
+        }
+        let ws_listener =
+            std::net::TcpListener::bind(config.ws_listen).map_err(|source| StartError::Bind {
+                addr: config.ws_listen,
+                source,
+            })?;
+        let ws_addr = ws_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.ws_listen,
+            source,
+        })?;
+        let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.grpc_listen,
+                source,
+            })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.grpc_listen,
+                source,
+            })?;
+
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}/ws", dialable(ws_addr)));
+        let advertise = config
+            .advertise_grpc
+            .clone()
+            .unwrap_or_else(|| dialable(grpc_addr));
+
+        let pool = deadpool_redis::Config::from_url(config.redis_url.clone())
+            .builder()
+            .map_err(|e| StartError::Redis(e.to_string()))?
+            .max_size(32)
+            .wait_timeout(Some(Duration::from_secs(2)))
+            .create_timeout(Some(Duration::from_secs(2)))
+            .recycle_timeout(Some(Duration::from_secs(2)))
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StartError::Redis(e.to_string()))?;
+        let pubsub_client =
+            redis::Client::open(config.redis_url.as_str()).map_err(|e| StartError::Redis(e.to_string()))?;
+
+        let metrics = Metrics::new();
+        let node = config.node_id.clone();
+        let limits = config.limits.clone();
+        let routes = RouteTable::new(pool.clone(), node.clone(), limits.lease_ttl, metrics.clone());
+        let sessions = Arc::new(Sessions::default());
+        let cache = Arc::new(RouteCache::new(metrics.clone()));
+        let inbox = Inbox::new(pool, limits.inbox_max, limits.inbox_ttl, metrics.clone());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let peers = Arc::new(PeerPool::new(
+            node.clone(),
+            routes.clone(),
+            config.mesh_secret.clone(),
+            limits.mesh_batch,
+            limits.send_deadline,
+            metrics.clone(),
+            tokio::runtime::Handle::current(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+        let delivery = Arc::new(Delivery::new(
+            node.clone(),
+            sessions.clone(),
+            routes.clone(),
+            cache.clone(),
+            peers.clone(),
+            inbox.clone(),
+            metrics.clone(),
+            limits.send_deadline,
+        ));
+        let state = Arc::new(NodeState {
+            auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_auth),
+            node: node.clone(),
+            public_url,
+            grpc_addr: advertise,
+            started_at_ms: now_ms(),
+            ids: IdGen::new(),
+            sessions,
+            routes,
+            cache,
+            inbox,
+            delivery,
+            metrics,
+            in_table: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shutdown,
+            tracker,
+            config,
+        });
+        if state.config.dev_auth {
+            tracing::warn!("--dev-auth is ON: anyone can connect as any user with ?user=ID. Never use this in production.");
+        }
+        if state.config.mesh_secret.is_none() {
+            tracing::warn!("no --mesh-secret: the mesh accepts forwarded messages from anyone who can reach {grpc_addr}");
+        }
+
+        // Background loops.
+        state.tracker.spawn(lease_loop(state.clone()));
+        state.tracker.spawn(sweep_loop(state.clone()));
+        state.tracker.spawn(events::listen(
+            pubsub_client,
+            state.cache.clone(),
+            state.sessions.clone(),
+            state.shutdown.clone(),
+        ));
+
+        // gRPC: the mesh and the public Router API on one listener.
+        let mesh = MeshService {
+            sessions: state.sessions.clone(),
+            secret: state.config.mesh_secret.clone(),
+            write_deadline: limits.send_deadline,
+        };
+        let router = api::router::RouterService {
+            state: state.clone(),
+        };
+        let grpc_shutdown = state.shutdown.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(MeshServer::new(mesh))
+                .add_service(RouterServer::new(router))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    grpc_shutdown.cancelled_owned(),
+                ),
+        );
+
+        // HTTP + WebSocket.
+        let app_state = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .route("/ws", web::get().to(crate::ws::upgrade))
+                .route("/healthz", web::get().to(api::probes::healthz))
+                .route("/readyz", web::get().to(api::probes::readyz))
+                .route("/metrics", web::get().to(api::probes::metrics))
+                .route("/gateway", web::get().to(api::probes::gateway))
+                .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(ws_listener)
+        .map_err(|source| StartError::Bind {
+            addr: ws_addr,
+            source,
+        })?
+        .run();
+        let http = server.handle();
+        actix_web::rt::spawn(server);
+
+        tracing::info!(node = %node, ws = %ws_addr, grpc = %grpc_addr, url = %state.public_url, "node started");
+        Ok(Self {
+            state,
+            ws_addr,
+            grpc_addr,
+            http,
+            grpc,
+        })
+    }
+
+    /// Drains and stops: stop accepting, send clients elsewhere, wait for them (up to the grace
+    /// period), close the rest, remove this node's routes, stop the servers.
+    pub async fn drain(self) {
+        let state = &self.state;
+        state.draining.store(true, Ordering::Release);
+        tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
+        if let Err(e) = state
+            .routes
+            .renew_lease(state.sessions.len() as u64, true)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot mark this node draining in Redis");
+        }
+        let target = match state.pick_node(Some(&state.node)).await {
+            Ok(t) => t.map(|(_, url)| url),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find a node to send clients to");
+                None
+            }
+        };
+        for (conn, _) in state.sessions.snapshot() {
+            let ctl = match &target {
+                Some(url) => Control::Reconnect {
+                    url: url.clone(),
+                    reason: "node draining".into(),
+                },
+                None => Control::Close {
+                    code: crate::error::close::GOING_AWAY,
+                    reason: "node stopping".into(),
+                },
+            };
+            state.sessions.control(&conn, ctl);
+        }
+        let grace = state.config.limits.drain_grace;
+        if !state.sessions.wait_empty(grace).await {
+            tracing::warn!(left = state.sessions.len(), "drain grace period over; closing the rest");
+        }
+        state.shutdown.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
+        }
+        match state.routes.remove_node(&state.node).await {
+            Ok(users) => {
+                for u in users {
+                    let _ = state.routes.publish(&RouteEvent::Invalidate(u).encode()).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot remove this node's routes; its lease will expire"),
+        }
+        self.http.stop(true).await;
+        match self.grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+        tracing::info!(node = %state.node, "stopped");
+    }
+}
+
+/// Keeps the lease; puts everything back when Redis lost it; tells `/readyz` the truth.
+async fn lease_loop(state: Arc<NodeState>) {
+    let interval = state.config.limits.heartbeat_interval;
+    let mut first = true;
+    loop {
+        let result = if state.in_table.load(Ordering::Acquire) {
+            match state
+                .routes
+                .renew_lease(state.sessions.len() as u64, state.is_draining())
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    tracing::warn!("this node's lease was gone (Redis lost its data, or this node was declared dead); registering again");
+                    state.register_everything().await.map(|n| {
+                        tracing::info!(routes = n, "routes put back");
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let cleanup = if first {
+                // Routes a previous process with this node id left behind are not ours.
+                state.routes.remove_node(&state.node).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            match cleanup {
+                Ok(()) => {
+                    first = false;
+                    state.register_everything().await.map(|n| {
+                        tracing::info!(routes = n, "registered in the route table");
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(()) => state.in_table.store(true, Ordering::Release),
+            Err(e) => {
+                if state.in_table.swap(false, Ordering::AcqRel) || first {
+                    tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
+                }
+            }
+        }
+        let wait = if state.in_table.load(Ordering::Acquire) {
+            interval
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Removes the routes of nodes whose lease ran out (one survivor per dead node, by lock).
+async fn sweep_loop(state: Arc<NodeState>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+        if !state.in_table.load(Ordering::Acquire) {
+            continue;
+        }
+        match state.routes.sweep_dead_nodes().await {
+            Ok(cleaned) => {
+                for (node, users) in cleaned {
+                    state.cache.forget_node(&node);
+                    for u in users {
+                        let _ = state.routes.publish(&RouteEvent::Invalidate(u).encode()).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "dead-node sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The local route cache: user -> their connections, so that a steady-state send resolves the
+//! recipient without Redis. Kept correct by invalidation events and by the repair path (a
+//! forward that finds a connection gone drops the entry).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use super::Route;
+use crate::ids::{NodeId, UserId};
+use crate::metrics::Metrics;
+
+/// Cached routes. Only users with at least one connection are cached: "offline" is never cached,
+/// so a user who comes online is found at once.
+pub struct RouteCache {
+    map: DashMap<UserId, Arc<[Route]>>,
+    /// Bumped by every invalidation. A lookup that started before an invalidation must not
+    /// store what it read, since the read may predate the change (see [`RouteCache::epoch`]).
+    epoch: AtomicU64,
+    metrics: Metrics,
+}
+
+impl RouteCache {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            map: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<Arc<[Route]>> {
+        let hit = self.map.get(user).map(|r| Arc::clone(r.value()));
+        if hit.is_some() {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
+        hit
+    }
+
+    /// Read before a Redis lookup and hand back to [`RouteCache::insert`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Caches routes read from Redis, unless an invalidation arrived since `epoch` was read.
+    pub fn insert(&self, user: UserId, routes: Arc<[Route]>, epoch: u64) {
+        if routes.is_empty() {
+            return;
+        }
+        self.map.insert(user.clone(), routes);
+        // Checked after inserting: an invalidation racing with the insert either bumped the
+        // epoch (we remove ours) or ran after the insert (it removed ours).
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.map.remove(&user);
+        }
+    }
+
+    pub fn invalidate(&self, user: &UserId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.map.remove(user);
+    }
+
+    /// Drops every route that points at `node` (it died or is draining).
+    pub fn forget_node(&self, node: &NodeId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.map.retain(|_, routes| routes.iter().all(|r| &r.node != node));
+    }
+
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ConnId;
+
+    fn routes(node: &str) -> Arc<[Route]> {
+        Arc::from(vec![Route {
+            conn: ConnId::parse("c1").expect("valid"),
+            node: NodeId::parse(node).expect("valid"),
+            device: None,
+            connected_at_ms: 0,
+        }])
+    }
+
+    #[test]
+    fn a_lookup_older_than_an_invalidation_is_not_cached() {
+        let cache = RouteCache::new(Metrics::new());
+        let bob = UserId::parse("bob").expect("valid");
+        let epoch = cache.epoch();
+        cache.invalidate(&bob);
+        cache.insert(bob.clone(), routes("n1"), epoch);
+        assert!(cache.get(&bob).is_none());
+        cache.insert(bob.clone(), routes("n1"), cache.epoch());
+        assert!(cache.get(&bob).is_some());
+        cache.forget_node(&NodeId::parse("n1").expect("valid"));
+        assert!(cache.get(&bob).is_none());
+    }
+
+    #[test]
+    fn offline_is_never_cached() {
+        let cache = RouteCache::new(Metrics::new());
+        let bob = UserId::parse("bob").expect("valid");
+        cache.insert(bob.clone(), Arc::from(Vec::new()), cache.epoch());
+        assert!(cache.is_empty());
+    }
+}

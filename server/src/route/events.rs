@@ -1,0 +1,126 @@
+//! Route events between nodes over Redis pub/sub: "this user's routes changed" (drop the cached
+//! route) and "this user's inbox has new messages" (a node holding the user sends them).
+//!
+//! Events are published on connect, disconnect and inbox writes, never per delivered message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::RouteCache;
+use super::keys;
+use crate::ids::UserId;
+use crate::sessions::{Control, Sessions};
+
+/// One event on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// The user's set of connections changed.
+    Invalidate(UserId),
+    /// The user's inbox received a message.
+    Inbox(UserId),
+}
+
+impl RouteEvent {
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Invalidate(u) => format!("inv {u}"),
+            Self::Inbox(u) => format!("inbox {u}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (kind, user) = s.split_once(' ')?;
+        let user = UserId::parse(user).ok()?;
+        match kind {
+            "inv" => Some(Self::Invalidate(user)),
+            "inbox" => Some(Self::Inbox(user)),
+            _ => None,
+        }
+    }
+}
+
+/// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
+/// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
+/// dropped and every local session re-checks its inbox.
+pub async fn listen(
+    client: redis::Client,
+    cache: Arc<RouteCache>,
+    sessions: Arc<Sessions>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(keys::events_channel()).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        let mut pubsub = match pubsub {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "route events: cannot subscribe");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        cache.clear();
+        for (conn, _) in sessions.snapshot() {
+            sessions.control(&conn, Control::InboxChanged);
+        }
+        tracing::info!("route events: subscribed");
+        let mut stream = pubsub.on_message();
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = stream.next() => m,
+            };
+            let Some(msg) = msg else {
+                tracing::warn!("route events: subscription lost; resubscribing");
+                break;
+            };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            match RouteEvent::decode(&payload) {
+                Some(RouteEvent::Invalidate(user)) => cache.invalidate(&user),
+                Some(RouteEvent::Inbox(user)) => {
+                    for conn in sessions.conns_of(&user) {
+                        sessions.control(&conn, Control::InboxChanged);
+                    }
+                }
+                None => tracing::debug!(payload = %payload, "route events: ignoring unknown event"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip() {
+        let bob = UserId::parse("bob").expect("valid");
+        for e in [
+            RouteEvent::Invalidate(bob.clone()),
+            RouteEvent::Inbox(bob.clone()),
+        ] {
+            assert_eq!(RouteEvent::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(RouteEvent::decode("inv bad user"), None);
+        assert_eq!(RouteEvent::decode("zap bob"), None);
+        assert_eq!(RouteEvent::decode(""), None);
+    }
+}

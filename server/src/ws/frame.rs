@@ -1,0 +1,312 @@
+//! Client frames: parsing what a client sends (every byte hostile until checked) and encoding
+//! what the server sends. All frames are JSON objects with a `"type"`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{FrameErrorCode, RejectCode};
+
+/// Longest `ref` a client may attach to a send (it is echoed back verbatim).
+pub const MAX_REF_BYTES: usize = 256;
+
+/// A frame from the client, checked.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Send(SendFrame),
+    Ack { id: String },
+    Ping,
+}
+
+#[derive(Debug)]
+pub struct SendFrame {
+    /// The recipient as written; validated by the caller so that a bad id gets a `rejected` ack.
+    pub to: String,
+    /// The client's own reference, echoed in the ack (`null` when absent).
+    pub reference: Option<String>,
+    /// The body, exactly as the client wrote it (valid JSON).
+    pub body: Box<RawValue>,
+}
+
+/// A refused frame: the code, a human message and the `ref` when one could be read.
+#[derive(Debug, PartialEq)]
+pub struct FrameError {
+    pub code: FrameErrorCode,
+    pub message: String,
+    pub reference: Option<String>,
+}
+
+impl FrameError {
+    fn new(code: FrameErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reference: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError> {
+    let raw = raw.ok_or_else(|| {
+        FrameError::new(FrameErrorCode::BadField, format!("missing field `{name}`"))
+    })?;
+    serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        FrameError::new(
+            FrameErrorCode::BadField,
+            format!("field `{name}` must be a string"),
+        )
+    })
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    // A struct would also accept a JSON array; frames must be objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(FrameError::new(
+            FrameErrorCode::BadFrame,
+            "a frame must be a JSON object",
+        ));
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        FrameError::new(FrameErrorCode::BadFrame, format!("not valid JSON: {e}"))
+    })?;
+    let kind = match raw.kind {
+        None => return Err(FrameError::new(FrameErrorCode::BadFrame, "missing `type`")),
+        Some(k) => serde_json::from_str::<String>(k.get()).map_err(|_| {
+            FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string")
+        })?,
+    };
+    match kind.as_str() {
+        "send" => {
+            // Read `ref` first so that every later error can echo it.
+            let reference = match raw.reference {
+                None => None,
+                Some(r) if r.get() == "null" => None,
+                Some(_) => {
+                    let r = string_field(raw.reference, "ref")?;
+                    if r.len() > MAX_REF_BYTES {
+                        return Err(FrameError::new(
+                            FrameErrorCode::BadField,
+                            format!("`ref` must be at most {MAX_REF_BYTES} bytes"),
+                        ));
+                    }
+                    Some(r)
+                }
+            };
+            let with_ref = |mut e: FrameError| {
+                e.reference = reference.clone();
+                e
+            };
+            let to = string_field(raw.to, "to").map_err(with_ref)?;
+            let body = raw
+                .body
+                .ok_or_else(|| {
+                    with_ref(FrameError::new(
+                        FrameErrorCode::BadField,
+                        "missing field `body`",
+                    ))
+                })?
+                .to_owned();
+            Ok(ClientFrame::Send(SendFrame {
+                to,
+                reference,
+                body,
+            }))
+        }
+        "ack" => Ok(ClientFrame::Ack {
+            id: string_field(raw.id, "id")?,
+        }),
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(FrameError::new(
+            FrameErrorCode::BadFrame,
+            format!("unknown type {:?}", truncate(other, 64)),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ------------------------------------------------------------------ server -> client
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ServerFrame<'a> {
+    Hello {
+        conn_id: &'a str,
+        user: &'a str,
+        node: &'a str,
+        heartbeat_ms: u64,
+    },
+    Ack {
+        #[serde(rename = "ref")]
+        reference: Option<&'a str>,
+        id: Option<&'a str>,
+        status: &'a str,
+        devices: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody<'a>>,
+    },
+    Pong,
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    Reconnect {
+        url: &'a str,
+        reason: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+fn encode(frame: &ServerFrame<'_>) -> String {
+    serde_json::to_string(frame).expect("server frames always serialize: no maps with non-string keys")
+}
+
+pub fn hello(conn_id: &str, user: &str, node: &str, heartbeat_ms: u64) -> String {
+    encode(&ServerFrame::Hello {
+        conn_id,
+        user,
+        node,
+        heartbeat_ms,
+    })
+}
+
+/// The answer to a send, as the client sees it.
+pub fn ack(
+    reference: Option<&str>,
+    id: Option<&str>,
+    status: &str,
+    devices: u32,
+    error: Option<(RejectCode, &str)>,
+) -> String {
+    encode(&ServerFrame::Ack {
+        reference,
+        id,
+        status,
+        devices,
+        error: error.map(|(code, message)| ErrorBody {
+            code: code.as_str(),
+            message,
+        }),
+    })
+}
+
+pub fn pong() -> String {
+    encode(&ServerFrame::Pong)
+}
+
+pub fn error(err: &FrameError) -> String {
+    encode(&ServerFrame::Error {
+        code: err.code.as_str(),
+        message: &err.message,
+        reference: err.reference.as_deref(),
+    })
+}
+
+pub fn reconnect(url: &str, reason: &str) -> String {
+    encode(&ServerFrame::Reconnect { url, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> FrameErrorCode {
+        parse(text).expect_err("must be refused").code
+    }
+
+    #[test]
+    fn parses_send_and_keeps_body_verbatim() {
+        let f = parse(r#"{"type":"send","to":"bob","ref":"r1","body":{"a": [1, 2]},"extra":1}"#)
+            .expect("valid");
+        let ClientFrame::Send(s) = f else {
+            panic!("not a send")
+        };
+        assert_eq!(s.to, "bob");
+        assert_eq!(s.reference.as_deref(), Some("r1"));
+        assert_eq!(s.body.get(), r#"{"a": [1, 2]}"#);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_frame() {
+        assert_eq!(code("not json"), FrameErrorCode::BadFrame);
+        assert_eq!(code("[1,2]"), FrameErrorCode::BadFrame);
+        assert_eq!(code(r#"{"to":"bob"}"#), FrameErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":7}"#), FrameErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"shout"}"#), FrameErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"send","to":"a","body":1"#), FrameErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn refuses_bad_fields_and_echoes_ref() {
+        let e = parse(r#"{"type":"send","ref":"r9","to":5,"body":1}"#).expect_err("bad to");
+        assert_eq!(e.code, FrameErrorCode::BadField);
+        assert_eq!(e.reference.as_deref(), Some("r9"));
+        assert_eq!(code(r#"{"type":"send","to":"bob"}"#), FrameErrorCode::BadField);
+        assert_eq!(code(r#"{"type":"send","to":"bob","body":1,"ref":3}"#), FrameErrorCode::BadField);
+        assert_eq!(code(r#"{"type":"ack"}"#), FrameErrorCode::BadField);
+        assert_eq!(code(r#"{"type":"ack","id":[]}"#), FrameErrorCode::BadField);
+        let long = format!(r#"{{"type":"send","to":"b","body":1,"ref":"{}"}}"#, "x".repeat(300));
+        assert_eq!(code(&long), FrameErrorCode::BadField);
+    }
+
+    #[test]
+    fn ping_and_ack() {
+        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        assert!(matches!(
+            parse(r#"{"type":"ack","id":"m1"}"#),
+            Ok(ClientFrame::Ack { id }) if id == "m1"
+        ));
+    }
+
+    #[test]
+    fn encodes_server_frames() {
+        let v: serde_json::Value =
+            serde_json::from_str(&ack(Some("r1"), Some("m1"), "delivered", 2, None)).expect("json");
+        assert_eq!(v["type"], "ack");
+        assert_eq!(v["ref"], "r1");
+        assert_eq!(v["devices"], 2);
+        assert!(v.get("error").is_none());
+        let v: serde_json::Value = serde_json::from_str(&ack(
+            None,
+            None,
+            "rejected",
+            0,
+            Some((RejectCode::BadRecipient, "no")),
+        ))
+        .expect("json");
+        assert_eq!(v["error"]["code"], "bad_recipient");
+        assert_eq!(v["ref"], serde_json::Value::Null);
+        let v: serde_json::Value = serde_json::from_str(&pong()).expect("json");
+        assert_eq!(v["type"], "pong");
+    }
+}

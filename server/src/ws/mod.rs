@@ -1,0 +1,110 @@
+//! The client WebSocket endpoint `GET /ws`: authenticate before the upgrade, register the
+//! connection (locally, then in the route table), and hand it to its session task.
+
+pub mod auth;
+pub mod frame;
+pub mod session;
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use tokio::sync::mpsc;
+
+use crate::envelope::now_ms;
+use crate::node::NodeState;
+use crate::route::Route;
+use crate::route::events::RouteEvent;
+use crate::route::registry::Registration;
+use crate::sessions::SessionHandle;
+
+/// Instructions waiting for one session (drain, close, inbox changed): one is plenty, since a
+/// session acts on each before reading the next.
+const CONTROL_QUEUE: usize = 4;
+
+pub fn json_error(status: actix_web::http::StatusCode, error: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": error, "message": message }))
+}
+
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<Arc<NodeState>>,
+) -> HttpResponse {
+    let state = state.get_ref().clone();
+    if !state.accepting() {
+        return json_error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node is not accepting clients (starting or draining); ask /gateway for another",
+        );
+    }
+    let principal = match state.auth.authenticate(&req) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(peer = ?req.peer_addr(), reason = %e, "refused a client");
+            return json_error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &e.to_string(),
+            );
+        }
+    };
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => return HttpResponse::from_error(e),
+    };
+
+    let conn = state.ids.conn();
+    let limits = &state.config.limits;
+    let (queue, queue_rx) = mpsc::channel(limits.session_queue);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let device: Option<Arc<str>> = principal.device.as_deref().map(Arc::from);
+    let connected_at_ms = now_ms();
+    state.sessions.insert(
+        conn.clone(),
+        SessionHandle {
+            user: principal.user.clone(),
+            device: device.clone(),
+            connected_at_ms,
+            queue,
+            control,
+        },
+    );
+    let reg = Registration {
+        user: principal.user.clone(),
+        route: Route {
+            conn: conn.clone(),
+            node: state.node.clone(),
+            device,
+            connected_at_ms,
+        },
+    };
+    if let Err(e) = state.routes.register(std::slice::from_ref(&reg)).await {
+        state.sessions.remove(&conn);
+        tracing::warn!(user = %principal.user, error = %e, "cannot register a connection; refusing it");
+        return json_error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "route table unavailable; try again",
+        );
+    }
+    if let Err(e) = state
+        .routes
+        .publish(&RouteEvent::Invalidate(principal.user.clone()).encode())
+        .await
+    {
+        tracing::warn!(user = %principal.user, error = %e, "cannot announce a new connection");
+    }
+    state.metrics.connections.inc();
+    tracing::info!(user = %principal.user, conn_id = %conn, "client connected");
+
+    let task = session::Session {
+        state: state.clone(),
+        conn,
+        user: principal.user,
+        ws: session,
+    }
+    .run(stream, queue_rx, control_rx);
+    actix_web::rt::spawn(state.tracker.track_future(task));
+    response
+}
