@@ -1,1 +1,103 @@
-fn main() {}
+//! `router-cli`: see and steer a wsroute cluster (who is where, which nodes live, send a test
+//! message). Exit codes: 0 success, 1 failed operation, 2 bad usage.
+
+mod nodes;
+mod output;
+mod routes;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "router-cli", version, about = "Operate a wsroute cluster")]
+struct Cli {
+    /// The cluster's route table
+    #[arg(
+        long,
+        env = "WSROUTE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    redis_url: String,
+    /// Print one JSON document instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Nodes registered in the route table
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// Where users are connected
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
+    /// Send a direct message to a user through a live node (Router.SendToUser)
+    Send(send::SendArgs),
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// Every registered node, its addresses, connections and lease
+    List,
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// A user's live connections and the nodes that hold them
+    Get {
+        /// The user id
+        user: String,
+    },
+    /// Every connection a node holds
+    List {
+        /// The node id
+        #[arg(long)]
+        node: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("router-cli: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("router-cli: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let table = output::route_table(&cli.redis_url)?;
+    match cli.command {
+        Command::Nodes {
+            command: NodesCommand::List,
+        } => nodes::list(&table, cli.json).await,
+        Command::Routes {
+            command: RoutesCommand::Get { user },
+        } => routes::get(&table, &user, cli.json).await,
+        Command::Routes {
+            command: RoutesCommand::List { node },
+        } => routes::list(&table, &node, cli.json).await,
+        Command::Send(args) => send::send(&table, args, cli.json).await,
+    }
+}

@@ -145,7 +145,9 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
-    #[error("no client authentication configured: set --jwt-secret (WSROUTE_JWT_SECRET), or --dev-auth for development only")]
+    #[error(
+        "no client authentication configured: set --jwt-secret (WSROUTE_JWT_SECRET), or --dev-auth for development only"
+    )]
     NoAuth,
     #[error("--node-id {0:?} is not a valid id: {1}")]
     NodeId(String, #[source] IdError),
@@ -164,10 +166,11 @@ impl Config {
     pub fn resolve(args: Args) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::ParseFile {
                     path: path.clone(),
                     source: Box::new(source),
@@ -182,7 +185,10 @@ impl Config {
         };
         let node_id = NodeId::parse(&node_id).map_err(|e| ConfigError::NodeId(node_id, e))?;
 
-        let max_frame_bytes = args.max_frame_bytes.or(file.max_frame_bytes).unwrap_or(65536);
+        let max_frame_bytes = args
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(65536);
         if !(256..=16 * 1024 * 1024).contains(&max_frame_bytes) {
             return Err(ConfigError::FrameBytes(max_frame_bytes));
         }
@@ -318,14 +324,24 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let path = dir.join("node.toml");
         std::fs::write(&path, "nod_id = \"typo\"\n").expect("write");
-        let err = Config::resolve(args(&["--config", path.to_str().expect("utf8"), "--dev-auth"]))
-            .expect_err("typo");
+        let err = Config::resolve(args(&[
+            "--config",
+            path.to_str().expect("utf8"),
+            "--dev-auth",
+        ]))
+        .expect_err("typo");
         assert!(err.to_string().contains("nod_id"), "{err}");
     }
 
     #[test]
     fn unspecified_address_is_advertised_as_loopback() {
-        assert_eq!(dialable("0.0.0.0:9000".parse().expect("addr")), "127.0.0.1:9000");
-        assert_eq!(dialable("10.1.2.3:9000".parse().expect("addr")), "10.1.2.3:9000");
+        assert_eq!(
+            dialable("0.0.0.0:9000".parse().expect("addr")),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            dialable("10.1.2.3:9000".parse().expect("addr")),
+            "10.1.2.3:9000"
+        );
     }
 }

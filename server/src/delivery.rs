@@ -26,10 +26,15 @@ use crate::sessions::{DeliverError, Outbound, Sessions};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Written to this many live connections of the recipient.
-    Delivered { devices: u32 },
+    Delivered {
+        devices: u32,
+    },
     /// Kept in the recipient's inbox.
     Stored,
-    Rejected { code: RejectCode, message: String },
+    Rejected {
+        code: RejectCode,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -214,7 +219,10 @@ impl Delivery {
         match &outcome {
             Outcome::Delivered { .. } | Outcome::Stored => {}
             Outcome::Rejected { code, .. } => {
-                self.metrics.rejected.with_label_values(&[code.as_str()]).inc();
+                self.metrics
+                    .rejected
+                    .with_label_values(&[code.as_str()])
+                    .inc();
             }
         }
         outcome

@@ -56,7 +56,9 @@ impl Envelope {
             ts: self.ts_ms,
             body: &self.body,
         })
-        .expect("a message frame always serializes: ids are plain strings and the body is valid JSON");
+        .expect(
+            "a message frame always serializes: ids are plain strings and the body is valid JSON",
+        );
         ByteString::from(text)
     }
 
@@ -139,7 +141,10 @@ mod tests {
         assert_eq!(back.body.get(), env().body.get());
         let mut bad = env().to_proto();
         bad.body_json = b"{not json".to_vec();
-        assert!(matches!(Envelope::try_from(bad), Err(EnvelopeError::Body(_))));
+        assert!(matches!(
+            Envelope::try_from(bad),
+            Err(EnvelopeError::Body(_))
+        ));
         let mut bad = env().to_proto();
         bad.body_json = vec![0xff, 0xfe];
         assert!(Envelope::try_from(bad).is_err());

@@ -46,7 +46,9 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("WSROUTE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("WSROUTE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -42,9 +42,11 @@ impl Deref for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let connections =
-            IntGauge::new("wsroute_connections", "Live client WebSocket connections on this node")
-                .expect("valid metric");
+        let connections = IntGauge::new(
+            "wsroute_connections",
+            "Live client WebSocket connections on this node",
+        )
+        .expect("valid metric");
         let messages = IntCounterVec::new(
             Opts::new(
                 "wsroute_messages_total",
@@ -92,7 +94,9 @@ impl Metrics {
                 "wsroute_mesh_batch_size",
                 "Messages per batch forwarded to a peer node",
             )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
         )
         .expect("valid metric");
         let mesh_errors = IntCounter::new(

@@ -21,10 +21,10 @@ use crate::inbox::Inbox;
 use crate::mesh::client::PeerPool;
 use crate::mesh::server::MeshService;
 use crate::metrics::Metrics;
+use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::{self, RouteEvent};
 use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
-use crate::route::Route;
 use crate::sessions::{Control, Sessions};
 use crate::ws::auth::Authenticator;
 
@@ -160,10 +160,12 @@ impl Node {
                 addr: config.ws_listen,
                 source,
             })?;
-        let ws_addr = ws_listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.ws_listen,
-            source,
-        })?;
+        let ws_addr = ws_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.ws_listen,
+                source,
+            })?;
         let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -196,13 +198,18 @@ impl Node {
             .runtime(deadpool_redis::Runtime::Tokio1)
             .build()
             .map_err(|e| StartError::Redis(e.to_string()))?;
-        let pubsub_client =
-            redis::Client::open(config.redis_url.as_str()).map_err(|e| StartError::Redis(e.to_string()))?;
+        let pubsub_client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| StartError::Redis(e.to_string()))?;
 
         let metrics = Metrics::new();
         let node = config.node_id.clone();
         let limits = config.limits.clone();
-        let routes = RouteTable::new(pool.clone(), node.clone(), limits.lease_ttl, metrics.clone());
+        let routes = RouteTable::new(
+            pool.clone(),
+            node.clone(),
+            limits.lease_ttl,
+            metrics.clone(),
+        );
         let sessions = Arc::new(Sessions::default());
         let cache = Arc::new(RouteCache::new(metrics.clone()));
         let inbox = Inbox::new(pool, limits.inbox_max, limits.inbox_ttl, metrics.clone());
@@ -249,10 +256,14 @@ impl Node {
             config,
         });
         if state.config.dev_auth {
-            tracing::warn!("--dev-auth is ON: anyone can connect as any user with ?user=ID. Never use this in production.");
+            tracing::warn!(
+                "--dev-auth is ON: anyone can connect as any user with ?user=ID. Never use this in production."
+            );
         }
         if state.config.mesh_secret.is_none() {
-            tracing::warn!("no --mesh-secret: the mesh accepts forwarded messages from anyone who can reach {grpc_addr}");
+            tracing::warn!(
+                "no --mesh-secret: the mesh accepts forwarded messages from anyone who can reach {grpc_addr}"
+            );
         }
 
         // Background loops.
@@ -354,7 +365,10 @@ impl Node {
         }
         let grace = state.config.limits.drain_grace;
         if !state.sessions.wait_empty(grace).await {
-            tracing::warn!(left = state.sessions.len(), "drain grace period over; closing the rest");
+            tracing::warn!(
+                left = state.sessions.len(),
+                "drain grace period over; closing the rest"
+            );
         }
         state.shutdown.cancel();
         state.tracker.close();
@@ -367,10 +381,15 @@ impl Node {
         match state.routes.remove_node(&state.node).await {
             Ok(users) => {
                 for u in users {
-                    let _ = state.routes.publish(&RouteEvent::Invalidate(u).encode()).await;
+                    let _ = state
+                        .routes
+                        .publish(&RouteEvent::Invalidate(u).encode())
+                        .await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot remove this node's routes; its lease will expire"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove this node's routes; its lease will expire")
+            }
         }
         self.http.stop(true).await;
         match self.grpc.await {
@@ -395,7 +414,9 @@ async fn lease_loop(state: Arc<NodeState>) {
             {
                 Ok(true) => Ok(()),
                 Ok(false) => {
-                    tracing::warn!("this node's lease was gone (Redis lost its data, or this node was declared dead); registering again");
+                    tracing::warn!(
+                        "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"
+                    );
                     state.register_everything().await.map(|n| {
                         tracing::info!(routes = n, "routes put back");
                     })
@@ -454,7 +475,10 @@ async fn sweep_loop(state: Arc<NodeState>) {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);
                     for u in users {
-                        let _ = state.routes.publish(&RouteEvent::Invalidate(u).encode()).await;
+                        let _ = state
+                            .routes
+                            .publish(&RouteEvent::Invalidate(u).encode())
+                            .await;
                     }
                 }
             }

@@ -86,11 +86,10 @@ impl Sessions {
         if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.emptied.notify_waiters();
         }
-        self.by_user
-            .remove_if_mut(&handle.user, |_, conns| {
-                conns.retain(|c| c != conn);
-                conns.is_empty()
-            });
+        self.by_user.remove_if_mut(&handle.user, |_, conns| {
+            conns.retain(|c| c != conn);
+            conns.is_empty()
+        });
         Some(handle)
     }
 

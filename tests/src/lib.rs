@@ -1,1 +1,100 @@
-//! placeholder
+//! The end-to-end harness: a real Redis, real `wsroute-server` processes on loopback ports, and
+//! clients that speak the real protocol. Every wait is a condition with a deadline, never a sleep.
+
+pub mod client;
+pub mod cluster;
+pub mod redis_server;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::Client;
+pub use cluster::{Cluster, Node, NodeOpts};
+pub use redis_server::RedisServer;
+
+/// Patience for conditions; CI can raise it with `WSROUTE_TEST_PATIENCE_MS`.
+pub fn patience() -> Duration {
+    std::env::var("WSROUTE_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(20))
+}
+
+/// Waits until `check` returns `Some`, polling, for at most `patience()`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {:?} waiting for: {what}",
+            patience()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The workspace's build output directory for this profile.
+fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join("debug");
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("debug")
+}
+
+/// A binary of the workspace (`WSROUTE_BIN_DIR` overrides where to look).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var("WSROUTE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| target_dir());
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo build --workspace --bins`) or set WSROUTE_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Mints an HS256 client token.
+pub fn token(secret: &str, user: &str, valid_for_secs: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: user,
+            exp: now + valid_for_secs,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token encodes")
+}

@@ -15,7 +15,8 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<Arc<NodeState>>) -> HttpResponse {
     if state.accepting() {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready", "node": state.node.as_str() }))
+        HttpResponse::Ok()
+            .json(serde_json::json!({ "status": "ready", "node": state.node.as_str() }))
     } else {
         let why = if state.is_draining() {
             "draining"
@@ -36,7 +37,9 @@ pub async fn metrics(state: web::Data<Arc<NodeState>>) -> HttpResponse {
 /// The live, non-draining node with the fewest connections.
 pub async fn gateway(state: web::Data<Arc<NodeState>>) -> HttpResponse {
     match state.pick_node(None).await {
-        Ok(Some((node, url))) => HttpResponse::Ok().json(serde_json::json!({ "url": url, "node": node })),
+        Ok(Some((node, url))) => {
+            HttpResponse::Ok().json(serde_json::json!({ "url": url, "node": node }))
+        }
         Ok(None) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -40,7 +40,11 @@ pub fn check_api_key(req: &HttpRequest, state: &NodeState) -> Result<(), HttpRes
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if secret_matches(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(json_error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong API key")),
+        Some(_) => Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong API key",
+        )),
         None => Err(json_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -122,7 +122,10 @@ impl PeerPool {
             .map_err(|e| MeshError::RouteTable(e.to_string()))?
             .filter(|a| !a.is_empty())
             .ok_or_else(|| MeshError::UnknownNode(node.clone()))?;
-        let mut entry = self.peers.entry(node.clone()).or_insert_with(|| self.spawn_peer(node, &addr));
+        let mut entry = self
+            .peers
+            .entry(node.clone())
+            .or_insert_with(|| self.spawn_peer(node, &addr));
         if entry.addr != addr {
             tracing::info!(peer = %node, old = %entry.addr, new = %addr, "peer moved; new channel");
             *entry = self.spawn_peer(node, &addr);
@@ -145,8 +148,7 @@ impl PeerPool {
             suspect: suspect.clone(),
         };
         let cancel = self.cancel.clone();
-        self.tracker
-            .spawn_on(worker.run(rx, cancel), &self.runtime);
+        self.tracker.spawn_on(worker.run(rx, cancel), &self.runtime);
         Peer {
             addr: addr.to_owned(),
             queue,
@@ -160,9 +162,8 @@ impl PeerPool {
     }
 }
 
-type Client = MeshClient<
-    tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>,
->;
+type Client =
+    MeshClient<tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>>;
 
 /// Adds the mesh secret to every outgoing call.
 #[derive(Clone)]

@@ -66,7 +66,8 @@ impl RouteCache {
     /// Drops every route that points at `node` (it died or is draining).
     pub fn forget_node(&self, node: &NodeId) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.map.retain(|_, routes| routes.iter().all(|r| &r.node != node));
+        self.map
+            .retain(|_, routes| routes.iter().all(|r| &r.node != node));
     }
 
     pub fn clear(&self) {

@@ -164,7 +164,8 @@ impl RouteTable {
                 tracing::warn!(node = %id, "skipping a node id in Redis that is not valid");
                 continue;
             };
-            pipe.hgetall(keys::node_info(&node)).pttl(keys::node_lease(&node));
+            pipe.hgetall(keys::node_info(&node))
+                .pttl(keys::node_lease(&node));
             valid.push(node);
         }
         if valid.is_empty() {

@@ -64,11 +64,7 @@ impl Authenticator {
                 .unwrap_or_default();
         let device = match query.get("device") {
             None => None,
-            Some(d)
-                if !d.is_empty()
-                    && d.len() <= MAX_DEVICE_BYTES
-                    && UserId::parse(d).is_ok() =>
-            {
+            Some(d) if !d.is_empty() && d.len() <= MAX_DEVICE_BYTES && UserId::parse(d).is_ok() => {
                 Some(d.clone())
             }
             Some(_) => return Err(AuthError::BadDevice),
@@ -171,7 +167,9 @@ mod tests {
         assert_eq!(a.authenticate(&req).expect("dev").user.as_str(), "bob");
         let req = TestRequest::get().uri("/ws?user=b%20b").to_http_request();
         assert!(a.authenticate(&req).is_err());
-        let req = TestRequest::get().uri("/ws?user=bob&device=a%20b").to_http_request();
+        let req = TestRequest::get()
+            .uri("/ws?user=bob&device=a%20b")
+            .to_http_request();
         assert!(matches!(a.authenticate(&req), Err(AuthError::BadDevice)));
     }
 }

@@ -80,14 +80,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             "a frame must be a JSON object",
         ));
     }
-    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
-        FrameError::new(FrameErrorCode::BadFrame, format!("not valid JSON: {e}"))
-    })?;
+    let raw: RawFrame<'_> = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(FrameErrorCode::BadFrame, format!("not valid JSON: {e}")))?;
     let kind = match raw.kind {
         None => return Err(FrameError::new(FrameErrorCode::BadFrame, "missing `type`")),
-        Some(k) => serde_json::from_str::<String>(k.get()).map_err(|_| {
-            FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string")
-        })?,
+        Some(k) => serde_json::from_str::<String>(k.get())
+            .map_err(|_| FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string"))?,
     };
     match kind.as_str() {
         "send" => {
@@ -188,7 +186,8 @@ struct ErrorBody<'a> {
 }
 
 fn encode(frame: &ServerFrame<'_>) -> String {
-    serde_json::to_string(frame).expect("server frames always serialize: no maps with non-string keys")
+    serde_json::to_string(frame)
+        .expect("server frames always serialize: no maps with non-string keys")
 }
 
 pub fn hello(conn_id: &str, user: &str, node: &str, heartbeat_ms: u64) -> String {
@@ -263,7 +262,10 @@ mod tests {
         assert_eq!(code(r#"{"to":"bob"}"#), FrameErrorCode::BadFrame);
         assert_eq!(code(r#"{"type":7}"#), FrameErrorCode::BadFrame);
         assert_eq!(code(r#"{"type":"shout"}"#), FrameErrorCode::BadFrame);
-        assert_eq!(code(r#"{"type":"send","to":"a","body":1"#), FrameErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"type":"send","to":"a","body":1"#),
+            FrameErrorCode::BadFrame
+        );
     }
 
     #[test]
@@ -271,11 +273,20 @@ mod tests {
         let e = parse(r#"{"type":"send","ref":"r9","to":5,"body":1}"#).expect_err("bad to");
         assert_eq!(e.code, FrameErrorCode::BadField);
         assert_eq!(e.reference.as_deref(), Some("r9"));
-        assert_eq!(code(r#"{"type":"send","to":"bob"}"#), FrameErrorCode::BadField);
-        assert_eq!(code(r#"{"type":"send","to":"bob","body":1,"ref":3}"#), FrameErrorCode::BadField);
+        assert_eq!(
+            code(r#"{"type":"send","to":"bob"}"#),
+            FrameErrorCode::BadField
+        );
+        assert_eq!(
+            code(r#"{"type":"send","to":"bob","body":1,"ref":3}"#),
+            FrameErrorCode::BadField
+        );
         assert_eq!(code(r#"{"type":"ack"}"#), FrameErrorCode::BadField);
         assert_eq!(code(r#"{"type":"ack","id":[]}"#), FrameErrorCode::BadField);
-        let long = format!(r#"{{"type":"send","to":"b","body":1,"ref":"{}"}}"#, "x".repeat(300));
+        let long = format!(
+            r#"{{"type":"send","to":"b","body":1,"ref":"{}"}}"#,
+            "x".repeat(300)
+        );
         assert_eq!(code(&long), FrameErrorCode::BadField);
     }
 

@@ -182,7 +182,10 @@ impl Session {
                     None,
                     "rejected",
                     0,
-                    Some((RejectCode::BadRecipient, &format!("`to` is not a valid user id: {e}"))),
+                    Some((
+                        RejectCode::BadRecipient,
+                        &format!("`to` is not a valid user id: {e}"),
+                    )),
                 );
                 self.state
                     .metrics
@@ -246,7 +249,11 @@ impl Session {
                     self.state.config.max_frame_bytes
                 ),
             ),
-            other => (FrameErrorCode::BadFrame, 1007, format!("bad frame: {other}")),
+            other => (
+                FrameErrorCode::BadFrame,
+                1007,
+                format!("bad frame: {other}"),
+            ),
         };
         self.state
             .metrics
@@ -376,13 +383,9 @@ fn reason(code: u16, description: &str) -> CloseReason {
 
 fn ack_frame(reference: Option<&str>, id: &str, outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Rejected { code, message } => frame::ack(
-            reference,
-            Some(id),
-            "rejected",
-            0,
-            Some((*code, message)),
-        ),
+        Outcome::Rejected { code, message } => {
+            frame::ack(reference, Some(id), "rejected", 0, Some((*code, message)))
+        }
         o => frame::ack(reference, Some(id), o.status(), o.devices(), None),
     }
 }

@@ -1,0 +1,68 @@
+//! Shared plumbing: the route-table handle and plain-text tables.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use wsroute_server::ids::NodeId;
+use wsroute_server::metrics::Metrics;
+use wsroute_server::route::registry::RouteTable;
+
+/// A read-mostly handle on the cluster's route table.
+pub fn route_table(url: &str) -> anyhow::Result<RouteTable> {
+    if url.starts_with("redis+cluster://") {
+        anyhow::bail!("Redis Cluster URLs are not supported by this build yet");
+    }
+    let pool = deadpool_redis::Config::from_url(url)
+        .builder()
+        .with_context(|| format!("bad --redis-url {url:?}"))?
+        .max_size(2)
+        .wait_timeout(Some(Duration::from_secs(3)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .with_context(|| format!("bad --redis-url {url:?}"))?;
+    let me = NodeId::parse("router-cli").expect("a valid id");
+    Ok(RouteTable::new(
+        pool,
+        me,
+        Duration::from_secs(1),
+        Metrics::new(),
+    ))
+}
+
+/// Prints rows as left-aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// "3.2s", "5m", "2h", for ages and leases.
+pub fn human_ms(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        _ if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    wsroute_server::envelope::now_ms()
+}

@@ -1,0 +1,207 @@
+//! A WebSocket client that speaks the wsroute protocol, with deadline-bound receives.
+
+use std::collections::VecDeque;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::patience;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    ws: Ws,
+    /// Frames read while looking for another type, kept in order.
+    buffered: VecDeque<Value>,
+    pub hello: Value,
+    next_ref: u64,
+}
+
+/// What a refused handshake answered.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    /// Connects and reads the `hello` frame.
+    pub async fn connect(url: &str) -> Self {
+        match Self::try_connect(url).await {
+            Ok(c) => c,
+            Err(r) => panic!("connect {url} refused: {r:?}"),
+        }
+    }
+
+    pub async fn try_connect(url: &str) -> Result<Self, Refused> {
+        let ws = match connect_async(url).await {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                return Err(Refused { status, body });
+            }
+            Err(e) => panic!("connect {url}: {e}"),
+        };
+        let mut c = Self {
+            ws,
+            buffered: VecDeque::new(),
+            hello: Value::Null,
+            next_ref: 0,
+        };
+        let hello = c.next_frame().await;
+        assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
+        c.hello = hello;
+        Ok(c)
+    }
+
+    pub fn conn_id(&self) -> String {
+        self.hello["conn_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("websocket send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("websocket send");
+    }
+
+    /// Sends a direct message; returns the `ref` used.
+    pub async fn send_to(&mut self, to: &str, body: Value) -> String {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        self.send_json(json!({"type":"send","to":to,"ref":r,"body":body}))
+            .await;
+        r
+    }
+
+    /// Sends and waits for the matching ack.
+    pub async fn send_and_ack(&mut self, to: &str, body: Value) -> Value {
+        let r = self.send_to(to, body).await;
+        self.expect_ack(&r).await
+    }
+
+    pub async fn expect_ack(&mut self, reference: &str) -> Value {
+        self.expect(|f| f["type"] == "ack" && f["ref"] == reference, "ack")
+            .await
+    }
+
+    /// The next frame of type `kind` (earlier frames of other types stay buffered).
+    pub async fn expect_type(&mut self, kind: &str) -> Value {
+        self.expect(|f| f["type"] == kind, kind).await
+    }
+
+    pub async fn expect(&mut self, want: impl Fn(&Value) -> bool, what: &str) -> Value {
+        if let Some(i) = self.buffered.iter().position(&want) {
+            return self.buffered.remove(i).expect("index exists");
+        }
+        let deadline = tokio::time::Instant::now() + patience();
+        loop {
+            let f = tokio::time::timeout_at(deadline, self.read_frame())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {what} frame within {:?}; buffered: {:?}",
+                        patience(),
+                        self.buffered
+                    )
+                });
+            match f {
+                Some(f) if want(&f) => return f,
+                Some(f) => self.buffered.push_back(f),
+                None => panic!("connection closed while waiting for {what}"),
+            }
+        }
+    }
+
+    /// The very next frame, whatever its type.
+    pub async fn next_frame(&mut self) -> Value {
+        if let Some(f) = self.buffered.pop_front() {
+            return f;
+        }
+        match tokio::time::timeout(patience(), self.read_frame()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => panic!("connection closed"),
+            Err(_) => panic!("no frame within {:?}", patience()),
+        }
+    }
+
+    /// Sends a ping and returns every frame that arrived before the pong.
+    pub async fn frames_until_pong(&mut self) -> Vec<Value> {
+        self.send_json(json!({"type":"ping"})).await;
+        let mut before: Vec<Value> = self.buffered.drain(..).collect();
+        loop {
+            let f = match tokio::time::timeout(patience(), self.read_frame()).await {
+                Ok(Some(f)) => f,
+                Ok(None) => panic!("connection closed before pong"),
+                Err(_) => panic!("no pong within {:?}", patience()),
+            };
+            if f["type"] == "pong" {
+                return before;
+            }
+            before.push(f);
+        }
+    }
+
+    /// Reads until the server closes; returns the close frame (None if the TCP just ended).
+    pub async fn expect_close(&mut self) -> (Vec<Value>, Option<CloseFrame>) {
+        let mut frames: Vec<Value> = self.buffered.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + patience();
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("server did not close in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    frames.push(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(c))) => return (frames, c),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (frames, None),
+            }
+        }
+    }
+
+    async fn read_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Read until the server's close so that it has processed everything before.
+        let deadline = tokio::time::Instant::now() + patience();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if m.is_close() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Real `wsroute-server` processes: start with chosen flags, wait until ready, signal, kill.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{RedisServer, binary, eventually, free_port};
+
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const API_KEY: &str = "test-api-key";
+pub const MESH_SECRET: &str = "test-mesh-secret";
+
+/// Flags for one node; `Default` gives the shared test secrets and dev auth.
+#[derive(Debug, Clone)]
+pub struct NodeOpts {
+    pub id: String,
+    pub dev_auth: bool,
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub mesh_secret: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl NodeOpts {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            dev_auth: true,
+            jwt_secret: Some(JWT_SECRET.into()),
+            api_key: Some(API_KEY.into()),
+            mesh_secret: Some(MESH_SECRET.into()),
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub struct Node {
+    pub id: String,
+    pub ws_port: u16,
+    pub grpc_port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a node and waits for `/readyz` to answer 200.
+    pub async fn start(redis: &RedisServer, opts: NodeOpts) -> Self {
+        let node = Self::spawn(redis, &opts);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts a node without waiting.
+    pub fn spawn(redis: &RedisServer, opts: &NodeOpts) -> Self {
+        let ws_port = free_port();
+        let grpc_port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "wsroute-test-{}-{}-{ws_port}.log",
+            std::process::id(),
+            opts.id
+        ));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary("wsroute-server"));
+        cmd.arg("--node-id")
+            .arg(&opts.id)
+            .arg("--ws-listen")
+            .arg(format!("127.0.0.1:{ws_port}"))
+            .arg("--grpc-listen")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg("--redis-url")
+            .arg(redis.url())
+            .env_remove("WSROUTE_JWT_SECRET")
+            .env_remove("WSROUTE_API_KEY")
+            .env_remove("WSROUTE_MESH_SECRET")
+            .env_remove("WSROUTE_DEV_AUTH")
+            .env("WSROUTE_LOG", "info,wsroute_server=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if opts.dev_auth {
+            cmd.arg("--dev-auth");
+        }
+        for (flag, value) in [
+            ("--jwt-secret", &opts.jwt_secret),
+            ("--api-key", &opts.api_key),
+            ("--mesh-secret", &opts.mesh_secret),
+        ] {
+            if let Some(v) = value {
+                cmd.arg(flag).arg(v);
+            }
+        }
+        cmd.args(&opts.extra);
+        let child = cmd.spawn().expect("wsroute-server starts");
+        Self {
+            id: opts.id.clone(),
+            ws_port,
+            grpc_port,
+            log,
+            child: Some(child),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.http("/readyz");
+        let what = format!("node {} ready (log: {})", self.id, self.log.display());
+        eventually(&what, || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(url).await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ws_port)
+    }
+
+    /// `ws://.../ws?user=USER` (dev auth).
+    pub fn ws_user(&self, user: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?user={user}", self.ws_port)
+    }
+
+    pub fn ws(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws{query}", self.ws_port)
+    }
+
+    pub fn grpc(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -TERM {pid} failed");
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let child = self.child.as_mut().expect("node was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait works") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} did not exit within {timeout:?} (log: {})",
+                self.id,
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node's log so far (for assertions and failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A Redis and N nodes named node1..nodeN, started concurrently.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub redis: RedisServer,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(n: usize, tweak: impl Fn(&mut NodeOpts)) -> Self {
+        let redis = RedisServer::start().await;
+        let nodes: Vec<Node> = (1..=n)
+            .map(|i| {
+                let mut o = NodeOpts::new(&format!("node{i}"));
+                tweak(&mut o);
+                Node::spawn(&redis, &o)
+            })
+            .collect();
+        for n in &nodes {
+            n.wait_ready().await;
+        }
+        Self { nodes, redis }
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+}

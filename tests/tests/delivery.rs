@@ -1,0 +1,159 @@
+//! Direct messages across a real three-node cluster: cross-node, same-node, many devices,
+//! a user who moves, and the route cache doing its job without Redis.
+
+use serde_json::json;
+use wsroute_tests::{Client, Cluster};
+
+#[tokio::test]
+async fn cross_node_and_same_node_messages_are_delivered_with_the_authenticated_sender() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let mut carol = Client::connect(&c.node(1).ws_user("carol")).await;
+    assert_eq!(alice.hello["user"], "alice");
+    assert_eq!(alice.hello["node"], "node1");
+    assert!(alice.hello["heartbeat_ms"].as_u64().unwrap_or(0) > 0);
+
+    // Across nodes. The client tries to claim another sender; the server ignores it.
+    alice
+        .send_json(
+            json!({"type":"send","to":"bob","ref":"x1","from":"mallory","body":{"text":"hi bob"}}),
+        )
+        .await;
+    let ack = alice.expect_ack("x1").await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(ack["devices"], 1);
+    let m = bob.expect_type("message").await;
+    assert_eq!(m["from"], "alice");
+    assert_eq!(m["to"], "bob");
+    assert_eq!(m["body"], json!({"text":"hi bob"}));
+    assert_eq!(m["id"], ack["id"]);
+    assert!(m["ts"].as_i64().unwrap_or(0) > 1_600_000_000_000);
+
+    // Same node.
+    let ack = alice.send_and_ack("carol", json!([1, 2, 3])).await;
+    assert_eq!(ack["status"], "delivered");
+    assert_eq!(ack["devices"], 1);
+    let m = carol.expect_type("message").await;
+    assert_eq!(m["from"], "alice");
+    assert_eq!(m["body"], json!([1, 2, 3]));
+
+    // And back, from node 2 to node 1.
+    let ack = bob.send_and_ack("alice", json!("pong")).await;
+    assert_eq!(ack["status"], "delivered");
+    let m = alice.expect_type("message").await;
+    assert_eq!(m["from"], "bob");
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_gets_the_message_on_both() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut phone = Client::connect(&c.node(2).ws("?user=bob&device=phone")).await;
+    let mut laptop = Client::connect(&c.node(3).ws("?user=bob&device=laptop")).await;
+    let ack = alice.send_and_ack("bob", json!({"n": 1})).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(ack["devices"], 2);
+    let a = phone.expect_type("message").await;
+    let b = laptop.expect_type("message").await;
+    assert_eq!(a["id"], ack["id"]);
+    assert_eq!(b["id"], ack["id"]);
+}
+
+#[tokio::test]
+async fn a_user_who_moves_to_another_node_gets_the_next_message_there() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    // Node 1 now has bob's route to node 2 in its cache.
+    let ack = alice.send_and_ack("bob", json!(1)).await;
+    assert_eq!(ack["status"], "delivered");
+    bob.expect_type("message").await;
+    bob.close().await;
+
+    let mut bob = Client::connect(&c.node(3).ws_user("bob")).await;
+    let ack = alice.send_and_ack("bob", json!(2)).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(ack["devices"], 1);
+    let m = bob.expect_type("message").await;
+    assert_eq!(m["body"], json!(2));
+    assert_eq!(m["id"], ack["id"]);
+}
+
+#[tokio::test]
+async fn messages_from_one_sender_arrive_in_order() {
+    let c = Cluster::start(2).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let n = 300;
+    for i in 0..n {
+        alice.send_to("bob", json!(i)).await;
+    }
+    for i in 0..n {
+        let m = bob.expect_type("message").await;
+        assert_eq!(m["body"], json!(i), "message {i} out of order");
+    }
+    for i in 1..=n {
+        let ack = alice.expect_ack(&format!("r{i}")).await;
+        assert_eq!(ack["status"], "delivered");
+    }
+}
+
+#[tokio::test]
+async fn steady_state_sends_make_no_redis_calls() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let mut carol = Client::connect(&c.node(3).ws_user("carol")).await;
+    // Warm the caches: the first send to each user reads its route once.
+    for to in ["bob", "carol"] {
+        assert_eq!(
+            alice.send_and_ack(to, json!("warm")).await["status"],
+            "delivered"
+        );
+    }
+    bob.expect_type("message").await;
+    carol.expect_type("message").await;
+
+    let before = c.redis.command_calls().await;
+    let n = 500;
+    for i in 0..n {
+        let to = if i % 2 == 0 { "bob" } else { "carol" };
+        alice.send_to(to, json!(i)).await;
+    }
+    for i in 1..=n {
+        let r = format!("r{}", i + 2);
+        assert_eq!(alice.expect_ack(&r).await["status"], "delivered");
+    }
+    for _ in 0..n / 2 {
+        bob.expect_type("message").await;
+        carol.expect_type("message").await;
+    }
+    let after = c.redis.command_calls().await;
+
+    let delta = |cmd: &str| after.get(cmd).unwrap_or(&0) - before.get(cmd).unwrap_or(&0);
+    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    let report: Vec<String> = after
+        .keys()
+        .filter(|k| delta(k) > 0)
+        .map(|k| format!("{k}={}", delta(k)))
+        .collect();
+    println!(
+        "redis calls during {n} sends: total {total} ({})",
+        report.join(" ")
+    );
+    // Route lookups, inbox scripts and events are per-message operations: none may happen.
+    for cmd in ["hgetall", "hget", "evalsha", "eval", "publish", "lrange"] {
+        assert_eq!(
+            delta(cmd),
+            0,
+            "{cmd} was called during steady-state sends: {report:?}"
+        );
+    }
+    // What remains is the nodes' lease heartbeats (a handful per node per 3 s) and INFO itself,
+    // far below one per message.
+    assert!(
+        total < 60,
+        "{total} Redis calls for {n} messages: {report:?}"
+    );
+}
