@@ -1,0 +1,63 @@
+//! Offline users: `stored`, delivered oldest first on the next connect on any node, removed only
+//! after the client's ack, sent again while unacked.
+
+use serde_json::json;
+use wsroute_tests::{Client, Cluster};
+
+#[tokio::test]
+async fn offline_messages_wait_in_the_inbox_until_acked() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let a1 = alice.send_and_ack("dave", json!({"n": 1})).await;
+    let a2 = alice.send_and_ack("dave", json!({"n": 2})).await;
+    assert_eq!(a1["status"], "stored", "{a1}");
+    assert_eq!(a1["devices"], 0);
+    assert_eq!(a2["status"], "stored");
+
+    // First connect (node 3): both, oldest first, with their original ids.
+    let mut dave = Client::connect(&c.node(3).ws_user("dave")).await;
+    let got = dave.frames_until_pong().await;
+    let ids: Vec<_> = got.iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, vec![a1["id"].clone(), a2["id"].clone()], "{got:?}");
+    assert_eq!(got[0]["body"], json!({"n": 1}));
+    assert_eq!(got[0]["from"], "alice");
+    // Ack only the first.
+    dave.send_json(json!({"type":"ack","id":a1["id"]})).await;
+    assert!(dave.frames_until_pong().await.is_empty());
+    dave.close().await;
+
+    // Next connect (node 2): the unacked one comes again, same id.
+    let mut dave = Client::connect(&c.node(2).ws_user("dave")).await;
+    let got = dave.frames_until_pong().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["id"], a2["id"]);
+    dave.send_json(json!({"type":"ack","id":a2["id"]})).await;
+    assert!(dave.frames_until_pong().await.is_empty());
+    dave.close().await;
+
+    // Everything acked: nothing more.
+    let mut dave = Client::connect(&c.node(1).ws_user("dave")).await;
+    assert!(dave.frames_until_pong().await.is_empty());
+
+    // And now that dave is online, messages are delivered live, not stored.
+    let a3 = alice.send_and_ack("dave", json!({"n": 3})).await;
+    assert_eq!(a3["status"], "delivered");
+    assert_eq!(dave.expect_type("message").await["id"], a3["id"]);
+}
+
+#[tokio::test]
+async fn an_inbox_is_bounded_and_says_so() {
+    let c = Cluster::start(1).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    // The default bound is 1000; fill it through the pipeline and check the first refusal.
+    for i in 0..1000 {
+        alice.send_to("erin", json!(i)).await;
+    }
+    for i in 1..=1000 {
+        let ack = alice.expect_ack(&format!("r{i}")).await;
+        assert_eq!(ack["status"], "stored", "{ack}");
+    }
+    let ack = alice.send_and_ack("erin", json!("one too many")).await;
+    assert_eq!(ack["status"], "rejected", "{ack}");
+    assert_eq!(ack["error"]["code"], "inbox_full");
+}

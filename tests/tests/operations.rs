@@ -1,0 +1,223 @@
+//! What an operator sees and does: `router-cli`, `/gateway`, `/readyz`, `/metrics`, and a node
+//! stopped with SIGTERM leaving no routes behind.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wsroute_tests::{Client, Cluster, binary, eventually};
+
+fn cli(redis_url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("router-cli"))
+        .arg("--redis-url")
+        .arg(redis_url)
+        .args(args)
+        .output()
+        .expect("router-cli runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_json(redis_url: &str, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = cli(redis_url, &a);
+    assert_eq!(code, 0, "router-cli {args:?}: {err}");
+    serde_json::from_str(&out).expect("--json prints JSON")
+}
+
+#[tokio::test]
+async fn router_cli_shows_nodes_and_routes() {
+    let c = Cluster::start(3).await;
+    let url = c.redis.url();
+    let _bob1 = Client::connect(&c.node(2).ws("?user=bob&device=phone")).await;
+    let _bob2 = Client::connect(&c.node(3).ws_user("bob")).await;
+
+    let (code, out, _) = cli(&url, &["nodes", "list"]);
+    assert_eq!(code, 0);
+    for n in ["node1", "node2", "node3"] {
+        assert!(out.contains(n), "{out}");
+    }
+    assert!(out.contains("live"), "{out}");
+    let nodes = cli_json(&url, &["nodes", "list"]);
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    assert!(
+        nodes
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|n| n["alive"] == true)
+    );
+
+    let (code, out, _) = cli(&url, &["routes", "get", "bob"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("node2") && out.contains("node3") && out.contains("phone"),
+        "{out}"
+    );
+    let routes = cli_json(&url, &["routes", "get", "bob"]);
+    let mut on: Vec<String> = routes["connections"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["node"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["node2", "node3"]);
+
+    let (code, out, _) = cli(&url, &["routes", "get", "nobody"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no live connections"), "{out}");
+
+    let listed = cli_json(&url, &["routes", "list", "--node", "node2"]);
+    assert_eq!(listed["connections"][0]["user"], "bob");
+
+    // Bad usage: exit 2 with a reason.
+    let (code, _, err) = cli(&url, &["routes", "get", "bad user"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.is_empty());
+    let (code, _, _) = cli(&url, &["frobnicate"]);
+    assert_eq!(code, 2);
+    // A failed operation: exit 1 with a one-line reason.
+    let (code, _, err) = cli("redis://127.0.0.1:1", &["nodes", "list"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn router_cli_send_reaches_the_user() {
+    let c = Cluster::start(2).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let (code, out, err) = cli(
+        &c.redis.url(),
+        &[
+            "send",
+            "bob",
+            r#"{"text":"from the cli"}"#,
+            "--api-key",
+            wsroute_tests::cluster::API_KEY,
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("delivered"), "{out}");
+    let m = bob.expect_type("message").await;
+    assert_eq!(m["body"]["text"], "from the cli");
+
+    let (code, _, err) = cli(&c.redis.url(), &["send", "bob", "{oops", "--api-key", "k"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = cli(&c.redis.url(), &["send", "bob", "1", "--api-key", "wrong"]);
+    assert_eq!(code, 1);
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_node_and_leaves_no_routes() {
+    let mut c = Cluster::start(2).await;
+    let url = c.redis.url();
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let _carol = Client::connect(&c.node(2).ws_user("carol")).await;
+    let listed = cli_json(&url, &["routes", "list", "--node", "node2"]);
+    assert_eq!(listed["connections"].as_array().map(Vec::len), Some(2));
+
+    c.node(2).terminate();
+    // Bob is told where to go: the other node.
+    let r = bob.expect_type("reconnect").await;
+    assert_eq!(r["url"], c.node(1).ws(""));
+    let (_, close) = bob.expect_close().await;
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+
+    let status = c.nodes[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+    let listed = cli_json(&url, &["routes", "list", "--node", "node2"]);
+    assert_eq!(listed["connections"], json!([]));
+    let routes = cli_json(&url, &["routes", "get", "bob"]);
+    assert_eq!(routes["connections"], json!([]));
+    let nodes = cli_json(&url, &["nodes", "list"]);
+    let ids: Vec<_> = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|n| n["node"].clone())
+        .collect();
+    assert_eq!(ids, [json!("node1")]);
+
+    // Bob reconnects where he was sent, and messages for him flow again.
+    let mut bob = Client::connect(&format!("{}?user=bob", r["url"].as_str().expect("url"))).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    assert_eq!(
+        alice.send_and_ack("bob", json!(1)).await["status"],
+        "delivered"
+    );
+    bob.expect_type("message").await;
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.expect("http");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn gateway_names_the_live_node_with_fewest_connections() {
+    let c = Cluster::start(3).await;
+    let mut held = Vec::new();
+    for (node, users) in [(1, 3), (2, 1), (3, 2)] {
+        for u in 0..users {
+            held.push(Client::connect(&c.node(node).ws_user(&format!("u{node}-{u}"))).await);
+        }
+    }
+    // Every node answers the same, once the counts have reached Redis (lease heartbeat).
+    for asked in 1..=3 {
+        let url = c.node(asked).http("/gateway");
+        let v = eventually("gateway points at node2", || {
+            let url = url.clone();
+            async move {
+                let (s, v) = get_json(&url).await;
+                (s == 200 && v["node"] == "node2").then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(v["url"], c.node(2).ws(""));
+    }
+}
+
+#[tokio::test]
+async fn probes_and_metrics_tell_the_truth() {
+    let c = Cluster::start(2).await;
+    let (s, _) = get_json(&c.node(1).http("/healthz")).await;
+    assert_eq!(s, 200);
+    let (s, v) = get_json(&c.node(1).http("/readyz")).await;
+    assert_eq!(s, 200, "{v}");
+
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let _bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    assert_eq!(
+        alice.send_and_ack("bob", json!(1)).await["status"],
+        "delivered"
+    );
+    assert_eq!(
+        alice.send_and_ack("zed", json!(1)).await["status"],
+        "stored"
+    );
+    let text = reqwest::get(c.node(1).http("/metrics"))
+        .await
+        .expect("http")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    assert_eq!(value("wsroute_connections "), 1.0);
+    assert_eq!(
+        value("wsroute_messages_total{outcome=\"delivered_remote\"}"),
+        1.0
+    );
+    assert_eq!(value("wsroute_messages_total{outcome=\"stored\"}"), 1.0);
+}
