@@ -1,6 +1,7 @@
 //! `router-cli`: see and steer a wsroute cluster (who is where, which nodes live, send a test
 //! message). Exit codes: 0 success, 1 failed operation, 2 bad usage.
 
+mod chat;
 mod nodes;
 mod output;
 mod routes;
@@ -42,6 +43,8 @@ enum Command {
     },
     /// Send a direct message to a user through a live node (Router.SendToUser)
     Send(send::SendArgs),
+    /// Connect as a user and chat from the terminal (to try a cluster by hand)
+    Chat(chat::ChatArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,17 +90,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let table = output::route_table(&cli.redis_url)?;
+    let table = || output::route_table(&cli.redis_url);
     match cli.command {
         Command::Nodes {
             command: NodesCommand::List,
-        } => nodes::list(&table, cli.json).await,
+        } => nodes::list(&table()?, cli.json).await,
         Command::Routes {
             command: RoutesCommand::Get { user },
-        } => routes::get(&table, &user, cli.json).await,
+        } => routes::get(&table()?, &user, cli.json).await,
         Command::Routes {
             command: RoutesCommand::List { node },
-        } => routes::list(&table, &node, cli.json).await,
-        Command::Send(args) => send::send(&table, args, cli.json).await,
+        } => routes::list(&table()?, &node, cli.json).await,
+        Command::Send(args) => send::send(&table()?, args, cli.json).await,
+        Command::Chat(args) => chat::chat(args).await,
     }
 }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds every binary, runs every test (unit tests
+# and the end-to-end suites, which start their own Redis and wsroute-server processes on
+# loopback ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
