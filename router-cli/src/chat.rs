@@ -40,7 +40,10 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot connect to {}", args.url))?;
     let (mut tx, mut rx) = ws.split();
-    eprintln!("connected to {}; type `USER message` and Enter to send, Ctrl-D to quit", args.url);
+    eprintln!(
+        "connected to {}; type `USER message` and Enter to send, Ctrl-D to quit",
+        args.url
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut n = 0u64;
     loop {

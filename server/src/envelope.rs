@@ -77,10 +77,6 @@ impl TryFrom<pb::Envelope> for Envelope {
     type Error = EnvelopeError;
 
     fn try_from(p: pb::Envelope) -> Result<Self, Self::Error> {
-        let id = |field, s: &str| EnvelopeError::Id {
-            field,
-            source: MsgId::parse(s).err().unwrap_or(IdError::Empty),
-        };
         let body_text = String::from_utf8(p.body_json).map_err(|e| {
             EnvelopeError::Body(serde_json::Error::io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -88,7 +84,10 @@ impl TryFrom<pb::Envelope> for Envelope {
             )))
         })?;
         Ok(Self {
-            id: MsgId::parse(&p.id).map_err(|_| id("id", &p.id))?,
+            id: MsgId::parse(&p.id).map_err(|source| EnvelopeError::Id {
+                field: "id",
+                source,
+            })?,
             from: UserId::parse(&p.from).map_err(|source| EnvelopeError::Id {
                 field: "from",
                 source,

@@ -1,6 +1,7 @@
 //! Messages for users with no live connection: kept in Redis (bounded per user, with an expiry),
 //! delivered oldest first on the user's next connect on any node, removed only on the client's ack.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
@@ -13,7 +14,9 @@ use crate::route::registry::RouteError;
 
 /// Appends a message unless the inbox is full. Idempotent per id, so a retried store never
 /// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns 1 stored, 0 full.
-const STORE: &str = r"
+static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -21,10 +24,14 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
-";
+",
+    )
+});
 
 /// Every message, oldest first, as a flat list id1, frame1, id2, frame2...
-const FETCH: &str = r"
+static FETCH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 local out = {}
 for _, id in ipairs(ids) do
@@ -35,13 +42,19 @@ for _, id in ipairs(ids) do
   end
 end
 return out
-";
+",
+    )
+});
 
 /// Removes one acked message. Returns 1 if it was there.
-const ACK: &str = r"
+static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 return redis.call('HDEL', KEYS[2], ARGV[1])
-";
+",
+    )
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
@@ -73,7 +86,7 @@ impl Inbox {
             .with_label_values(&["inbox_store"])
             .inc();
         let mut c = self.pool.get().await?;
-        let stored: i64 = redis::Script::new(STORE)
+        let stored: i64 = STORE
             .key(keys::inbox_ids(&env.to))
             .key(keys::inbox_msgs(&env.to))
             .arg(env.id.as_str())
@@ -96,7 +109,7 @@ impl Inbox {
             .with_label_values(&["inbox_fetch"])
             .inc();
         let mut c = self.pool.get().await?;
-        let flat: Vec<String> = redis::Script::new(FETCH)
+        let flat: Vec<String> = FETCH
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
             .invoke_async(&mut *c)
@@ -119,7 +132,7 @@ impl Inbox {
             .with_label_values(&["inbox_ack"])
             .inc();
         let mut c = self.pool.get().await?;
-        let removed: i64 = redis::Script::new(ACK)
+        let removed: i64 = ACK
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
             .arg(id.as_str())

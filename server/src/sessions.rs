@@ -121,11 +121,11 @@ impl Sessions {
 
     /// Queues a frame for one connection without waiting.
     pub fn deliver(&self, conn: &ConnId, item: Outbound) -> Result<(), DeliverError> {
-        let queue = match self.by_conn.get(conn) {
-            Some(h) => h.queue.clone(),
-            None => return Err(DeliverError::Gone),
+        // try_send never waits, so holding the shard's read guard across it is fine.
+        let Some(handle) = self.by_conn.get(conn) else {
+            return Err(DeliverError::Gone);
         };
-        queue.try_send(item).map_err(|e| match e {
+        handle.queue.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => DeliverError::Full,
             mpsc::error::TrySendError::Closed(_) => DeliverError::Gone,
         })

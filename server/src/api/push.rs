@@ -24,32 +24,44 @@ struct PushBody {
     from: Option<String>,
 }
 
-/// Checks `Authorization: Bearer <api-key>`; the error response says what is wrong.
-pub fn check_api_key(req: &HttpRequest, state: &NodeState) -> Result<(), HttpResponse> {
-    let Some(expected) = state.config.api_key.as_deref() else {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the push API is disabled on this node: no --api-key is configured",
-        ));
-    };
+/// Why a call was refused the push API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyError {
+    NotConfigured,
+    Missing,
+    Wrong,
+}
+
+impl ApiKeyError {
+    pub fn response(self) -> HttpResponse {
+        let message = match self {
+            Self::NotConfigured => {
+                "the push API is disabled on this node: no --api-key is configured"
+            }
+            Self::Missing => "missing `Authorization: Bearer <api-key>`",
+            Self::Wrong => "wrong API key",
+        };
+        json_error(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+/// Checks `Authorization: Bearer <api-key>` (in constant time).
+pub fn check_api_key(req: &HttpRequest, state: &NodeState) -> Result<(), ApiKeyError> {
+    let expected = state
+        .config
+        .api_key
+        .as_deref()
+        .ok_or(ApiKeyError::NotConfigured)?;
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if secret_matches(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong API key",
-        )),
-        None => Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing `Authorization: Bearer <api-key>`",
-        )),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiKeyError::Missing)?;
+    if secret_matches(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiKeyError::Wrong)
     }
 }
 
@@ -59,8 +71,8 @@ pub async fn push(
     mut payload: web::Payload,
     state: web::Data<Arc<NodeState>>,
 ) -> HttpResponse {
-    if let Err(resp) = check_api_key(&req, &state) {
-        return resp;
+    if let Err(e) = check_api_key(&req, &state) {
+        return e.response();
     }
     let to = match UserId::parse(&path.into_inner()) {
         Ok(u) => u,

@@ -342,7 +342,10 @@ impl RouteTable {
             if locked.is_none() {
                 continue;
             }
-            let users = self.remove_node(&node).await?;
+            let users = self.remove_node(&node).await;
+            // Released either way: a node restarting under this id must be cleanable again.
+            let _: Result<(), _> = c.del(keys::node_cleanup_lock(&node)).await;
+            let users = users?;
             tracing::warn!(dead_node = %node, routes_users = users.len(), "removed the routes of a node whose lease ran out");
             cleaned.push((node, users));
         }
