@@ -51,6 +51,15 @@ pub struct Args {
     /// TOML file with the same keys (snake_case)
     #[arg(long, env = "WSROUTE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Client heartbeat announced in `hello`; a client silent for twice this long is closed [default: 30000]
+    #[arg(long, env = "WSROUTE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Longest a drain waits for clients to move before closing the rest [default: 20000]
+    #[arg(long, env = "WSROUTE_DRAIN_GRACE_MS")]
+    pub drain_grace_ms: Option<u64>,
+    /// Frames queued per connection before it is closed as a slow consumer (1013) [default: 1024]
+    #[arg(long, env = "WSROUTE_SESSION_QUEUE")]
+    pub session_queue: Option<usize>,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -68,6 +77,9 @@ struct FileConfig {
     mesh_secret: Option<String>,
     max_frame_bytes: Option<usize>,
     dev_auth: Option<bool>,
+    heartbeat_ms: Option<u64>,
+    drain_grace_ms: Option<u64>,
+    session_queue: Option<usize>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -100,6 +112,14 @@ pub struct Limits {
     pub client_heartbeat: Duration,
     /// Frames queued for one connection before it counts as a slow consumer.
     pub session_queue: usize,
+    /// Messages written to a connection and not yet acked by the client, kept so that they can
+    /// go to the inbox if the connection ends; past this the oldest is no longer tracked.
+    pub unacked_max: usize,
+    /// How long a writer may take to put a frame on a connection before the message counts as
+    /// not written there (and is stored instead).
+    pub write_wait: Duration,
+    /// How long one mesh call may take.
+    pub mesh_timeout: Duration,
     /// Sends of one connection awaiting their outcome before the node stops reading its frames.
     pub sends_in_flight: usize,
     /// Messages kept per offline user.
@@ -121,12 +141,15 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(3),
             client_heartbeat: Duration::from_secs(30),
             session_queue: 1024,
+            unacked_max: 256,
+            write_wait: Duration::from_secs(2),
+            mesh_timeout: Duration::from_secs(3),
             sends_in_flight: 256,
             inbox_max: 1000,
             inbox_ttl: Duration::from_secs(7 * 24 * 3600),
-            send_deadline: Duration::from_secs(5),
+            send_deadline: Duration::from_secs(8),
             mesh_batch: 512,
-            drain_grace: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(20),
         }
     }
 }
@@ -159,6 +182,8 @@ pub enum ConfigError {
     EmptySecret(&'static str),
     #[error("--redis-url {0:?} must start with redis://, rediss:// or redis+cluster://")]
     RedisUrl(String),
+    #[error("--{0} must be between {1} and {2}, got {3}")]
+    OutOfRange(&'static str, u64, u64, u64),
 }
 
 impl Config {
@@ -221,6 +246,36 @@ impl Config {
             return Err(ConfigError::NoAuth);
         }
 
+        let mut limits = Limits::default();
+        let ranged = |name: &'static str, v: Option<u64>, lo: u64, hi: u64| match v {
+            Some(v) if !(lo..=hi).contains(&v) => Err(ConfigError::OutOfRange(name, lo, hi, v)),
+            other => Ok(other),
+        };
+        if let Some(ms) = ranged(
+            "heartbeat-ms",
+            args.heartbeat_ms.or(file.heartbeat_ms),
+            100,
+            600_000,
+        )? {
+            limits.client_heartbeat = Duration::from_millis(ms);
+        }
+        if let Some(ms) = ranged(
+            "drain-grace-ms",
+            args.drain_grace_ms.or(file.drain_grace_ms),
+            0,
+            3_600_000,
+        )? {
+            limits.drain_grace = Duration::from_millis(ms);
+        }
+        if let Some(n) = ranged(
+            "session-queue",
+            args.session_queue.or(file.session_queue).map(|n| n as u64),
+            8,
+            1 << 20,
+        )? {
+            limits.session_queue = n as usize;
+        }
+
         Ok(Self {
             node_id,
             ws_listen: args
@@ -239,7 +294,7 @@ impl Config {
             mesh_secret,
             max_frame_bytes,
             dev_auth,
-            limits: Limits::default(),
+            limits,
         })
     }
 }
@@ -331,6 +386,37 @@ mod tests {
         ]))
         .expect_err("typo");
         assert!(err.to_string().contains("nod_id"), "{err}");
+    }
+
+    #[test]
+    fn tunables_are_range_checked() {
+        let c = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--heartbeat-ms",
+            "500",
+        ]))
+        .expect("valid");
+        assert_eq!(c.limits.client_heartbeat, Duration::from_millis(500));
+        let err = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--heartbeat-ms",
+            "5",
+        ]))
+        .expect_err("too small");
+        assert!(err.to_string().contains("heartbeat-ms"), "{err}");
+        let err = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--session-queue",
+            "1",
+        ]))
+        .expect_err("too small");
+        assert!(err.to_string().contains("session-queue"), "{err}");
     }
 
     #[test]

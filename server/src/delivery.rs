@@ -148,6 +148,8 @@ pub struct Delivery {
     inbox: Inbox,
     metrics: Metrics,
     deadline: Duration,
+    /// How long to wait for local writers before a connection counts as not written.
+    write_wait: Duration,
 }
 
 impl Delivery {
@@ -161,6 +163,7 @@ impl Delivery {
         inbox: Inbox,
         metrics: Metrics,
         deadline: Duration,
+        write_wait: Duration,
     ) -> Self {
         Self {
             node,
@@ -171,6 +174,7 @@ impl Delivery {
             inbox,
             metrics,
             deadline,
+            write_wait,
         }
     }
 
@@ -244,7 +248,7 @@ impl Delivery {
         }
         // Repair: every route we knew failed. Read the truth once and try what is new.
         let fresh = match self.routes.lookup(&env.to).await {
-            Ok(r) => r,
+            Ok(r) => self.cache.live_only(r),
             Err(e) => return self.store_or_unavailable(env, e).await,
         };
         let new: Vec<Route> = fresh
@@ -309,7 +313,7 @@ impl Delivery {
             return Ok(r);
         }
         let epoch = self.cache.epoch();
-        let routes: Arc<[Route]> = self.routes.lookup(user).await?.into();
+        let routes: Arc<[Route]> = self.cache.live_only(self.routes.lookup(user).await?).into();
         self.cache.insert(user.clone(), Arc::clone(&routes), epoch);
         Ok(routes)
     }
@@ -342,7 +346,7 @@ impl Delivery {
 
     /// Collects an attempt's results: how many written, and whether any route was stale.
     async fn wait(&self, attempt: Attempt) -> (Written, bool) {
-        let deadline = Instant::now() + self.deadline;
+        let deadline = Instant::now() + self.write_wait;
         let (local, gone) = attempt.local.settle(deadline).await;
         let mut stale = !gone.is_empty();
         let mut remote = 0;
@@ -355,11 +359,22 @@ impl Delivery {
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %node, error = %e, "forward failed");
                     stale = true;
+                    self.check_peer(&node).await;
                 }
                 Err(_) => stale = true,
             }
         }
         (Written { local, remote }, stale)
+    }
+
+    /// A forward to `node` failed: if its lease is gone, stop routing to it at once rather than
+    /// waiting for the sweep (its users' messages go to their inboxes meanwhile).
+    async fn check_peer(&self, node: &NodeId) {
+        match self.routes.node_alive(node).await {
+            Ok(false) => self.cache.mark_dead(node),
+            Ok(true) => {}
+            Err(e) => tracing::debug!(peer = %node, error = %e, "cannot check a peer's lease"),
+        }
     }
 }
 

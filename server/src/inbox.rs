@@ -81,16 +81,27 @@ impl Inbox {
     }
 
     pub async fn store(&self, env: &Envelope) -> Result<StoreOutcome, RouteError> {
+        self.store_frame(&env.to, &env.id, &env.frame()).await
+    }
+
+    /// Stores an already-encoded `message` frame (a message written to a connection that ended
+    /// before the client acked it).
+    pub async fn store_frame(
+        &self,
+        user: &UserId,
+        id: &MsgId,
+        frame: &str,
+    ) -> Result<StoreOutcome, RouteError> {
         self.metrics
             .redis_ops
             .with_label_values(&["inbox_store"])
             .inc();
         let mut c = self.pool.get().await?;
         let stored: i64 = STORE
-            .key(keys::inbox_ids(&env.to))
-            .key(keys::inbox_msgs(&env.to))
-            .arg(env.id.as_str())
-            .arg(&*env.frame())
+            .key(keys::inbox_ids(user))
+            .key(keys::inbox_msgs(user))
+            .arg(id.as_str())
+            .arg(frame)
             .arg(self.max)
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut *c)

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            _ = node.state.drain_requested.cancelled() => {}
+        }
         node.drain().await;
         ExitCode::SUCCESS
     })

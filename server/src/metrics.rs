@@ -30,6 +30,10 @@ pub struct Inner {
     pub mesh_batch_size: Histogram,
     /// Mesh calls that failed (peer unreachable, timed out, refused).
     pub mesh_errors: IntCounter,
+    /// Connections closed because they did not read fast enough.
+    pub slow_consumers: IntCounter,
+    /// Written messages no longer tracked for redelivery because a client did not ack them.
+    pub unacked_dropped: IntCounter,
 }
 
 impl Deref for Metrics {
@@ -104,6 +108,16 @@ impl Metrics {
             "Mesh forward calls that failed",
         )
         .expect("valid metric");
+        let slow_consumers = IntCounter::new(
+            "wsroute_slow_consumers_total",
+            "Connections closed (1013) because their queue overflowed",
+        )
+        .expect("valid metric");
+        let unacked_dropped = IntCounter::new(
+            "wsroute_unacked_untracked_total",
+            "Written messages no longer kept for redelivery because the client did not ack them",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
@@ -114,6 +128,8 @@ impl Metrics {
             Box::new(redis_ops.clone()),
             Box::new(mesh_batch_size.clone()),
             Box::new(mesh_errors.clone()),
+            Box::new(slow_consumers.clone()),
+            Box::new(unacked_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -128,6 +144,8 @@ impl Metrics {
             redis_ops,
             mesh_batch_size,
             mesh_errors,
+            slow_consumers,
+            unacked_dropped,
         }))
     }
 

@@ -29,7 +29,11 @@ use crate::sessions::{Control, Sessions};
 use crate::ws::auth::Authenticator;
 
 /// How often a node looks for dead nodes to clean up.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// A drain hands its clients over in this many waves, so that they do not all reconnect at once.
+const DRAIN_WAVES: usize = 10;
+/// Pause between drain waves.
+const DRAIN_WAVE_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,6 +67,11 @@ pub struct NodeState {
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     in_table: AtomicBool,
     draining: AtomicBool,
+    /// Set when a route could not be removed; the lease loop then reconciles Redis with the
+    /// connections this node really holds.
+    reconcile_needed: AtomicBool,
+    /// Cancelled when something other than a signal asks the node to drain (`router-cli drain`).
+    pub drain_requested: CancellationToken,
     /// Cancelled when the node stops: sessions close and background loops end.
     pub shutdown: CancellationToken,
     /// Every task the node spawns, so that stopping can wait for them.
@@ -77,6 +86,44 @@ impl NodeState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn request_reconcile(&self) {
+        self.reconcile_needed.store(true, Ordering::Release);
+    }
+
+    /// Removes routes this node left in Redis for connections it no longer holds.
+    async fn reconcile(&self) -> Result<(), RouteError> {
+        if !self.reconcile_needed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self
+            .routes
+            .reconcile(|conn| {
+                crate::ids::ConnId::parse(conn).is_ok_and(|c| self.sessions.contains(&c))
+            })
+            .await;
+        match result {
+            Ok(users) => {
+                if !users.is_empty() {
+                    tracing::info!(
+                        routes = users.len(),
+                        "removed routes of connections that had left"
+                    );
+                }
+                for u in users {
+                    let _ = self
+                        .routes
+                        .publish(&RouteEvent::Invalidate(u).encode())
+                        .await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.request_reconcile();
+                Err(e)
+            }
+        }
     }
 
     fn record(&self) -> NodeRecord {
@@ -134,6 +181,13 @@ impl NodeState {
             .collect();
         for chunk in regs.chunks(1000) {
             self.routes.register(chunk).await?;
+        }
+        if let Err(e) = self
+            .routes
+            .publish(&RouteEvent::NodeUp(self.node.clone()).encode())
+            .await
+        {
+            tracing::debug!(error = %e, "cannot announce this node");
         }
         Ok(regs.len())
     }
@@ -220,7 +274,7 @@ impl Node {
             routes.clone(),
             config.mesh_secret.clone(),
             limits.mesh_batch,
-            limits.send_deadline,
+            limits.mesh_timeout,
             metrics.clone(),
             tokio::runtime::Handle::current(),
             tracker.clone(),
@@ -235,6 +289,7 @@ impl Node {
             inbox.clone(),
             metrics.clone(),
             limits.send_deadline,
+            limits.write_wait,
         ));
         let state = Arc::new(NodeState {
             auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_auth),
@@ -251,6 +306,8 @@ impl Node {
             metrics,
             in_table: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            reconcile_needed: AtomicBool::new(false),
+            drain_requested: CancellationToken::new(),
             shutdown,
             tracker,
             config,
@@ -280,7 +337,9 @@ impl Node {
         let mesh = MeshService {
             sessions: state.sessions.clone(),
             secret: state.config.mesh_secret.clone(),
-            write_deadline: limits.send_deadline,
+            write_deadline: limits.write_wait,
+            node: state.node.clone(),
+            drain: state.drain_requested.clone(),
         };
         let router = api::router::RouterService {
             state: state.clone(),
@@ -343,26 +402,7 @@ impl Node {
         {
             tracing::warn!(error = %e, "cannot mark this node draining in Redis");
         }
-        let target = match state.pick_node(Some(&state.node)).await {
-            Ok(t) => t.map(|(_, url)| url),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot find a node to send clients to");
-                None
-            }
-        };
-        for (conn, _) in state.sessions.snapshot() {
-            let ctl = match &target {
-                Some(url) => Control::Reconnect {
-                    url: url.clone(),
-                    reason: "node draining".into(),
-                },
-                None => Control::Close {
-                    code: crate::error::close::GOING_AWAY,
-                    reason: "node stopping".into(),
-                },
-            };
-            state.sessions.control(&conn, ctl);
-        }
+        hand_over(state).await;
         let grace = state.config.limits.drain_grace;
         if !state.sessions.wait_empty(grace).await {
             tracing::warn!(
@@ -401,6 +441,39 @@ impl Node {
     }
 }
 
+/// Sends every client a `reconnect` to the least-loaded other node, in waves; with no other
+/// node, clients are closed with 1001 and find their way back through `/gateway` later.
+async fn hand_over(state: &NodeState) {
+    let clients = state.sessions.snapshot();
+    let per_wave = clients.len().div_ceil(DRAIN_WAVES).max(1);
+    for (i, wave) in clients.chunks(per_wave).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(DRAIN_WAVE_PAUSE).await;
+        }
+        let target = match state.pick_node(Some(&state.node)).await {
+            Ok(t) => t.map(|(_, url)| url),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find a node to send clients to");
+                None
+            }
+        };
+        for (conn, _) in wave {
+            let ctl = match &target {
+                Some(url) => Control::Reconnect {
+                    url: url.clone(),
+                    reason: "node draining".into(),
+                },
+                None => Control::Close {
+                    code: crate::error::close::GOING_AWAY,
+                    reason: "node stopping".into(),
+                },
+            };
+            state.sessions.control(conn, ctl);
+        }
+        tracing::info!(wave = i + 1, clients = wave.len(), "drain wave sent");
+    }
+}
+
 /// Keeps the lease; puts everything back when Redis lost it; tells `/readyz` the truth.
 async fn lease_loop(state: Arc<NodeState>) {
     let interval = state.config.limits.heartbeat_interval;
@@ -412,7 +485,7 @@ async fn lease_loop(state: Arc<NodeState>) {
                 .renew_lease(state.sessions.len() as u64, state.is_draining())
                 .await
             {
-                Ok(true) => Ok(()),
+                Ok(true) => state.reconcile().await,
                 Ok(false) => {
                     tracing::warn!(
                         "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytestring::ByteString;
 use dashmap::DashMap;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::ids::{ConnId, MsgId, UserId};
 
@@ -45,6 +46,9 @@ pub struct SessionHandle {
     pub queue: mpsc::Sender<Outbound>,
     /// Small and bounded; a full control queue means an instruction is already pending.
     pub control: mpsc::Sender<Control>,
+    /// Cancelled when the connection's queue overflows: the session stops whatever write it is
+    /// blocked in and closes with 1013, so that one slow reader cannot hold memory or senders.
+    pub evict: CancellationToken,
 }
 
 /// Why a frame could not be handed to a connection.
@@ -126,7 +130,13 @@ impl Sessions {
             return Err(DeliverError::Gone);
         };
         handle.queue.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DeliverError::Full,
+            mpsc::error::TrySendError::Full(_) => {
+                if !handle.evict.is_cancelled() {
+                    tracing::warn!(user = %handle.user, conn_id = %conn, "slow consumer: queue full; closing the connection");
+                    handle.evict.cancel();
+                }
+                DeliverError::Full
+            }
             mpsc::error::TrySendError::Closed(_) => DeliverError::Gone,
         })
     }
@@ -170,6 +180,7 @@ mod tests {
                 connected_at_ms: 0,
                 queue,
                 control,
+                evict: CancellationToken::new(),
             },
             rx,
         )
@@ -197,6 +208,7 @@ mod tests {
         assert_eq!(s.conns_of(&bob).len(), 2);
         assert_eq!(s.deliver(&c1, msg()), Ok(()));
         assert_eq!(s.deliver(&c1, msg()), Err(DeliverError::Full));
+        assert!(s.by_conn.get(&c1).expect("present").evict.is_cancelled());
         s.remove(&c1);
         assert_eq!(s.deliver(&c1, msg()), Err(DeliverError::Gone));
         assert_eq!(s.conns_of(&bob), vec![c2.clone()]);

@@ -19,6 +19,9 @@ pub struct Client {
     buffered: VecDeque<Value>,
     pub hello: Value,
     next_ref: u64,
+    /// Ack every `message` as it is read, as a well-behaved client does (default on). Unacked
+    /// live messages go back to the inbox when a connection ends.
+    pub auto_ack: bool,
 }
 
 /// What a refused handshake answered.
@@ -56,6 +59,7 @@ impl Client {
             buffered: VecDeque::new(),
             hello: Value::Null,
             next_ref: 0,
+            auto_ack: true,
         };
         let hello = c.next_frame().await;
         assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
@@ -172,7 +176,12 @@ impl Client {
                 .expect("server did not close in time");
             match msg {
                 Some(Ok(Message::Text(t))) => {
-                    frames.push(serde_json::from_str(&t).expect("server frames are JSON"))
+                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
+                    if self.auto_ack && v["type"] == "message" {
+                        let ack = json!({"type":"ack","id":v["id"]}).to_string();
+                        let _ = self.ws.send(Message::text(ack)).await;
+                    }
+                    frames.push(v)
                 }
                 Some(Ok(Message::Close(c))) => return (frames, c),
                 Some(Ok(_)) => {}
@@ -181,11 +190,22 @@ impl Client {
         }
     }
 
+    /// Turns automatic acks off (to test what happens to unacked messages).
+    pub fn manual_ack(mut self) -> Self {
+        self.auto_ack = false;
+        self
+    }
+
     async fn read_frame(&mut self) -> Option<Value> {
         loop {
             match self.ws.next().await? {
                 Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
+                    if self.auto_ack && v["type"] == "message" {
+                        let ack = json!({"type":"ack","id":v["id"]}).to_string();
+                        self.ws.send(Message::text(ack)).await.ok()?;
+                    }
+                    return Some(v);
                 }
                 Ok(Message::Close(_)) => return None,
                 Ok(_) => continue,

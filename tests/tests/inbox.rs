@@ -15,7 +15,9 @@ async fn offline_messages_wait_in_the_inbox_until_acked() {
     assert_eq!(a2["status"], "stored");
 
     // First connect (node 3): both, oldest first, with their original ids.
-    let mut dave = Client::connect(&c.node(3).ws_user("dave")).await;
+    let mut dave = Client::connect(&c.node(3).ws_user("dave"))
+        .await
+        .manual_ack();
     let got = dave.frames_until_pong().await;
     let ids: Vec<_> = got.iter().map(|m| m["id"].clone()).collect();
     assert_eq!(ids, vec![a1["id"].clone(), a2["id"].clone()], "{got:?}");
@@ -27,7 +29,9 @@ async fn offline_messages_wait_in_the_inbox_until_acked() {
     dave.close().await;
 
     // Next connect (node 2): the unacked one comes again, same id.
-    let mut dave = Client::connect(&c.node(2).ws_user("dave")).await;
+    let mut dave = Client::connect(&c.node(2).ws_user("dave"))
+        .await
+        .manual_ack();
     let got = dave.frames_until_pong().await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["id"], a2["id"]);

@@ -11,8 +11,9 @@ use wsroute_proto::v1::mesh_server::Mesh;
 
 use crate::delivery::LocalAttempt;
 use crate::envelope::Envelope;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, NodeId};
 use crate::sessions::Sessions;
+use tokio_util::sync::CancellationToken;
 
 /// Largest batch accepted from a peer; a bigger one is refused whole (peers send at most
 /// `Limits::mesh_batch`).
@@ -23,6 +24,9 @@ pub struct MeshService {
     pub secret: Option<String>,
     /// How long to wait for the connections' writers before answering.
     pub write_deadline: Duration,
+    pub node: NodeId,
+    /// Cancelled to ask the node to drain (`main` waits on it beside the signals).
+    pub drain: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -74,5 +78,28 @@ impl Mesh for MeshService {
             results.push(pb::ForwardResult { delivered, gone });
         }
         Ok(Response::new(pb::ForwardReply { results }))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        if let Some(secret) = &self.secret {
+            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
+        }
+        if req.get_ref().node_id != self.node.as_str() {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not {:?}",
+                self.node,
+                req.get_ref().node_id
+            )));
+        }
+        let started = !self.drain.is_cancelled();
+        tracing::info!(node = %self.node, "drain requested over the mesh");
+        self.drain.cancel();
+        Ok(Response::new(pb::DrainReply {
+            connections: self.sessions.len() as u64,
+            started,
+        }))
     }
 }

@@ -18,6 +18,9 @@ pub struct RouteCache {
     /// Bumped by every invalidation. A lookup that started before an invalidation must not
     /// store what it read, since the read may predate the change (see [`RouteCache::epoch`]).
     epoch: AtomicU64,
+    /// Nodes found dead (a forward failed and their lease is gone): their routes are ignored
+    /// until the sweep removes them or the node registers again (`NodeUp`).
+    dead: DashMap<NodeId, ()>,
     metrics: Metrics,
 }
 
@@ -26,6 +29,7 @@ impl RouteCache {
         Self {
             map: DashMap::new(),
             epoch: AtomicU64::new(0),
+            dead: DashMap::new(),
             metrics,
         }
     }
@@ -70,6 +74,29 @@ impl RouteCache {
             .retain(|_, routes| routes.iter().all(|r| &r.node != node));
     }
 
+    /// Stops routing to a node whose lease is gone.
+    pub fn mark_dead(&self, node: &NodeId) {
+        if self.dead.insert(node.clone(), ()).is_none() {
+            tracing::warn!(dead_node = %node, "routes to a dead node are ignored until it returns");
+        }
+        self.forget_node(node);
+    }
+
+    pub fn node_up(&self, node: &NodeId) {
+        self.dead.remove(node);
+    }
+
+    /// Drops routes to dead nodes from a Redis answer.
+    pub fn live_only(&self, routes: Vec<Route>) -> Vec<Route> {
+        if self.dead.is_empty() {
+            return routes;
+        }
+        routes
+            .into_iter()
+            .filter(|r| !self.dead.contains_key(&r.node))
+            .collect()
+    }
+
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.map.clear();
@@ -110,6 +137,11 @@ mod tests {
         assert!(cache.get(&bob).is_some());
         cache.forget_node(&NodeId::parse("n1").expect("valid"));
         assert!(cache.get(&bob).is_none());
+        let n1 = NodeId::parse("n1").expect("valid");
+        cache.mark_dead(&n1);
+        assert!(cache.live_only(routes("n1").to_vec()).is_empty());
+        cache.node_up(&n1);
+        assert_eq!(cache.live_only(routes("n1").to_vec()).len(), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::RouteCache;
 use super::keys;
-use crate::ids::UserId;
+use crate::ids::{NodeId, UserId};
 use crate::sessions::{Control, Sessions};
 
 /// One event on the channel.
@@ -21,6 +21,8 @@ pub enum RouteEvent {
     Invalidate(UserId),
     /// The user's inbox received a message.
     Inbox(UserId),
+    /// A node (re)registered: routes to it are good again.
+    NodeUp(NodeId),
 }
 
 impl RouteEvent {
@@ -28,15 +30,16 @@ impl RouteEvent {
         match self {
             Self::Invalidate(u) => format!("inv {u}"),
             Self::Inbox(u) => format!("inbox {u}"),
+            Self::NodeUp(n) => format!("up {n}"),
         }
     }
 
     pub fn decode(s: &str) -> Option<Self> {
-        let (kind, user) = s.split_once(' ')?;
-        let user = UserId::parse(user).ok()?;
+        let (kind, name) = s.split_once(' ')?;
         match kind {
-            "inv" => Some(Self::Invalidate(user)),
-            "inbox" => Some(Self::Inbox(user)),
+            "inv" => Some(Self::Invalidate(UserId::parse(name).ok()?)),
+            "inbox" => Some(Self::Inbox(UserId::parse(name).ok()?)),
+            "up" => Some(Self::NodeUp(NodeId::parse(name).ok()?)),
             _ => None,
         }
     }
@@ -100,6 +103,7 @@ pub async fn listen(
                         sessions.control(&conn, Control::InboxChanged);
                     }
                 }
+                Some(RouteEvent::NodeUp(node)) => cache.node_up(&node),
                 None => tracing::debug!(payload = %payload, "route events: ignoring unknown event"),
             }
         }
@@ -116,6 +120,7 @@ mod tests {
         for e in [
             RouteEvent::Invalidate(bob.clone()),
             RouteEvent::Inbox(bob.clone()),
+            RouteEvent::NodeUp(NodeId::parse("n1").expect("valid")),
         ] {
             assert_eq!(RouteEvent::decode(&e.encode()), Some(e));
         }

@@ -283,6 +283,27 @@ impl RouteTable {
         Ok(entries)
     }
 
+    /// Removes this node's index entries (and their user entries) for connections it no longer
+    /// holds: what a failed unregister left behind. Returns the users whose routes changed.
+    pub async fn reconcile(&self, holds: impl Fn(&str) -> bool) -> Result<Vec<UserId>, RouteError> {
+        self.count("reconcile");
+        let mut c = self.conn().await?;
+        let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(&self.node)).await?;
+        let mut pipe = redis::pipe();
+        let mut users = Vec::new();
+        for (conn, user) in entries.iter().filter(|(conn, _)| !holds(conn)) {
+            if let Ok(u) = UserId::parse(user) {
+                pipe.hdel(keys::user_conns(&u), conn).ignore();
+                users.push(u);
+            }
+            pipe.hdel(keys::node_conns(&self.node), conn).ignore();
+        }
+        if !users.is_empty() {
+            pipe.query_async::<()>(&mut *c).await?;
+        }
+        Ok(users)
+    }
+
     /// Removes every route of `node` listed in its index, then the node itself. Used by a node
     /// stopping cleanly (for itself) and by the cleaner (for a dead node). Returns the users whose
     /// routes changed.

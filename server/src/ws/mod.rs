@@ -59,6 +59,7 @@ pub async fn upgrade(
     let (queue, queue_rx) = mpsc::channel(limits.session_queue);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let device: Option<Arc<str>> = principal.device.as_deref().map(Arc::from);
+    let evict = tokio_util::sync::CancellationToken::new();
     let connected_at_ms = now_ms();
     state.sessions.insert(
         conn.clone(),
@@ -68,6 +69,7 @@ pub async fn upgrade(
             connected_at_ms,
             queue,
             control,
+            evict: evict.clone(),
         },
     );
     let reg = Registration {
@@ -103,6 +105,9 @@ pub async fn upgrade(
         conn,
         user: principal.user,
         ws: session,
+        evict,
+        unacked: std::collections::VecDeque::new(),
+        inbox_sent: std::collections::HashSet::new(),
     }
     .run(stream, queue_rx, control_rx);
     actix_web::rt::spawn(state.tracker.track_future(task));

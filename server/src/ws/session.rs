@@ -1,24 +1,28 @@
 //! One client connection's life: `hello`, the inbox, then a loop that reads client frames,
 //! writes queued messages and acks, answers heartbeats and obeys control instructions, until the
-//! client leaves or the node stops; then the connection's route is removed.
+//! client leaves or the node stops; then the connection's route is removed and whatever was
+//! written but not acked by the client goes to the user's inbox.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use bytestring::ByteString;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, ClientFrame, FrameError};
 use crate::delivery::Outcome;
 use crate::envelope::{Envelope, now_ms};
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
+use crate::inbox::StoreOutcome;
 use crate::node::NodeState;
 use crate::route::events::RouteEvent;
 use crate::sessions::{Control, Outbound};
@@ -37,6 +41,20 @@ pub struct Session {
     pub conn: ConnId,
     pub user: UserId,
     pub ws: actix_ws::Session,
+    /// Cancelled by the session table when this connection's queue overflows.
+    pub evict: CancellationToken,
+    /// Live messages written and not yet acked by the client, oldest first (bounded by
+    /// `Limits::unacked_max`). Empty, and unallocated, for a client that keeps up with its acks.
+    pub unacked: VecDeque<(MsgId, ByteString)>,
+    /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
+    /// never sent twice to this connection, and acked in Redis when the client acks them.
+    pub inbox_sent: HashSet<MsgId>,
+}
+
+/// A write that was interrupted by eviction or that found the socket gone.
+enum WriteError {
+    Gone,
+    Evicted,
 }
 
 impl Session {
@@ -58,19 +76,20 @@ impl Session {
             self.state.node.as_str(),
             heartbeat.as_millis() as u64,
         );
-        let mut inbox_sent: HashSet<MsgId> = HashSet::new();
         let mut pending: FuturesUnordered<PendingAck> = FuturesUnordered::new();
         let max_pending = self.state.config.limits.sends_in_flight;
         let cancel = self.state.shutdown.clone();
+        let evict = self.evict.clone();
         let mut last_heard = Instant::now();
-        let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        // Pings go out twice per heartbeat; a client silent for two heartbeats is gone.
+        let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat / 2, heartbeat / 2);
 
         let end = 'session: {
             if self.ws.text(hello).await.is_err() {
                 break 'session End::Gone;
             }
-            if !self.send_inbox(&mut inbox_sent).await {
-                break 'session End::Gone;
+            if let Err(e) = self.send_inbox().await {
+                break 'session self.write_failed(e).await;
             }
             loop {
                 tokio::select! {
@@ -78,6 +97,7 @@ impl Session {
                     _ = cancel.cancelled() => {
                         break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
                     }
+                    _ = evict.cancelled() => break 'session self.write_failed(WriteError::Evicted).await,
                     Some(ctl) = control.recv() => match ctl {
                         Control::Reconnect { url, reason: why } => {
                             let _ = self.ws.text(frame::reconnect(&url, &why)).await;
@@ -87,14 +107,14 @@ impl Session {
                             break 'session End::Close(reason(code, &why));
                         }
                         Control::InboxChanged => {
-                            if !self.send_inbox(&mut inbox_sent).await {
-                                break 'session End::Gone;
+                            if let Err(e) = self.send_inbox().await {
+                                break 'session self.write_failed(e).await;
                             }
                         }
                     },
                     Some(out) = queue.recv() => {
-                        if !self.write(out, &mut inbox_sent).await {
-                            break 'session End::Gone;
+                        if let Err(e) = self.write(out).await {
+                            break 'session self.write_failed(e).await;
                         }
                     }
                     Some((reference, id, outcome)) = pending.next(), if !pending.is_empty() => {
@@ -108,7 +128,7 @@ impl Session {
                         match msg {
                             None => break 'session End::Gone,
                             Some(Ok(msg)) => {
-                                if let Some(end) = self.on_message(msg, &mut inbox_sent, &mut pending).await {
+                                if let Some(end) = self.on_message(msg, &mut pending).await {
                                     break 'session end;
                                 }
                             }
@@ -116,8 +136,8 @@ impl Session {
                         }
                     }
                     _ = ticker.tick() => {
-                        if last_heard.elapsed() > heartbeat * 2 + Duration::from_secs(5) {
-                            tracing::info!(user = %self.user, conn_id = %self.conn, "client silent past its heartbeat; closing");
+                        if last_heard.elapsed() > heartbeat * 2 {
+                            tracing::info!(user = %self.user, conn_id = %self.conn, "client silent for two heartbeats; closing");
                             break 'session End::Close(reason(close::GOING_AWAY, "heartbeat timeout"));
                         }
                         if self.ws.ping(b"").await.is_err() {
@@ -135,19 +155,16 @@ impl Session {
     async fn on_message(
         &mut self,
         msg: AggregatedMessage,
-        inbox_sent: &mut HashSet<MsgId>,
         pending: &mut FuturesUnordered<PendingAck>,
     ) -> Option<End> {
         match msg {
             AggregatedMessage::Text(text) => match frame::parse(&text) {
                 Ok(ClientFrame::Send(send)) => self.on_send(send, pending).await,
-                Ok(ClientFrame::Ack { id }) => self.on_ack(&id, inbox_sent).await,
-                Ok(ClientFrame::Ping) => {
-                    if self.ws.text(frame::pong()).await.is_err() {
-                        return Some(End::Gone);
-                    }
+                Ok(ClientFrame::Ack { id }) => {
+                    self.on_ack(&id).await;
                     None
                 }
+                Ok(ClientFrame::Ping) => self.ws.text(frame::pong()).await.err().map(|_| End::Gone),
                 Err(e) => self.refuse(&e).await,
             },
             AggregatedMessage::Binary(_) => {
@@ -158,12 +175,7 @@ impl Session {
                 })
                 .await
             }
-            AggregatedMessage::Ping(bytes) => {
-                if self.ws.pong(&bytes).await.is_err() {
-                    return Some(End::Gone);
-                }
-                None
-            }
+            AggregatedMessage::Ping(bytes) => self.ws.pong(&bytes).await.err().map(|_| End::Gone),
             AggregatedMessage::Pong(_) => None,
             AggregatedMessage::Close(_) => Some(End::Close(reason(1000, "bye"))),
         }
@@ -213,20 +225,20 @@ impl Session {
         None
     }
 
-    async fn on_ack(&mut self, id: &str, inbox_sent: &mut HashSet<MsgId>) -> Option<End> {
-        // Only inbox messages live in Redis; acks of live deliveries cost nothing.
+    /// The client has a message and it may be forgotten. Live messages are forgotten locally;
+    /// only inbox messages live in Redis, so only their acks cost a Redis call.
+    async fn on_ack(&mut self, id: &str) {
         let Ok(id) = MsgId::parse(id) else {
-            return None;
+            return;
         };
-        if inbox_sent.contains(&id) {
-            match self.state.inbox.ack(&self.user, &id).await {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
-                }
-            }
+        if let Some(i) = self.unacked.iter().position(|(u, _)| *u == id) {
+            self.unacked.remove(i);
         }
-        None
+        if self.inbox_sent.contains(&id)
+            && let Err(e) = self.state.inbox.ack(&self.user, &id).await
+        {
+            tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
+        }
     }
 
     async fn refuse(&mut self, e: &FrameError) -> Option<End> {
@@ -272,53 +284,94 @@ impl Session {
         End::Close(reason(close_code, &message))
     }
 
-    /// Writes one queued message. False when the socket is gone.
-    async fn write(&mut self, out: Outbound, inbox_sent: &mut HashSet<MsgId>) -> bool {
-        match out {
-            Outbound::Message {
-                id,
-                frame,
-                from_inbox,
-                written,
-            } => {
-                if from_inbox && !inbox_sent.insert(id) {
-                    if let Some(w) = written {
-                        let _ = w.send(true);
-                    }
-                    return true;
-                }
-                let ok = self.ws.text(frame).await.is_ok();
-                if let Some(w) = written {
-                    let _ = w.send(ok);
-                }
-                ok
-            }
+    /// Writes a frame unless the connection is evicted meanwhile.
+    async fn write_text(&mut self, text: ByteString) -> Result<(), WriteError> {
+        tokio::select! {
+            biased;
+            r = self.ws.text(text) => r.map_err(|_| WriteError::Gone),
+            _ = self.evict.cancelled() => Err(WriteError::Evicted),
         }
     }
 
+    /// Writes one queued message and tells its sender whether it was written.
+    async fn write(&mut self, out: Outbound) -> Result<(), WriteError> {
+        let Outbound::Message {
+            id,
+            frame,
+            from_inbox,
+            written,
+        } = out;
+        if from_inbox && self.inbox_sent.contains(&id) {
+            if let Some(w) = written {
+                let _ = w.send(true);
+            }
+            return Ok(());
+        }
+        // A sender that stopped waiting stores the message to the inbox: remember that this
+        // connection has it, so that the inbox does not send it here again.
+        let sender_gave_up = written.as_ref().is_some_and(|w| w.is_closed());
+        let result = self.write_text(frame.clone()).await;
+        if let Some(w) = written {
+            let _ = w.send(result.is_ok());
+        }
+        result?;
+        if from_inbox || sender_gave_up {
+            self.inbox_sent.insert(id);
+        } else {
+            self.remember_unacked(id, frame);
+        }
+        Ok(())
+    }
+
+    fn remember_unacked(&mut self, id: MsgId, frame: ByteString) {
+        if self.unacked.len() >= self.state.config.limits.unacked_max {
+            // The client does not ack: stop tracking the oldest rather than grow without bound.
+            self.unacked.pop_front();
+            self.state.metrics.unacked_dropped.inc();
+        }
+        self.unacked.push_back((id, frame));
+    }
+
     /// Sends every inbox message this connection has not had yet, oldest first.
-    async fn send_inbox(&mut self, inbox_sent: &mut HashSet<MsgId>) -> bool {
+    async fn send_inbox(&mut self) -> Result<(), WriteError> {
         let messages = match self.state.inbox.fetch(&self.user).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(user = %self.user, error = %e, "cannot read the inbox; will retry on the next inbox event");
-                return true;
+                return Ok(());
             }
         };
         for (id, text) in messages {
-            if inbox_sent.contains(&id) {
+            if self.inbox_sent.contains(&id) {
                 continue;
             }
-            if self.ws.text(text).await.is_err() {
-                return false;
-            }
-            inbox_sent.insert(id);
+            self.write_text(ByteString::from(text)).await?;
+            self.inbox_sent.insert(id);
         }
-        true
+        Ok(())
+    }
+
+    async fn write_failed(&mut self, e: WriteError) -> End {
+        match e {
+            WriteError::Gone => End::Gone,
+            WriteError::Evicted => {
+                tracing::warn!(user = %self.user, conn_id = %self.conn, "closing a slow consumer (1013); undelivered messages go to the inbox");
+                self.state.metrics.slow_consumers.inc();
+                // Best effort: the socket is likely full, so do not wait for it.
+                let err = frame::error(&FrameError {
+                    code: FrameErrorCode::RateLimited,
+                    message: "you are not reading fast enough; reconnect to get the rest".into(),
+                    reference: None,
+                });
+                let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.text(err)).await;
+                End::Close(reason(close::TRY_AGAIN_LATER, "slow consumer"))
+            }
+        }
     }
 
     /// Leaves the cluster: stop being routable first, then settle what is still queued, so that
-    /// nothing queued here is reported written when it was not.
+    /// nothing queued here is reported written when it was not, and what the client did not ack
+    /// is kept in its inbox.
     async fn leave(
         mut self,
         end: End,
@@ -336,16 +389,19 @@ impl Session {
             while let Ok(Some((reference, id, outcome))) =
                 tokio::time::timeout(Duration::from_secs(2), pending.next()).await
             {
-                if self
-                    .ws
-                    .text(ack_frame(reference.as_deref(), &id, &outcome))
+                let ack = ack_frame(reference.as_deref(), &id, &outcome);
+                if tokio::time::timeout(Duration::from_millis(500), self.ws.text(ack))
                     .await
-                    .is_err()
+                    .map_or(true, |r| r.is_err())
                 {
                     break;
                 }
             }
-            let _ = self.ws.clone().close(Some(r.clone())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.ws.clone().close(Some(r.clone())),
+            )
+            .await;
         }
         // Sends whose ack can no longer be written still finish (a failed delivery must still
         // reach the inbox), in the background.
@@ -353,9 +409,11 @@ impl Session {
             let drive = async move { while pending.next().await.is_some() {} };
             actix_web::rt::spawn(self.state.tracker.track_future(drive));
         }
+        self.keep_unacked().await;
         self.state.metrics.connections.dec();
         if let Err(e) = self.state.routes.unregister(&self.user, &self.conn).await {
-            tracing::warn!(user = %self.user, conn_id = %self.conn, error = %e, "cannot remove a route; the node sweep or lease will");
+            tracing::warn!(user = %self.user, conn_id = %self.conn, error = %e, "cannot remove a route; it will be reconciled");
+            self.state.request_reconcile();
         }
         if let Err(e) = self
             .state
@@ -366,6 +424,27 @@ impl Session {
             tracing::debug!(user = %self.user, error = %e, "cannot announce a disconnect");
         }
         tracing::info!(user = %self.user, conn_id = %self.conn, "client disconnected");
+    }
+
+    /// Messages written here but never acked may not have reached the client: keep them.
+    async fn keep_unacked(&mut self) {
+        let unacked = std::mem::take(&mut self.unacked);
+        if unacked.is_empty() {
+            return;
+        }
+        let mut kept = 0;
+        for (id, frame) in &unacked {
+            match self.state.inbox.store_frame(&self.user, id, frame).await {
+                Ok(StoreOutcome::Stored) => kept += 1,
+                Ok(StoreOutcome::Full) => {
+                    tracing::error!(user = %self.user, msg_id = %id, "inbox full: an unacked message cannot be kept");
+                }
+                Err(e) => {
+                    tracing::error!(user = %self.user, msg_id = %id, error = %e, "cannot keep an unacked message");
+                }
+            }
+        }
+        tracing::debug!(user = %self.user, conn_id = %self.conn, kept, "unacked messages moved to the inbox");
     }
 }
 
