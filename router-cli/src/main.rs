@@ -1,6 +1,7 @@
 //! `router-cli`: see and steer a wsroute cluster (who is where, which nodes live, send a test
-//! message). Exit codes: 0 success, 1 failed operation, 2 bad usage.
+//! message, load it with `bench`). Exit codes: 0 success, 1 failed operation, 2 bad usage.
 
+mod bench;
 mod chat;
 mod nodes;
 mod output;
@@ -45,6 +46,8 @@ enum Command {
     Send(send::SendArgs),
     /// Connect as a user and chat from the terminal (to try a cluster by hand)
     Chat(chat::ChatArgs),
+    /// Load generator: message latency, throughput and loss, or idle-connection capacity
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -70,10 +73,13 @@ enum RoutesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The load generator needs every core; the other commands make a few calls.
+    let mut builder = if matches!(cli.command, Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("router-cli: cannot start: {e}");
@@ -103,5 +109,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => routes::list(&table()?, &node, cli.json).await,
         Command::Send(args) => send::send(&table()?, args, cli.json).await,
         Command::Chat(args) => chat::chat(args).await,
+        Command::Bench(args) => bench::run(args, cli.json).await,
     }
 }
