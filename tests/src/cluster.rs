@@ -36,6 +36,7 @@ impl NodeOpts {
 
 pub struct Node {
     pub id: String,
+    pub opts: NodeOpts,
     pub ws_port: u16,
     pub grpc_port: u16,
     pub log: PathBuf,
@@ -52,8 +53,11 @@ impl Node {
 
     /// Starts a node without waiting.
     pub fn spawn(redis: &RedisServer, opts: &NodeOpts) -> Self {
-        let ws_port = free_port();
-        let grpc_port = free_port();
+        Self::spawn_on(redis, opts, free_port(), free_port())
+    }
+
+    /// Starts a node on the given ports (a restart keeps its addresses).
+    pub fn spawn_on(redis: &RedisServer, opts: &NodeOpts, ws_port: u16, grpc_port: u16) -> Self {
         let log = std::env::temp_dir().join(format!(
             "wsroute-test-{}-{}-{ws_port}.log",
             std::process::id(),
@@ -93,6 +97,7 @@ impl Node {
         let child = cmd.spawn().expect("wsroute-server starts");
         Self {
             id: opts.id.clone(),
+            opts: opts.clone(),
             ws_port,
             grpc_port,
             log,
@@ -132,6 +137,21 @@ impl Node {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process at once (SIGKILL): no drain, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the node again with the same id, flags and ports, and waits until ready.
+    pub async fn restart(&mut self, redis: &RedisServer) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        *self = Self::spawn_on(redis, &self.opts.clone(), self.ws_port, self.grpc_port);
+        self.wait_ready().await;
     }
 
     /// Sends SIGTERM (graceful drain).

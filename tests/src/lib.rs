@@ -4,6 +4,7 @@
 pub mod client;
 pub mod cluster;
 pub mod redis_server;
+pub mod traffic;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -48,6 +48,20 @@ impl RedisServer {
         .await;
     }
 
+    /// Kills the server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis is still running");
+        self.spawn().await;
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -1,0 +1,282 @@
+//! The chaos suite: traffic between users spread over three nodes while something breaks, then
+//! an accounting of what every client saw. The promise checked each time: every message acked
+//! `delivered` or `stored` reaches its recipient, no connection sees an id twice, nothing
+//! arrives that was never sent. Loads are bounded in count and time, on loopback only.
+
+use std::time::{Duration, Instant};
+
+use wsroute_tests::traffic::{Endpoint, Traffic, TrafficOpts};
+use wsroute_tests::{Cluster, eventually};
+
+fn endpoints(c: &Cluster) -> Vec<Endpoint> {
+    c.nodes
+        .iter()
+        .map(|n| Endpoint {
+            http: n.http(""),
+            ws: n.ws(""),
+        })
+        .collect()
+}
+
+/// Lets traffic run for a while (this is the load's duration, not a synchronisation).
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+async fn routes_of(c: &Cluster, node: &str) -> usize {
+    let mut conn = c.redis.conn().await;
+    redis::cmd("HLEN")
+        .arg(format!("wsr:n:{{{node}}}:conns"))
+        .query_async::<usize>(&mut conn)
+        .await
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_node_mid_traffic() {
+    let mut c = Cluster::start(3).await;
+    let t = Traffic::start(endpoints(&c), TrafficOpts::default()).await;
+    run_for(Duration::from_secs(2)).await;
+    assert!(routes_of(&c, "node2").await > 0);
+    c.nodes[1].kill();
+    let killed = Instant::now();
+    // Its routes are removed within 15 s of its last lease renewal.
+    eventually("node2's routes removed", || async {
+        (routes_of(&c, "node2").await == 0).then_some(())
+    })
+    .await;
+    let cleaned = killed.elapsed();
+    println!("node2 routes removed {cleaned:?} after kill -9");
+    assert!(cleaned < Duration::from_secs(15), "{cleaned:?}");
+    run_for(Duration::from_secs(2)).await;
+    let a = t.finish().await;
+    a.assert_kept("kill -9 node2");
+    assert!(a.delivered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarts_empty_mid_traffic() {
+    let mut c = Cluster::start(3).await;
+    let t = Traffic::start(endpoints(&c), TrafficOpts::default()).await;
+    run_for(Duration::from_secs(2)).await;
+    let users = t.users.len();
+    c.redis.stop();
+    c.redis.start_again().await;
+    let restarted = Instant::now();
+    eventually("every route back in Redis", || async {
+        let mut total = 0;
+        for n in ["node1", "node2", "node3"] {
+            total += routes_of(&c, n).await;
+        }
+        (total == users).then_some(())
+    })
+    .await;
+    let back = restarted.elapsed();
+    println!("all {users} routes back {back:?} after Redis restarted empty");
+    assert!(back < Duration::from_secs(15), "{back:?}");
+    run_for(Duration::from_secs(2)).await;
+    let a = t.finish().await;
+    a.assert_kept("redis restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_for_5_seconds() {
+    let mut c = Cluster::start(3).await;
+    let t = Traffic::start(endpoints(&c), TrafficOpts::default()).await;
+    run_for(Duration::from_secs(2)).await;
+    c.redis.stop();
+    run_for(Duration::from_secs(5)).await;
+    // Cached routes keep working while Redis is away: readiness says the truth meanwhile.
+    let r = reqwest::get(c.node(1).http("/readyz")).await.expect("http");
+    assert_eq!(r.status(), 503);
+    c.redis.start_again().await;
+    let users = t.users.len();
+    eventually("every route back in Redis", || async {
+        let mut total = 0;
+        for n in ["node1", "node2", "node3"] {
+            total += routes_of(&c, n).await;
+        }
+        (total == users).then_some(())
+    })
+    .await;
+    run_for(Duration::from_secs(2)).await;
+    let a = t.finish().await;
+    a.assert_kept("redis away 5 s");
+    // What could not be decided while Redis was away was rejected as `unavailable`, never
+    // anything else.
+    assert!(
+        a.rejections.iter().all(|(code, _)| code == "unavailable"),
+        "{:?}",
+        a.rejections
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_one_node_then_rolling_restart_under_traffic() {
+    let mut c = Cluster::start(3).await;
+    let t = Traffic::start(endpoints(&c), TrafficOpts::default()).await;
+    run_for(Duration::from_secs(1)).await;
+
+    c.node(2).terminate();
+    let status = c.nodes[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "drained node exit: {status}");
+    assert_eq!(routes_of(&c, "node2").await, 0);
+    let redis = &c.redis;
+    c.nodes[1].restart(redis).await;
+    run_for(Duration::from_secs(1)).await;
+
+    for i in 0..3 {
+        c.nodes[i].terminate();
+        let status = c.nodes[i].wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "node{} exit: {status}", i + 1);
+        c.nodes[i].restart(&c.redis).await;
+        run_for(Duration::from_millis(500)).await;
+    }
+    run_for(Duration::from_secs(1)).await;
+    let a = t.finish().await;
+    a.assert_kept("drain + rolling restart");
+    assert_eq!(a.rejected, 0, "a drain must not reject anything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_dropping_tcp_without_a_close_frame() {
+    let c = Cluster::start(3).await;
+    let opts = TrafficOpts {
+        abrupt_drop_every: Some(7),
+        ..TrafficOpts::default()
+    };
+    let t = Traffic::start(endpoints(&c), opts).await;
+    run_for(Duration::from_secs(4)).await;
+    let a = t.finish().await;
+    a.assert_kept("abrupt TCP drops");
+    assert!(a.connects > 24, "the users did reconnect");
+}
+
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("http")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_while_others_flood_it() {
+    use futures_util::StreamExt;
+    use serde_json::json;
+    use std::collections::HashSet;
+    use tokio_tungstenite::tungstenite::Message;
+    use wsroute_tests::Client;
+
+    let c = Cluster::start_with(2, |o| {
+        o.extra = vec!["--session-queue".into(), "64".into()];
+    })
+    .await;
+    // The sloth reads its hello, then nothing.
+    let (mut sloth, _) = tokio_tungstenite::connect_async(c.node(2).ws_user("sloth"))
+        .await
+        .expect("connects");
+    let hello = sloth.next().await.expect("hello").expect("ok");
+    assert!(hello.to_text().expect("text").contains("hello"));
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let mut floods: Vec<Client> = Vec::new();
+    for i in 0..3 {
+        floods.push(Client::connect(&c.node(1).ws_user(&format!("flood{i}"))).await);
+    }
+
+    // Flood in rounds until the node gives up on the sloth (bounded: at most 4000 messages).
+    let pad = "x".repeat(32 * 1024);
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let metrics = c.node(2).http("/metrics");
+    let mut sent = 0;
+    while metric(&metrics, "wsroute_slow_consumers_total").await < 1.0 {
+        assert!(sent < 4000, "no eviction after {sent} messages");
+        for f in floods.iter_mut() {
+            let mut refs = Vec::new();
+            for _ in 0..20 {
+                refs.push(f.send_to("sloth", json!({"pad": pad})).await);
+                sent += 1;
+            }
+            for r in refs {
+                let ack = f.expect_ack(&r).await;
+                let status = ack["status"].as_str().unwrap_or_default().to_owned();
+                assert!(status == "delivered" || status == "stored", "{ack}");
+                acked.push((ack["id"].as_str().unwrap_or_default().to_owned(), status));
+            }
+        }
+    }
+    // Others on the same node are unaffected.
+    assert_eq!(
+        floods[0].send_and_ack("bob", json!("still here")).await["status"],
+        "delivered"
+    );
+    bob.expect_type("message").await;
+
+    // The sloth wakes up: it reads what reached its socket, then the connection ends.
+    let mut first = Vec::new();
+    let deadline = tokio::time::Instant::now() + wsroute_tests::patience();
+    let mut close_code = None;
+    loop {
+        let m = tokio::time::timeout_at(deadline, sloth.next())
+            .await
+            .expect("the evicted connection ends");
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "message" {
+                    first.push(v["id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            Some(Ok(Message::Close(f))) => {
+                close_code = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    // Then reconnects and gets the rest from its inbox.
+    let mut again = Client::connect(&c.node(1).ws_user("sloth")).await;
+    let second: Vec<String> = again
+        .frames_until_pong()
+        .await
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+
+    let unique_first: HashSet<&String> = first.iter().collect();
+    let unique_second: HashSet<&String> = second.iter().collect();
+    assert_eq!(
+        unique_first.len(),
+        first.len(),
+        "an id twice on the first connection"
+    );
+    assert_eq!(
+        unique_second.len(),
+        second.len(),
+        "an id twice on the second connection"
+    );
+    let lost: Vec<&(String, String)> = acked
+        .iter()
+        .filter(|(id, _)| !unique_first.contains(id) && !unique_second.contains(id))
+        .collect();
+    let stored = acked.iter().filter(|(_, s)| s == "stored").count();
+    println!(
+        "ACCOUNTING slow consumer: sent={sent} acked={} (stored {stored}) read_before_eviction={} from_inbox={} lost={} close={close_code:?}",
+        acked.len(),
+        first.len(),
+        second.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    if let Some(code) = close_code {
+        assert_eq!(code, 1013);
+    }
+}

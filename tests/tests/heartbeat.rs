@@ -1,0 +1,59 @@
+//! Heartbeats: the `heartbeat_ms` in `hello` is what the server enforces. A client silent for two
+//! heartbeats is closed and its route removed; a client that keeps talking stays.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use wsroute_tests::{Client, Cluster};
+
+async fn routes_of_user(c: &Cluster, user: &str) -> usize {
+    let mut conn = c.redis.conn().await;
+    redis::cmd("HLEN")
+        .arg(format!("wsr:u:{{{user}}}:conns"))
+        .query_async::<usize>(&mut conn)
+        .await
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_and_its_route_removed() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--heartbeat-ms".into(), "300".into()];
+    })
+    .await;
+    // A client that reads its hello and then neither reads nor writes (a dead peer).
+    let (mut ws, _) = tokio_tungstenite::connect_async(c.node(1).ws_user("ghost"))
+        .await
+        .expect("connects");
+    let hello = ws.next().await.expect("hello").expect("ok");
+    let hello: serde_json::Value =
+        serde_json::from_str(hello.to_text().expect("text")).expect("json");
+    assert_eq!(hello["heartbeat_ms"], 300);
+    assert_eq!(routes_of_user(&c, "ghost").await, 1);
+
+    // A client that pings keeps its connection meanwhile.
+    let mut alive = Client::connect(&c.node(1).ws_user("alive")).await;
+    let silent_since = std::time::Instant::now();
+    let deadline = silent_since + wsroute_tests::patience();
+    while routes_of_user(&c, "ghost").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent client was never closed"
+        );
+        alive.send_json(json!({"type":"ping"})).await;
+        alive.expect_type("pong").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = silent_since.elapsed();
+    println!("silent client removed after {took:?} (heartbeat 300 ms)");
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed too early: {took:?}"
+    );
+    assert_eq!(routes_of_user(&c, "alive").await, 1);
+    assert_eq!(
+        alive.send_and_ack("alive", json!("me")).await["status"],
+        "delivered"
+    );
+}
