@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod drain;
 mod nodes;
 mod output;
 mod routes;
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Send a direct message to a user through a live node (Router.SendToUser)
     Send(send::SendArgs),
+    /// Drain a node (as on SIGTERM) through the mesh and wait until it has left
+    Drain(drain::DrainArgs),
     /// Connect as a user and chat from the terminal (to try a cluster by hand)
     Chat(chat::ChatArgs),
     /// Load generator: message latency, throughput and loss, or idle-connection capacity
@@ -108,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: RoutesCommand::List { node },
         } => routes::list(&table()?, &node, cli.json).await,
         Command::Send(args) => send::send(&table()?, args, cli.json).await,
+        Command::Drain(args) => drain::drain(&table()?, args, cli.json).await,
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
     }

@@ -221,3 +221,55 @@ async fn probes_and_metrics_tell_the_truth() {
     );
     assert_eq!(value("wsroute_messages_total{outcome=\"stored\"}"), 1.0);
 }
+
+#[tokio::test]
+async fn router_cli_drain_moves_clients_and_the_node_exits() {
+    let mut c = Cluster::start(2).await;
+    let url = c.redis.url();
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+
+    // Without the mesh secret the node refuses.
+    let (code, _, err) = cli(&url, &["drain", "node2", "--no-wait"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("mesh secret"), "{err}");
+
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "drain",
+            "node2",
+            "--mesh-secret",
+            wsroute_tests::cluster::MESH_SECRET,
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("drained"), "{out}");
+    let r = bob.expect_type("reconnect").await;
+    assert_eq!(r["url"], c.node(1).ws(""));
+    let status = c.nodes[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    let nodes = cli_json(&url, &["nodes", "list"]);
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_drain_ends_within_its_grace_period_even_if_clients_do_not_leave() {
+    let mut c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--drain-grace-ms".into(), "1000".into()];
+    })
+    .await;
+    // A client that never reads, so it never acts on its reconnect frame.
+    let (_stubborn, _) = tokio_tungstenite::connect_async(c.node(1).ws_user("stubborn"))
+        .await
+        .expect("connects");
+    let _other = Client::connect(&c.node(1).ws_user("other")).await;
+    let started = std::time::Instant::now();
+    c.node(1).terminate();
+    let status = c.nodes[0].wait_exit(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    println!("drain with a stubborn client took {took:?} (grace 1 s)");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let listed = cli_json(&c.redis.url(), &["routes", "list", "--node", "node1"]);
+    assert_eq!(listed["connections"], json!([]));
+}
