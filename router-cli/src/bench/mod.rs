@@ -9,6 +9,7 @@ mod conn;
 mod load;
 mod report;
 mod target;
+mod user;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
