@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::fanout::Fanout;
 use crate::ids::{IdError, NodeId};
 
 /// Flags as typed by the operator. Every field is optional so that the TOML file can fill the
@@ -60,6 +61,10 @@ pub struct Args {
     /// Frames queued per connection before it is closed as a slow consumer (1013) [default: 1024]
     #[arg(long, env = "WSROUTE_SESSION_QUEUE")]
     pub session_queue: Option<usize>,
+    /// How messages reach other nodes: `route` (to the nodes that hold the recipient) or
+    /// `broadcast` (to every node, through Redis pub/sub: a baseline for benchmarks) [default: route]
+    #[arg(long, env = "WSROUTE_FANOUT", value_enum)]
+    pub fanout: Option<Fanout>,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -80,6 +85,7 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     drain_grace_ms: Option<u64>,
     session_queue: Option<usize>,
+    fanout: Option<Fanout>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -98,6 +104,7 @@ pub struct Config {
     pub mesh_secret: Option<String>,
     pub max_frame_bytes: usize,
     pub dev_auth: bool,
+    pub fanout: Fanout,
     pub limits: Limits,
 }
 
@@ -294,6 +301,7 @@ impl Config {
             mesh_secret,
             max_frame_bytes,
             dev_auth,
+            fanout: args.fanout.or(file.fanout).unwrap_or_default(),
             limits,
         })
     }

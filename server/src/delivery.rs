@@ -12,6 +12,7 @@ use wsroute_proto::v1 as pb;
 
 use crate::envelope::Envelope;
 use crate::error::RejectCode;
+use crate::fanout::Broadcast;
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::inbox::{Inbox, StoreOutcome};
 use crate::mesh::client::{ForwardReply, PeerPool};
@@ -150,6 +151,8 @@ pub struct Delivery {
     deadline: Duration,
     /// How long to wait for local writers before a connection counts as not written.
     write_wait: Duration,
+    /// Set only in the `--fanout broadcast` baseline: every message goes to every node.
+    broadcast: Option<Broadcast>,
 }
 
 impl Delivery {
@@ -175,7 +178,14 @@ impl Delivery {
             metrics,
             deadline,
             write_wait,
+            broadcast: None,
         }
+    }
+
+    /// Switches this node to the broadcast baseline.
+    pub fn with_broadcast(mut self, broadcast: Broadcast) -> Self {
+        self.broadcast = Some(broadcast);
+        self
     }
 
     /// Resolves and delivers, then waits for the outcome.
@@ -189,6 +199,16 @@ impl Delivery {
     /// messages from one sender to one recipient in order while their outcomes are awaited
     /// concurrently.
     pub async fn dispatch(&self, env: Envelope) -> InFlight {
+        if let Some(b) = &self.broadcast {
+            let outcome = match b.publish(&env).await {
+                Ok(nodes) => Outcome::Delivered { devices: nodes },
+                Err(e) => Outcome::rejected(RejectCode::Unavailable, e.to_string()),
+            };
+            return InFlight {
+                env,
+                state: State::Decided(outcome),
+            };
+        }
         let routes = match self.resolve(&env.to).await {
             Ok(r) => r,
             Err(e) => {

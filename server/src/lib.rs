@@ -11,6 +11,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod error;
+pub mod fanout;
 pub mod ids;
 pub mod inbox;
 pub mod mesh;

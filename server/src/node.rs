@@ -16,6 +16,7 @@ use crate::api;
 use crate::config::{Config, dialable};
 use crate::delivery::Delivery;
 use crate::envelope::now_ms;
+use crate::fanout::{Broadcast, Fanout};
 use crate::ids::{IdGen, NodeId};
 use crate::inbox::Inbox;
 use crate::mesh::client::PeerPool;
@@ -280,7 +281,7 @@ impl Node {
             tracker.clone(),
             shutdown.clone(),
         ));
-        let delivery = Arc::new(Delivery::new(
+        let delivery = Delivery::new(
             node.clone(),
             sessions.clone(),
             routes.clone(),
@@ -290,7 +291,20 @@ impl Node {
             metrics.clone(),
             limits.send_deadline,
             limits.write_wait,
-        ));
+        );
+        let delivery = Arc::new(match config.fanout {
+            Fanout::Route => delivery,
+            Fanout::Broadcast => {
+                tracing::warn!(
+                    "--fanout broadcast: every message goes to every node (a benchmark baseline, not for production)"
+                );
+                delivery.with_broadcast(
+                    Broadcast::connect(&pubsub_client)
+                        .await
+                        .map_err(|e| StartError::Redis(e.to_string()))?,
+                )
+            }
+        });
         let state = Arc::new(NodeState {
             auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_auth),
             node: node.clone(),
@@ -326,6 +340,13 @@ impl Node {
         // Background loops.
         state.tracker.spawn(lease_loop(state.clone()));
         state.tracker.spawn(sweep_loop(state.clone()));
+        if state.config.fanout == Fanout::Broadcast {
+            state.tracker.spawn(crate::fanout::listen(
+                pubsub_client.clone(),
+                state.sessions.clone(),
+                state.shutdown.clone(),
+            ));
+        }
         state.tracker.spawn(events::listen(
             pubsub_client,
             state.cache.clone(),

@@ -157,3 +157,20 @@ async fn steady_state_sends_make_no_redis_calls() {
         "{total} Redis calls for {n} messages: {report:?}"
     );
 }
+
+#[tokio::test]
+async fn the_broadcast_baseline_delivers_through_every_node() {
+    let c = Cluster::start_with(3, |o| {
+        o.extra = vec!["--fanout".into(), "broadcast".into()];
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let ack = alice.send_and_ack("bob", json!("via everyone")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    // A broadcast reaches every node, whether or not it holds bob.
+    assert_eq!(ack["devices"], 3);
+    let m = bob.expect_type("message").await;
+    assert_eq!(m["body"], "via everyone");
+    assert_eq!(m["from"], "alice");
+}
