@@ -129,6 +129,10 @@ pub struct Limits {
     pub mesh_timeout: Duration,
     /// Sends of one connection awaiting their outcome before the node stops reading its frames.
     pub sends_in_flight: usize,
+    /// Sends of all connections of this node awaiting their outcome. Past this, connections
+    /// with a send to make stop reading (TCP backpressure on the clients) instead of queueing
+    /// more work than the node can finish within the send deadline.
+    pub node_sends_in_flight: usize,
     /// Messages kept per offline user.
     pub inbox_max: usize,
     /// How long an inbox is kept after its last write.
@@ -152,6 +156,7 @@ impl Default for Limits {
             write_wait: Duration::from_secs(2),
             mesh_timeout: Duration::from_secs(3),
             sends_in_flight: 256,
+            node_sends_in_flight: 4096,
             inbox_max: 1000,
             inbox_ttl: Duration::from_secs(7 * 24 * 3600),
             send_deadline: Duration::from_secs(8),

@@ -73,6 +73,8 @@ pub struct NodeState {
     reconcile_needed: AtomicBool,
     /// Cancelled when something other than a signal asks the node to drain (`router-cli drain`).
     pub drain_requested: CancellationToken,
+    /// Admission control: one permit per send awaiting its outcome (`Limits::node_sends_in_flight`).
+    pub admission: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the node stops: sessions close and background loops end.
     pub shutdown: CancellationToken,
     /// Every task the node spawns, so that stopping can wait for them.
@@ -322,6 +324,7 @@ impl Node {
             draining: AtomicBool::new(false),
             reconcile_needed: AtomicBool::new(false),
             drain_requested: CancellationToken::new(),
+            admission: Arc::new(tokio::sync::Semaphore::new(limits.node_sends_in_flight)),
             shutdown,
             tracker,
             config,
@@ -388,6 +391,14 @@ impl Node {
                 .route("/metrics", web::get().to(api::probes::metrics))
                 .route("/gateway", web::get().to(api::probes::gateway))
                 .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+        })
+        .on_connect(|conn, _| {
+            // Frames are small and latency matters: no Nagle delay on client sockets.
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
         })
         .disable_signals()
         .shutdown_timeout(5)

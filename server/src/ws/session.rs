@@ -78,6 +78,9 @@ impl Session {
         );
         let mut pending: FuturesUnordered<PendingAck> = FuturesUnordered::new();
         let max_pending = self.state.config.limits.sends_in_flight;
+        let admission = self.state.admission.clone();
+        // A send waiting for admission; while it waits, no more frames are read.
+        let mut parked: Option<(frame::SendFrame, UserId)> = None;
         let cancel = self.state.shutdown.clone();
         let evict = self.evict.clone();
         let mut last_heard = Instant::now();
@@ -123,12 +126,17 @@ impl Session {
                             break 'session End::Gone;
                         }
                     }
-                    msg = stream.recv(), if pending.len() < max_pending => {
+                    permit = admission.clone().acquire_owned(), if parked.is_some() => {
+                        if let (Ok(permit), Some((send, to))) = (permit, parked.take()) {
+                            self.dispatch(send, to, permit, &mut pending).await;
+                        }
+                    }
+                    msg = stream.recv(), if parked.is_none() && pending.len() < max_pending => {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
                             Some(Ok(msg)) => {
-                                if let Some(end) = self.on_message(msg, &mut pending).await {
+                                if let Some(end) = self.on_message(msg, &mut pending, &mut parked).await {
                                     break 'session end;
                                 }
                             }
@@ -156,10 +164,11 @@ impl Session {
         &mut self,
         msg: AggregatedMessage,
         pending: &mut FuturesUnordered<PendingAck>,
+        parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
         match msg {
             AggregatedMessage::Text(text) => match frame::parse(&text) {
-                Ok(ClientFrame::Send(send)) => self.on_send(send, pending).await,
+                Ok(ClientFrame::Send(send)) => self.on_send(send, pending, parked).await,
                 Ok(ClientFrame::Ack { id }) => {
                     self.on_ack(&id).await;
                     None
@@ -185,6 +194,7 @@ impl Session {
         &mut self,
         send: frame::SendFrame,
         pending: &mut FuturesUnordered<PendingAck>,
+        parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
         let to = match UserId::parse(&send.to) {
             Ok(to) => to,
@@ -207,6 +217,22 @@ impl Session {
                 return self.ws.text(ack).await.err().map(|_| End::Gone);
             }
         };
+        match self.state.admission.clone().try_acquire_owned() {
+            Ok(permit) => self.dispatch(send, to, permit, pending).await,
+            // The node is at capacity: hold this send (and stop reading) until a permit frees.
+            Err(_) => *parked = Some((send, to)),
+        }
+        None
+    }
+
+    /// Hands an admitted send to delivery; its permit is released when its outcome is known.
+    async fn dispatch(
+        &mut self,
+        send: frame::SendFrame,
+        to: UserId,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        pending: &mut FuturesUnordered<PendingAck>,
+    ) {
         let env = Envelope {
             id: self.state.ids.msg(),
             from: self.user.clone(),
@@ -220,9 +246,9 @@ impl Session {
         let in_flight = delivery.dispatch(env).await;
         pending.push(Box::pin(async move {
             let outcome = delivery.finish(in_flight).await;
+            drop(permit);
             (reference, id, outcome)
         }));
-        None
     }
 
     /// The client has a message and it may be forgotten. Live messages are forgotten locally;
