@@ -81,8 +81,14 @@ impl Session {
         let admission = self.state.admission.clone();
         // A send waiting for admission; while it waits, no more frames are read.
         let mut parked: Option<(frame::SendFrame, UserId)> = None;
+        // Made once and polled by reference: a fresh `cancelled()` per loop turn would lock the
+        // token's tree node on every frame.
         let cancel = self.state.shutdown.clone();
+        let stopping = cancel.cancelled();
+        tokio::pin!(stopping);
         let evict = self.evict.clone();
+        let evicted = evict.cancelled();
+        tokio::pin!(evicted);
         let mut last_heard = Instant::now();
         // Pings go out twice per heartbeat; a client silent for two heartbeats is gone.
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat / 2, heartbeat / 2);
@@ -97,10 +103,10 @@ impl Session {
             loop {
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => {
+                    _ = &mut stopping => {
                         break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
                     }
-                    _ = evict.cancelled() => break 'session self.write_failed(WriteError::Evicted).await,
+                    _ = &mut evicted => break 'session self.write_failed(WriteError::Evicted).await,
                     Some(ctl) = control.recv() => match ctl {
                         Control::Reconnect { url, reason: why } => {
                             let _ = self.ws.text(frame::reconnect(&url, &why)).await;

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Reproduces every figure in BENCHMARKS.md on this machine: builds release binaries, starts
+# private Redis + node clusters on loopback, runs `router-cli bench`, and appends one JSON line
+# per run to bench/results-<date>.jsonl; then prints the tables (scripts/bench_report.py).
+#
+#   scripts/bench.sh              everything (about 15 minutes on 2 cores)
+#   scripts/bench.sh throughput   one group: throughput | latency | scaling | connections
+#
+# Every process it starts listens on 127.0.0.1 only and is stopped at the end; every run is
+# bounded in users, duration and count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+groups="${1:-throughput latency scaling connections}"
+runs="${RUNS:-3}"
+bash scripts/install-deps.sh
+cargo build --release --locked -p wsroute-server -p router-cli
+bin=target/release
+out="bench/results-$(date -u +%Y%m%d).jsonl"
+mkdir -p bench .local/logs
+redis_port=6420
+pids=()
+
+stop_all() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+
+# start N FANOUT: a fresh Redis and N nodes on ws 127.0.0.1:93NN, gRPC 127.0.0.1:53NN.
+start() {
+  local n=$1 fanout=$2
+  stop_all
+  redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+  pids+=($!)
+  until redis-cli -p $redis_port ping >/dev/null 2>&1; do sleep 0.1; done
+  node_pids=()
+  urls=()
+  for i in $(seq 1 "$n"); do
+    WSROUTE_LOG=warn "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
+      --ws-listen "127.0.0.1:$((9300 + i))" --grpc-listen "127.0.0.1:$((5300 + i))" \
+      --redis-url "redis://127.0.0.1:$redis_port" >".local/logs/bench-n$i.log" 2>&1 &
+    pids+=($!)
+    node_pids+=($!)
+    urls+=(--url "ws://127.0.0.1:$((9300 + i))/ws")
+  done
+  for i in $(seq 1 "$n"); do
+    until curl -fsS "http://127.0.0.1:$((9300 + i))/readyz" >/dev/null 2>&1; do sleep 0.1; done
+  done
+}
+
+# CPU ticks (user+system) used so far by the nodes.
+node_ticks() {
+  local t=0 p
+  for p in "${node_pids[@]}"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $t
+}
+
+redis_calls() {
+  redis-cli -p $redis_port info commandstats | awk -F'[:=,]' '/^cmdstat_/ {s += $3} END {print s + 0}'
+}
+
+# measure GROUP LABEL NODES FANOUT bench-args...: one run, one JSON line.
+measure() {
+  local group=$1 label=$2 nodes=$3 fanout=$4
+  shift 4
+  local t0 t1 r0 r1 res
+  t0=$(node_ticks)
+  r0=$(redis_calls)
+  # Redis calls in the steady window only (after connecting and warm-up, before the end):
+  # two samples 4 s and 9 s into the run (runs use --warmup 1-2s and --duration 8-10s).
+  (sleep 4; redis_calls >.local/redis-a; sleep 5; redis_calls >.local/redis-b) &
+  local sampler=$!
+  res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench messages "${urls[@]}" --json "$@" || true)
+  wait $sampler || true
+  t1=$(node_ticks)
+  r1=$(redis_calls)
+  python3 - "$group" "$label" "$nodes" "$fanout" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((r1 - r0))" \
+    "$(( $(cat .local/redis-b) - $(cat .local/redis-a) ))" "$*" "$res" >>"$out" <<'PY'
+import json, sys
+group, label, nodes, fanout, ticks, hz, redis, steady, args, res = sys.argv[1:]
+try:
+    r = json.loads(res)
+except ValueError:
+    r = {"error": res[-500:]}
+print(json.dumps({"group": group, "label": label, "nodes": int(nodes), "fanout": fanout,
+                  "node_cpu_s": int(ticks) / int(hz), "redis_calls": int(redis),
+                  "redis_calls_steady_5s": int(steady), "args": args, "result": r}))
+PY
+  tail -n 1 "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["result"]; print(d["label"], d["fanout"], d["nodes"], "nodes:", {k: r.get(k) for k in ("ok","throughput_per_s","sent","lost","duplicates","out_of_order","acked_rejected","problems")}, "cpu", d["node_cpu_s"], "redis", d["redis_calls"], "steady 5s", d["redis_calls_steady_5s"])'
+}
+
+for g in $groups; do
+  case $g in
+  throughput)
+    for fanout in route broadcast; do
+      start 3 $fanout
+      for r in $(seq "$runs"); do
+        measure throughput "max-3-nodes" 3 $fanout --users 3000 --window 8 --duration 10s --warmup 2s
+      done
+    done
+    ;;
+  latency)
+    for fanout in route broadcast; do
+      start 3 $fanout
+      for rate in 10000 20000; do
+        for r in $(seq "$runs"); do
+          measure latency "rate-$rate" 3 $fanout --users 3000 --rate $rate --duration 10s --warmup 2s
+        done
+      done
+    done
+    ;;
+  scaling)
+    for n in 2 4 8; do
+      for fanout in route broadcast; do
+        start "$n" $fanout
+        for r in $(seq "$runs"); do
+          measure scaling "rate-5000" "$n" $fanout --users 800 --rate 5000 --duration 8s --warmup 1s
+        done
+      done
+    done
+    ;;
+  connections)
+    for r in $(seq "$runs"); do
+      start 1 route
+      res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench connections \
+        --url ws://127.0.0.1:9301/ws --count 15000 --hold 5s --pid "${node_pids[0]}" --json || true)
+      python3 -c 'import json,sys; print(json.dumps({"group":"connections","label":"idle-15000","nodes":1,"fanout":"route","result":json.loads(sys.argv[1])}))' "$res" >>"$out"
+      tail -n 1 "$out"
+    done
+    ;;
+  *) echo "unknown group $g" >&2; exit 2 ;;
+  esac
+done
+stop_all
+python3 scripts/bench_report.py "$out"

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Turns bench/results-*.jsonl (written by scripts/bench.sh) into the markdown tables of
+BENCHMARKS.md: medians over the runs of each configuration."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def main(path):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["group"], r["label"], r["nodes"], r["fanout"])].append(r)
+
+    print("| group | config | nodes | fanout | runs | ok | delivered msg/s | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | ack p99 ms | node CPU s / 1000 msgs | Redis calls / msg (steady) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (group, label, nodes, fanout), rs in sorted(groups.items()):
+        if group == "connections":
+            continue
+        res = [r["result"] for r in rs]
+        ok = sum(1 for x in res if x.get("ok"))
+        e2e = [x.get("latency_us", {}).get("end_to_end", {}) for x in res]
+        ack = [x.get("latency_us", {}).get("ack", {}) for x in res]
+        cpu_per_k = [r["node_cpu_s"] * 1000.0 / r["result"]["received"]
+                     for r in rs if r["result"].get("received")]
+        # Steady window: Redis calls per second (lease heartbeats etc.) against messages per
+        # second, between the 4 s and 9 s samples of scripts/bench.sh.
+        redis_per_msg = [r["redis_calls_steady_5s"] / 5.0 / r["result"]["throughput_per_s"]
+                         for r in rs
+                         if r["result"].get("throughput_per_s") and "redis_calls_steady_5s" in r]
+        print(f"| {group} | {label} | {nodes} | {fanout} | {len(rs)} | {ok}/{len(rs)} "
+              f"| {fmt(med([x.get('throughput_per_s') for x in res]))} "
+              f"| {fmt(med([e.get('p50', 0) / 1000 for e in e2e]), 2)} "
+              f"| {fmt(med([e.get('p99', 0) / 1000 for e in e2e]), 2)} "
+              f"| {fmt(med([e.get('p99_9', 0) / 1000 for e in e2e]), 2)} "
+              f"| {fmt(med([a.get('p99', 0) / 1000 for a in ack]), 2)} "
+              f"| {fmt(med(cpu_per_k), 3)} | {fmt(med(redis_per_msg), 4)} |")
+
+    conns = [r["result"] for r in rows if r["group"] == "connections"]
+    if conns:
+        print()
+        print("| idle connections | runs | opened (median) | connect rate /s | node RSS bytes per connection |")
+        print("|---|---|---|---|---|")
+        print(f"| {conns[0].get('requested')} | {len(conns)} "
+              f"| {fmt(med([c.get('connections') for c in conns]))} "
+              f"| {fmt(med([c.get('connect', {}).get('per_second') for c in conns]))} "
+              f"| {fmt(med([c.get('rss_per_connection_bytes') for c in conns]))} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
