@@ -364,6 +364,7 @@ impl Node {
             write_deadline: limits.write_wait,
             node: state.node.clone(),
             drain: state.drain_requested.clone(),
+            shutdown: state.shutdown.clone(),
         };
         let router = api::router::RouterService {
             state: state.clone(),

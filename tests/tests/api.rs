@@ -173,6 +173,7 @@ async fn the_mesh_refuses_calls_without_the_secret() {
         .expect("grpc connects");
     let batch = pb::ForwardBatch {
         from_node: "intruder".into(),
+        seq: 0,
         items: vec![pb::ForwardItem {
             envelope: Some(pb::Envelope {
                 id: "mforged".into(),

@@ -1,9 +1,11 @@
 //! Outgoing mesh traffic: one long-lived HTTP/2 channel and one batching queue per peer node.
 //!
-//! Messages for a peer queue up while the previous batch is in flight and leave together in the
-//! next call (natural batching: light load gives small fast batches, heavy load big ones). One
-//! call at a time per peer keeps messages in the order they were queued.
+//! Messages for a peer queue up and leave together as one batch on a long-lived bidirectional
+//! stream (natural batching: light load gives small fast batches, heavy load big ones). Batches
+//! go out back to back without waiting for earlier replies; the peer hands them to its
+//! connections in stream order, which keeps each sender's messages in order.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -199,76 +201,205 @@ struct PeerWorker {
     suspect: Arc<AtomicBool>,
 }
 
-impl PeerWorker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
-        let mut jobs = Vec::with_capacity(self.batch_max);
-        loop {
-            let first = tokio::select! {
-                biased;
-                j = rx.recv() => j,
-                _ = cancel.cancelled() => None,
-            };
-            let Some(first) = first else {
-                // Shutting down or forgotten: fail whatever is still queued, honestly.
-                rx.close();
-                while let Ok(job) = rx.try_recv() {
-                    let _ = job.reply.send(Err(MeshError::ShuttingDown));
-                }
-                return;
-            };
-            jobs.push(first);
-            while jobs.len() < self.batch_max {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-            self.call(&mut jobs).await;
-        }
-    }
+/// Batches sent on a peer's stream and not yet answered, at most.
+const BATCHES_IN_FLIGHT: usize = 32;
 
-    async fn call(&mut self, jobs: &mut Vec<Job>) {
-        self.metrics.mesh_batch_size.observe(jobs.len() as f64);
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut items = Vec::with_capacity(jobs.len());
-        for job in jobs.drain(..) {
-            items.push(job.item);
-            replies.push(job.reply);
-        }
-        let batch = pb::ForwardBatch {
-            from_node: self.me.to_string(),
-            items,
-        };
-        let outcome = tokio::time::timeout(self.call_timeout, self.client.forward(batch)).await;
-        let error = match outcome {
-            Ok(Ok(resp)) => {
-                let results = resp.into_inner().results;
-                if results.len() == replies.len() {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
+/// An open `ForwardStream` to the peer.
+struct Link {
+    batches: mpsc::Sender<pb::ForwardBatch>,
+    replies: tonic::Streaming<pb::ForwardReply>,
+}
+
+/// A batch on the wire, waiting for its reply.
+struct InFlightBatch {
+    seq: u64,
+    replies: Vec<oneshot::Sender<Result<pb::ForwardResult, MeshError>>>,
+    sent_at: tokio::time::Instant,
+}
+
+impl PeerWorker {
+    /// Sends batches back to back on one stream (up to `BATCHES_IN_FLIGHT` unanswered) and
+    /// matches replies in order. Any failure fails every unanswered batch honestly and the
+    /// stream is opened again for the next batch.
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+        let mut link: Option<Link> = None;
+        let mut waiting: VecDeque<InFlightBatch> = VecDeque::new();
+        let mut seq = 0u64;
+        loop {
+            let oldest = waiting.front().map(|b| b.sent_at + self.call_timeout);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.fail(&mut waiting, &MeshError::ShuttingDown);
+                    rx.close();
+                    while let Ok(job) = rx.try_recv() {
+                        let _ = job.reply.send(Err(MeshError::ShuttingDown));
                     }
                     return;
                 }
-                MeshError::Call {
-                    node: self.node.clone(),
-                    message: format!(
-                        "answered {} results for {} items",
-                        results.len(),
-                        replies.len()
-                    ),
+                reply = next_reply(&mut link), if !waiting.is_empty() => {
+                    match reply {
+                        Some(Ok(reply)) => {
+                            let batch = waiting.pop_front().expect("waiting is not empty");
+                            if reply.seq != batch.seq || reply.results.len() != batch.replies.len() {
+                                let e = self.call_error(format!(
+                                    "answered batch {} with {} results for batch {} of {}",
+                                    reply.seq, reply.results.len(), batch.seq, batch.replies.len()
+                                ));
+                                waiting.push_front(batch);
+                                self.broken(&mut link, &mut waiting, e);
+                                continue;
+                            }
+                            for (r, result) in batch.replies.into_iter().zip(reply.results) {
+                                let _ = r.send(Ok(result));
+                            }
+                        }
+                        Some(Err(status)) => {
+                            let e = self.call_error(format!("{:?}: {}", status.code(), status.message()));
+                            self.broken(&mut link, &mut waiting, e);
+                        }
+                        None => {
+                            let e = self.call_error("stream closed".into());
+                            self.broken(&mut link, &mut waiting, e);
+                        }
+                    }
+                }
+                _ = sleep_until(oldest), if oldest.is_some() => {
+                    let e = MeshError::Timeout(self.node.clone());
+                    self.broken(&mut link, &mut waiting, e);
+                }
+                job = rx.recv(), if waiting.len() < BATCHES_IN_FLIGHT => {
+                    let Some(first) = job else {
+                        // Forgotten by the pool: answer what is on the wire, then stop.
+                        while !waiting.is_empty() {
+                            match tokio::time::timeout(self.call_timeout, next_reply(&mut link)).await {
+                                Ok(Some(Ok(reply))) => {
+                                    let batch = waiting.pop_front().expect("not empty");
+                                    for (r, result) in batch.replies.into_iter().zip(reply.results) {
+                                        let _ = r.send(Ok(result));
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        self.fail(&mut waiting, &MeshError::ShuttingDown);
+                        return;
+                    };
+                    let mut jobs = vec![first];
+                    while jobs.len() < self.batch_max {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    self.send(&mut link, &mut waiting, &mut seq, jobs).await;
                 }
             }
-            Ok(Err(status)) => MeshError::Call {
-                node: self.node.clone(),
-                message: format!("{:?}: {}", status.code(), status.message()),
-            },
-            Err(_) => MeshError::Timeout(self.node.clone()),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        link: &mut Option<Link>,
+        waiting: &mut VecDeque<InFlightBatch>,
+        seq: &mut u64,
+        jobs: Vec<Job>,
+    ) {
+        self.metrics.mesh_batch_size.observe(jobs.len() as f64);
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut items = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            items.push(job.item);
+            replies.push(job.reply);
+        }
+        if link.is_none() {
+            match self.open().await {
+                Ok(l) => *link = Some(l),
+                Err(e) => {
+                    self.metrics.mesh_errors.inc();
+                    self.suspect.store(true, Ordering::Relaxed);
+                    tracing::warn!(peer = %self.node, error = %e, messages = replies.len(), "mesh stream cannot open");
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+        *seq += 1;
+        let batch = pb::ForwardBatch {
+            from_node: self.me.to_string(),
+            items,
+            seq: *seq,
         };
+        let sent = match link.as_ref() {
+            Some(l) => l.batches.send(batch).await.is_ok(),
+            None => false,
+        };
+        waiting.push_back(InFlightBatch {
+            seq: *seq,
+            replies,
+            sent_at: tokio::time::Instant::now(),
+        });
+        if !sent {
+            let e = self.call_error("stream closed".into());
+            self.broken(link, waiting, e);
+        }
+    }
+
+    async fn open(&mut self) -> Result<Link, MeshError> {
+        let (batches, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let call = self
+            .client
+            .forward_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Ok(resp)) => Ok(Link {
+                batches,
+                replies: resp.into_inner(),
+            }),
+            Ok(Err(status)) => {
+                Err(self.call_error(format!("{:?}: {}", status.code(), status.message())))
+            }
+            Err(_) => Err(MeshError::Timeout(self.node.clone())),
+        }
+    }
+
+    fn call_error(&self, message: String) -> MeshError {
+        MeshError::Call {
+            node: self.node.clone(),
+            message,
+        }
+    }
+
+    /// The stream failed: every unanswered batch fails, and the next batch opens a new stream.
+    fn broken(&self, link: &mut Option<Link>, waiting: &mut VecDeque<InFlightBatch>, e: MeshError) {
+        *link = None;
         self.metrics.mesh_errors.inc();
         self.suspect.store(true, Ordering::Relaxed);
-        tracing::warn!(peer = %self.node, error = %error, messages = replies.len(), "mesh forward failed");
-        for reply in replies {
-            let _ = reply.send(Err(error.clone()));
+        let messages: usize = waiting.iter().map(|b| b.replies.len()).sum();
+        tracing::warn!(peer = %self.node, error = %e, messages, "mesh forward failed");
+        self.fail(waiting, &e);
+    }
+
+    fn fail(&self, waiting: &mut VecDeque<InFlightBatch>, e: &MeshError) {
+        for batch in waiting.drain(..) {
+            for r in batch.replies {
+                let _ = r.send(Err(e.clone()));
+            }
         }
+    }
+}
+
+async fn next_reply(link: &mut Option<Link>) -> Option<Result<pb::ForwardReply, tonic::Status>> {
+    match link {
+        Some(l) => l.replies.message().await.transpose(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -5,7 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_server::Mesh;
 
@@ -27,18 +32,17 @@ pub struct MeshService {
     pub node: NodeId,
     /// Cancelled to ask the node to drain (`main` waits on it beside the signals).
     pub drain: CancellationToken,
+    /// Cancelled when the node stops: open streams end.
+    pub shutdown: CancellationToken,
 }
 
-#[tonic::async_trait]
-impl Mesh for MeshService {
-    async fn forward(
-        &self,
-        req: Request<pb::ForwardBatch>,
-    ) -> Result<Response<pb::ForwardReply>, Status> {
-        if let Some(secret) = &self.secret {
-            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
-        }
-        let batch = req.into_inner();
+/// Batches answered concurrently on one stream before the node stops reading more from it.
+const STREAM_IN_FLIGHT: usize = 64;
+
+impl MeshService {
+    /// Hands every item of a batch to its connections, without waiting. Called in stream order,
+    /// which keeps messages from one sender in order.
+    fn start_batch(&self, batch: pb::ForwardBatch) -> Result<(u64, Vec<LocalAttempt>), Status> {
         if batch.items.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!(
                 "batch of {} items; at most {MAX_ITEMS}",
@@ -71,13 +75,91 @@ impl Mesh for MeshService {
             attempt.gone.extend(unreadable);
             attempts.push(attempt);
         }
-        let mut results = Vec::with_capacity(attempts.len());
-        let deadline = tokio::time::Instant::now() + self.write_deadline;
-        for attempt in attempts {
-            let (delivered, gone) = attempt.settle(deadline).await;
-            results.push(pb::ForwardResult { delivered, gone });
+        Ok((batch.seq, attempts))
+    }
+}
+
+/// Waits for a batch's writes (until the deadline) and builds its reply.
+async fn settle_batch(
+    seq: u64,
+    attempts: Vec<LocalAttempt>,
+    write_wait: Duration,
+) -> pb::ForwardReply {
+    let deadline = tokio::time::Instant::now() + write_wait;
+    let mut results = Vec::with_capacity(attempts.len());
+    for attempt in attempts {
+        let (delivered, gone) = attempt.settle(deadline).await;
+        results.push(pb::ForwardResult { delivered, gone });
+    }
+    pb::ForwardReply { results, seq }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Mesh for MeshService {
+    async fn forward(
+        &self,
+        req: Request<pb::ForwardBatch>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        if let Some(secret) = &self.secret {
+            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
         }
-        Ok(Response::new(pb::ForwardReply { results }))
+        let (seq, attempts) = self.start_batch(req.into_inner())?;
+        Ok(Response::new(
+            settle_batch(seq, attempts, self.write_deadline).await,
+        ))
+    }
+
+    type ForwardStreamStream = ReplyStream;
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        if let Some(secret) = &self.secret {
+            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
+        }
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);
+        let this = MeshService {
+            sessions: self.sessions.clone(),
+            secret: None,
+            write_deadline: self.write_deadline,
+            node: self.node.clone(),
+            drain: self.drain.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            let mut settling = FuturesOrdered::new();
+            let mut open = true;
+            while open || !settling.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = this.shutdown.cancelled() => return,
+                    Some(reply) = settling.next(), if !settling.is_empty() => {
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    batch = inbound.message(), if open && settling.len() < STREAM_IN_FLIGHT => match batch {
+                        Ok(Some(batch)) => match this.start_batch(batch) {
+                            Ok((seq, attempts)) => settling.push_back(settle_batch(seq, attempts, this.write_deadline)),
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        },
+                        Ok(None) => open = false,
+                        Err(status) => {
+                            tracing::debug!(error = %status, "mesh stream ended");
+                            open = false;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn drain(
