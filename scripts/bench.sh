@@ -50,6 +50,11 @@ start() {
   done
 }
 
+# CPU ticks (user+system) used so far by Redis.
+redis_ticks() {
+  awk '{print $14 + $15}' "/proc/${pids[0]}/stat"
+}
+
 # CPU ticks (user+system) used so far by the nodes.
 node_ticks() {
   local t=0 p
@@ -67,30 +72,33 @@ redis_calls() {
 measure() {
   local group=$1 label=$2 nodes=$3 fanout=$4
   shift 4
-  local t0 t1 r0 r1 res
+  local t0 t1 r0 r1 rt0 rt1 res
   t0=$(node_ticks)
+  rt0=$(redis_ticks)
   r0=$(redis_calls)
   # Redis calls in the steady window only (after connecting and warm-up, before the end):
-  # two samples 4 s and 9 s into the run (runs use --warmup 1-2s and --duration 8-10s).
-  (sleep 4; redis_calls >.local/redis-a; sleep 5; redis_calls >.local/redis-b) &
+  # two samples SAMPLE_AT and SAMPLE_AT+5 seconds into the run.
+  (sleep "${SAMPLE_AT:-4}"; redis_calls >.local/redis-a; sleep 5; redis_calls >.local/redis-b) &
   local sampler=$!
   res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench messages "${urls[@]}" --json "$@" || true)
   wait $sampler || true
   t1=$(node_ticks)
+  rt1=$(redis_ticks)
   r1=$(redis_calls)
   python3 - "$group" "$label" "$nodes" "$fanout" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((r1 - r0))" \
-    "$(( $(cat .local/redis-b) - $(cat .local/redis-a) ))" "$*" "$res" >>"$out" <<'PY'
+    "$(( $(cat .local/redis-b) - $(cat .local/redis-a) ))" "$((rt1 - rt0))" "$*" "$res" >>"$out" <<'PY'
 import json, sys
-group, label, nodes, fanout, ticks, hz, redis, steady, args, res = sys.argv[1:]
+group, label, nodes, fanout, ticks, hz, redis, steady, rticks, args, res = sys.argv[1:]
 try:
     r = json.loads(res)
 except ValueError:
     r = {"error": res[-500:]}
 print(json.dumps({"group": group, "label": label, "nodes": int(nodes), "fanout": fanout,
-                  "node_cpu_s": int(ticks) / int(hz), "redis_calls": int(redis),
-                  "redis_calls_steady_5s": int(steady), "args": args, "result": r}))
+                  "node_cpu_s": int(ticks) / int(hz), "redis_cpu_s": int(rticks) / int(hz),
+                  "redis_calls": int(redis), "redis_calls_steady_5s": int(steady),
+                  "args": args, "result": r}))
 PY
-  tail -n 1 "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["result"]; print(d["label"], d["fanout"], d["nodes"], "nodes:", {k: r.get(k) for k in ("ok","throughput_per_s","sent","lost","duplicates","out_of_order","acked_rejected","problems")}, "cpu", d["node_cpu_s"], "redis", d["redis_calls"], "steady 5s", d["redis_calls_steady_5s"])'
+  tail -n 1 "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["result"]; print(d["label"], d["fanout"], d["nodes"], "nodes:", {k: r.get(k) for k in ("ok","throughput_per_s","sent","lost","duplicates","out_of_order","acked_rejected","problems")}, "cpu", d["node_cpu_s"], "redis cpu", d.get("redis_cpu_s"), "redis", d["redis_calls"], "steady 5s", d["redis_calls_steady_5s"])'
 }
 
 for g in $groups; do
@@ -118,7 +126,7 @@ for g in $groups; do
       for fanout in route broadcast; do
         start "$n" $fanout
         for r in $(seq "$runs"); do
-          measure scaling "rate-5000" "$n" $fanout --users 800 --rate 5000 --duration 8s --warmup 1s
+          SAMPLE_AT=6 measure scaling "rate-5000" "$n" $fanout --users 800 --rate 5000 --duration 8s --warmup 4s
         done
       done
     done

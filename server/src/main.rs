@@ -2,11 +2,6 @@
 
 use std::process::ExitCode;
 
-/// glibc malloc showed up as ~12% of a node's CPU under load (many small, short-lived frames
-/// and futures); mimalloc serves those from per-thread pages.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wsroute_server::config::{Args, Config};
