@@ -50,6 +50,26 @@ def main(path):
               f"| {fmt(med([a.get('p99', 0) / 1000 for a in ack]), 2)} "
               f"| {fmt(med(cpu_per_k), 3)} | {fmt(med(total_per_k), 3)} | {fmt(med(redis_per_msg), 4)} |")
 
+    # Marginal cost of a message: CPU between the two scaling rates over the messages between.
+    marginal = defaultdict(dict)
+    for (group, label, nodes, fanout), rs in groups.items():
+        if group != "scaling":
+            continue
+        marginal[(nodes, fanout)][label] = (
+            med([r["node_cpu_s"] + r.get("redis_cpu_s", 0) for r in rs]),
+            med([r["result"].get("received") for r in rs]),
+        )
+    if marginal:
+        print()
+        print("| nodes | fanout | CPU s at 1000 msg/s | CPU s at 5000 msg/s | marginal CPU ms per 1000 messages (nodes + Redis) |")
+        print("|---|---|---|---|---|")
+        for (nodes, fanout), m in sorted(marginal.items()):
+            lo, hi = m.get("rate-1000"), m.get("rate-5000")
+            if not lo or not hi or not hi[1] or not lo[1] or hi[1] == lo[1]:
+                continue
+            per_k = (hi[0] - lo[0]) * 1000.0 / (hi[1] - lo[1]) * 1000.0
+            print(f"| {nodes} | {fanout} | {fmt(lo[0], 2)} | {fmt(hi[0], 2)} | {fmt(per_k, 1)} |")
+
     conns = [r["result"] for r in rows if r["group"] == "connections"]
     if conns:
         print()
