@@ -108,6 +108,7 @@ pub async fn upgrade(
         evict,
         unacked: std::collections::VecDeque::new(),
         inbox_sent: std::collections::HashSet::new(),
+        recent: std::collections::VecDeque::new(),
     }
     .run(stream, queue_rx, control_rx);
     actix_web::rt::spawn(state.tracker.track_future(task));

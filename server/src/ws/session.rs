@@ -49,7 +49,14 @@ pub struct Session {
     /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
     /// never sent twice to this connection, and acked in Redis when the client acks them.
     pub inbox_sent: HashSet<MsgId>,
+    /// The last `RECENT_IDS` live messages written here. A message written here whose sender
+    /// did not hear so (a mesh stream broke before the reply) is stored by its sender and comes
+    /// back through the inbox: this is how the connection knows it already has it.
+    pub recent: VecDeque<MsgId>,
 }
+
+/// How many recently written live message ids a connection remembers (16 bytes each).
+const RECENT_IDS: usize = 128;
 
 /// A write that was interrupted by eviction or that found the socket gone.
 enum WriteError {
@@ -350,6 +357,10 @@ impl Session {
         if from_inbox || sender_gave_up {
             self.inbox_sent.insert(id);
         } else {
+            if self.recent.len() >= RECENT_IDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(id.clone());
             self.remember_unacked(id, frame);
         }
         Ok(())
@@ -375,6 +386,16 @@ impl Session {
         };
         for (id, text) in messages {
             if self.inbox_sent.contains(&id) {
+                continue;
+            }
+            if self.recent.contains(&id) {
+                // Written here live already: do not send it twice. If the client acked it
+                // meanwhile, that ack never reached the inbox: remove it there now.
+                let still_unacked = self.unacked.iter().any(|(u, _)| *u == id);
+                if !still_unacked && let Err(e) = self.state.inbox.ack(&self.user, &id).await {
+                    tracing::debug!(user = %self.user, msg_id = %id, error = %e, "cannot drop a stored copy of a delivered message");
+                }
+                self.inbox_sent.insert(id);
                 continue;
             }
             self.write_text(ByteString::from(text)).await?;
