@@ -346,7 +346,7 @@ impl SimUser {
                             continue;
                         }
                         n += 1;
-                        if self.opts.abrupt_drop_every.is_some_and(|k| n % k == 0) {
+                        if self.opts.abrupt_drop_every.is_some_and(|k| n.is_multiple_of(k)) {
                             abrupt = true;
                             break;
                         }
