@@ -140,48 +140,24 @@ struct Attempt {
     remote: Vec<(NodeId, ForwardReply)>,
 }
 
+/// Built once per node (in `node.rs`); every field is shared with the rest of the node.
 pub struct Delivery {
-    node: NodeId,
-    sessions: Arc<Sessions>,
-    routes: RouteTable,
-    cache: Arc<RouteCache>,
-    peers: Arc<PeerPool>,
-    inbox: Inbox,
-    metrics: Metrics,
-    deadline: Duration,
+    pub(crate) node: NodeId,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) routes: RouteTable,
+    pub(crate) cache: Arc<RouteCache>,
+    pub(crate) peers: Arc<PeerPool>,
+    pub(crate) inbox: Inbox,
+    pub(crate) metrics: Metrics,
+    /// How long a send may take to learn its fate before it is `rejected` with `unavailable`.
+    pub(crate) deadline: Duration,
     /// How long to wait for local writers before a connection counts as not written.
-    write_wait: Duration,
+    pub(crate) write_wait: Duration,
     /// Set only in the `--fanout broadcast` baseline: every message goes to every node.
-    broadcast: Option<Broadcast>,
+    pub(crate) broadcast: Option<Broadcast>,
 }
 
 impl Delivery {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        node: NodeId,
-        sessions: Arc<Sessions>,
-        routes: RouteTable,
-        cache: Arc<RouteCache>,
-        peers: Arc<PeerPool>,
-        inbox: Inbox,
-        metrics: Metrics,
-        deadline: Duration,
-        write_wait: Duration,
-    ) -> Self {
-        Self {
-            node,
-            sessions,
-            routes,
-            cache,
-            peers,
-            inbox,
-            metrics,
-            deadline,
-            write_wait,
-            broadcast: None,
-        }
-    }
-
     /// Switches this node to the broadcast baseline.
     pub fn with_broadcast(mut self, broadcast: Broadcast) -> Self {
         self.broadcast = Some(broadcast);

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod delivery;
+pub mod drain;
 pub mod envelope;
 pub mod error;
 pub mod fanout;
@@ -19,4 +20,5 @@ pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod sessions;
+pub mod upkeep;
 pub mod ws;

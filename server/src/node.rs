@@ -1,5 +1,5 @@
-//! Wires a node together: binds its listeners, connects Redis, starts the HTTP/WebSocket and gRPC
-//! servers and the background loops (lease, route events, dead-node sweep), and drains it.
+//! Wires a node together: binds its listeners, connects Redis, and starts the HTTP/WebSocket and
+//! gRPC servers and the background loops (`upkeep`, route events). Draining is in `drain.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,15 +26,8 @@ use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::{self, RouteEvent};
 use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
-use crate::sessions::{Control, Sessions};
+use crate::sessions::Sessions;
 use crate::ws::auth::Authenticator;
-
-/// How often a node looks for dead nodes to clean up.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
-/// A drain hands its clients over in this many waves, so that they do not all reconnect at once.
-const DRAIN_WAVES: usize = 10;
-/// Pause between drain waves.
-const DRAIN_WAVE_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -66,11 +59,11 @@ pub struct NodeState {
     pub delivery: Arc<Delivery>,
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
-    in_table: AtomicBool,
-    draining: AtomicBool,
+    pub(crate) in_table: AtomicBool,
+    pub(crate) draining: AtomicBool,
     /// Set when a route could not be removed; the lease loop then reconciles Redis with the
     /// connections this node really holds.
-    reconcile_needed: AtomicBool,
+    pub(crate) reconcile_needed: AtomicBool,
     /// Cancelled when something other than a signal asks the node to drain (`router-cli drain`).
     pub drain_requested: CancellationToken,
     /// Admission control: one permit per send awaiting its outcome (`Limits::node_sends_in_flight`).
@@ -96,7 +89,7 @@ impl NodeState {
     }
 
     /// Removes routes this node left in Redis for connections it no longer holds.
-    async fn reconcile(&self) -> Result<(), RouteError> {
+    pub(crate) async fn reconcile(&self) -> Result<(), RouteError> {
         if !self.reconcile_needed.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -166,7 +159,7 @@ impl NodeState {
     }
 
     /// Puts this node and every connection it holds (back) into the route table.
-    async fn register_everything(&self) -> Result<usize, RouteError> {
+    pub(crate) async fn register_everything(&self) -> Result<usize, RouteError> {
         self.routes.register_node(&self.record()).await?;
         let regs: Vec<Registration> = self
             .sessions
@@ -201,8 +194,8 @@ pub struct Node {
     pub state: Arc<NodeState>,
     pub ws_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    http: actix_web::dev::ServerHandle,
-    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    pub(crate) http: actix_web::dev::ServerHandle,
+    pub(crate) grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Node {
@@ -283,17 +276,18 @@ impl Node {
             tracker.clone(),
             shutdown.clone(),
         ));
-        let delivery = Delivery::new(
-            node.clone(),
-            sessions.clone(),
-            routes.clone(),
-            cache.clone(),
-            peers.clone(),
-            inbox.clone(),
-            metrics.clone(),
-            limits.send_deadline,
-            limits.write_wait,
-        );
+        let delivery = Delivery {
+            node: node.clone(),
+            sessions: sessions.clone(),
+            routes: routes.clone(),
+            cache: cache.clone(),
+            peers: peers.clone(),
+            inbox: inbox.clone(),
+            metrics: metrics.clone(),
+            deadline: limits.send_deadline,
+            write_wait: limits.write_wait,
+            broadcast: None,
+        };
         let delivery = Arc::new(match config.fanout {
             Fanout::Route => delivery,
             Fanout::Broadcast => {
@@ -341,8 +335,12 @@ impl Node {
         }
 
         // Background loops.
-        state.tracker.spawn(lease_loop(state.clone()));
-        state.tracker.spawn(sweep_loop(state.clone()));
+        state
+            .tracker
+            .spawn(crate::upkeep::lease_loop(state.clone()));
+        state
+            .tracker
+            .spawn(crate::upkeep::sweep_loop(state.clone()));
         if state.config.fanout == Fanout::Broadcast {
             state.tracker.spawn(crate::fanout::listen(
                 pubsub_client.clone(),
@@ -420,175 +418,5 @@ impl Node {
             http,
             grpc,
         })
-    }
-
-    /// Drains and stops: stop accepting, send clients elsewhere, wait for them (up to the grace
-    /// period), close the rest, remove this node's routes, stop the servers.
-    pub async fn drain(self) {
-        let state = &self.state;
-        state.draining.store(true, Ordering::Release);
-        tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
-        if let Err(e) = state
-            .routes
-            .renew_lease(state.sessions.len() as u64, true)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot mark this node draining in Redis");
-        }
-        hand_over(state).await;
-        let grace = state.config.limits.drain_grace;
-        if !state.sessions.wait_empty(grace).await {
-            tracing::warn!(
-                left = state.sessions.len(),
-                "drain grace period over; closing the rest"
-            );
-        }
-        state.shutdown.cancel();
-        state.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
-        }
-        match state.routes.remove_node(&state.node).await {
-            Ok(users) => {
-                for u in users {
-                    let _ = state
-                        .routes
-                        .publish(&RouteEvent::Invalidate(u).encode())
-                        .await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot remove this node's routes; its lease will expire")
-            }
-        }
-        self.http.stop(true).await;
-        match self.grpc.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-        }
-        tracing::info!(node = %state.node, "stopped");
-    }
-}
-
-/// Sends every client a `reconnect` to the least-loaded other node, in waves; with no other
-/// node, clients are closed with 1001 and find their way back through `/gateway` later.
-async fn hand_over(state: &NodeState) {
-    let clients = state.sessions.snapshot();
-    let per_wave = clients.len().div_ceil(DRAIN_WAVES).max(1);
-    for (i, wave) in clients.chunks(per_wave).enumerate() {
-        if i > 0 {
-            tokio::time::sleep(DRAIN_WAVE_PAUSE).await;
-        }
-        let target = match state.pick_node(Some(&state.node)).await {
-            Ok(t) => t.map(|(_, url)| url),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot find a node to send clients to");
-                None
-            }
-        };
-        for (conn, _) in wave {
-            let ctl = match &target {
-                Some(url) => Control::Reconnect {
-                    url: url.clone(),
-                    reason: "node draining".into(),
-                },
-                None => Control::Close {
-                    code: crate::error::close::GOING_AWAY,
-                    reason: "node stopping".into(),
-                },
-            };
-            state.sessions.control(conn, ctl);
-        }
-        tracing::info!(wave = i + 1, clients = wave.len(), "drain wave sent");
-    }
-}
-
-/// Keeps the lease; puts everything back when Redis lost it; tells `/readyz` the truth.
-async fn lease_loop(state: Arc<NodeState>) {
-    let interval = state.config.limits.heartbeat_interval;
-    let mut first = true;
-    loop {
-        let result = if state.in_table.load(Ordering::Acquire) {
-            match state
-                .routes
-                .renew_lease(state.sessions.len() as u64, state.is_draining())
-                .await
-            {
-                Ok(true) => state.reconcile().await,
-                Ok(false) => {
-                    tracing::warn!(
-                        "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"
-                    );
-                    state.register_everything().await.map(|n| {
-                        tracing::info!(routes = n, "routes put back");
-                    })
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            let cleanup = if first {
-                // Routes a previous process with this node id left behind are not ours.
-                state.routes.remove_node(&state.node).await.map(|_| ())
-            } else {
-                Ok(())
-            };
-            match cleanup {
-                Ok(()) => {
-                    first = false;
-                    state.register_everything().await.map(|n| {
-                        tracing::info!(routes = n, "registered in the route table");
-                    })
-                }
-                Err(e) => Err(e),
-            }
-        };
-        match result {
-            Ok(()) => state.in_table.store(true, Ordering::Release),
-            Err(e) => {
-                if state.in_table.swap(false, Ordering::AcqRel) || first {
-                    tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
-                }
-            }
-        }
-        let wait = if state.in_table.load(Ordering::Acquire) {
-            interval
-        } else {
-            Duration::from_millis(500)
-        };
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Removes the routes of nodes whose lease ran out (one survivor per dead node, by lock).
-async fn sweep_loop(state: Arc<NodeState>) {
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
-        }
-        if !state.in_table.load(Ordering::Acquire) {
-            continue;
-        }
-        match state.routes.sweep_dead_nodes().await {
-            Ok(cleaned) => {
-                for (node, users) in cleaned {
-                    state.cache.forget_node(&node);
-                    for u in users {
-                        let _ = state
-                            .routes
-                            .publish(&RouteEvent::Invalidate(u).encode())
-                            .await;
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "dead-node sweep failed"),
-        }
     }
 }

@@ -74,6 +74,30 @@ impl RedisServer {
             .expect("redis reachable")
     }
 
+    /// How many connections the route table lists for a node (its index), 0 if Redis is away.
+    pub async fn routes_on_node(&self, node: &str) -> usize {
+        self.hlen(&format!("wsr:n:{{{node}}}:conns")).await
+    }
+
+    /// How many connections the route table lists for a user, 0 if Redis is away.
+    pub async fn routes_of_user(&self, user: &str) -> usize {
+        self.hlen(&format!("wsr:u:{{{user}}}:conns")).await
+    }
+
+    async fn hlen(&self, key: &str) -> usize {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return 0;
+        };
+        let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+            return 0;
+        };
+        redis::cmd("HLEN")
+            .arg(key)
+            .query_async::<usize>(&mut c)
+            .await
+            .unwrap_or(0)
+    }
+
     /// `INFO commandstats` as command -> calls.
     pub async fn command_calls(&self) -> HashMap<String, u64> {
         let mut c = self.conn().await;

@@ -24,12 +24,19 @@ async fn run_for(d: Duration) {
 }
 
 async fn routes_of(c: &Cluster, node: &str) -> usize {
-    let mut conn = c.redis.conn().await;
-    redis::cmd("HLEN")
-        .arg(format!("wsr:n:{{{node}}}:conns"))
-        .query_async::<usize>(&mut conn)
-        .await
-        .unwrap_or(0)
+    c.redis.routes_on_node(node).await
+}
+
+/// Waits until the route table lists exactly `users` connections over the three nodes.
+async fn all_routes_back(c: &Cluster, users: usize) {
+    eventually("every route back in Redis", || async {
+        let mut total = 0;
+        for n in ["node1", "node2", "node3"] {
+            total += routes_of(c, n).await;
+        }
+        (total == users).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,14 +70,7 @@ async fn redis_restarts_empty_mid_traffic() {
     c.redis.stop();
     c.redis.start_again().await;
     let restarted = Instant::now();
-    eventually("every route back in Redis", || async {
-        let mut total = 0;
-        for n in ["node1", "node2", "node3"] {
-            total += routes_of(&c, n).await;
-        }
-        (total == users).then_some(())
-    })
-    .await;
+    all_routes_back(&c, users).await;
     let back = restarted.elapsed();
     println!("all {users} routes back {back:?} after Redis restarted empty");
     assert!(back < Duration::from_secs(15), "{back:?}");
@@ -90,15 +90,7 @@ async fn redis_away_for_5_seconds() {
     let r = reqwest::get(c.node(1).http("/readyz")).await.expect("http");
     assert_eq!(r.status(), 503);
     c.redis.start_again().await;
-    let users = t.users.len();
-    eventually("every route back in Redis", || async {
-        let mut total = 0;
-        for n in ["node1", "node2", "node3"] {
-            total += routes_of(&c, n).await;
-        }
-        (total == users).then_some(())
-    })
-    .await;
+    all_routes_back(&c, t.users.len()).await;
     run_for(Duration::from_secs(2)).await;
     let a = t.finish().await;
     a.assert_kept("redis away 5 s");

@@ -8,12 +8,7 @@ use serde_json::json;
 use wsroute_tests::{Client, Cluster};
 
 async fn routes_of_user(c: &Cluster, user: &str) -> usize {
-    let mut conn = c.redis.conn().await;
-    redis::cmd("HLEN")
-        .arg(format!("wsr:u:{{{user}}}:conns"))
-        .query_async::<usize>(&mut conn)
-        .await
-        .unwrap_or(0)
+    c.redis.routes_of_user(user).await
 }
 
 #[tokio::test]

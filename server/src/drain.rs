@@ -1,0 +1,100 @@
+//! Draining a node (SIGTERM, SIGINT or `router-cli drain`): stop accepting, hand clients to
+//! other nodes in waves, wait for them up to the grace period, remove this node's routes, stop.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::node::{Node, NodeState};
+use crate::route::events::RouteEvent;
+use crate::sessions::Control;
+
+/// A drain hands its clients over in this many waves, so that they do not all reconnect at once.
+const DRAIN_WAVES: usize = 10;
+/// Pause between drain waves.
+const DRAIN_WAVE_PAUSE: Duration = Duration::from_millis(200);
+
+impl Node {
+    /// Drains and stops: stop accepting, send clients elsewhere, wait for them (up to the grace
+    /// period), close the rest, remove this node's routes, stop the servers.
+    pub async fn drain(self) {
+        let state = &self.state;
+        state.draining.store(true, Ordering::Release);
+        tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
+        if let Err(e) = state
+            .routes
+            .renew_lease(state.sessions.len() as u64, true)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot mark this node draining in Redis");
+        }
+        hand_over(state).await;
+        let grace = state.config.limits.drain_grace;
+        if !state.sessions.wait_empty(grace).await {
+            tracing::warn!(
+                left = state.sessions.len(),
+                "drain grace period over; closing the rest"
+            );
+        }
+        state.shutdown.cancel();
+        state.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
+        }
+        match state.routes.remove_node(&state.node).await {
+            Ok(users) => {
+                for u in users {
+                    let _ = state
+                        .routes
+                        .publish(&RouteEvent::Invalidate(u).encode())
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove this node's routes; its lease will expire")
+            }
+        }
+        self.http.stop(true).await;
+        match self.grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+        tracing::info!(node = %state.node, "stopped");
+    }
+}
+
+/// Sends every client a `reconnect` to the least-loaded other node, in waves; with no other
+/// node, clients are closed with 1001 and find their way back through `/gateway` later.
+async fn hand_over(state: &NodeState) {
+    let clients = state.sessions.snapshot();
+    let per_wave = clients.len().div_ceil(DRAIN_WAVES).max(1);
+    for (i, wave) in clients.chunks(per_wave).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(DRAIN_WAVE_PAUSE).await;
+        }
+        let target = match state.pick_node(Some(&state.node)).await {
+            Ok(t) => t.map(|(_, url)| url),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find a node to send clients to");
+                None
+            }
+        };
+        for (conn, _) in wave {
+            let ctl = match &target {
+                Some(url) => Control::Reconnect {
+                    url: url.clone(),
+                    reason: "node draining".into(),
+                },
+                None => Control::Close {
+                    code: crate::error::close::GOING_AWAY,
+                    reason: "node stopping".into(),
+                },
+            };
+            state.sessions.control(conn, ctl);
+        }
+        tracing::info!(wave = i + 1, clients = wave.len(), "drain wave sent");
+    }
+}

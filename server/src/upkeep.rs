@@ -1,0 +1,99 @@
+//! The node's background upkeep of the route table: the lease (and putting everything back when
+//! Redis lost it), reconciling routes a failed unregister left behind, and removing the routes of
+//! dead nodes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::node::NodeState;
+use crate::route::events::RouteEvent;
+
+/// How often a node looks for dead nodes to clean up.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the lease; puts everything back when Redis lost it; tells `/readyz` the truth.
+pub(crate) async fn lease_loop(state: Arc<NodeState>) {
+    let interval = state.config.limits.heartbeat_interval;
+    let mut first = true;
+    loop {
+        let result = if state.in_table.load(Ordering::Acquire) {
+            match state
+                .routes
+                .renew_lease(state.sessions.len() as u64, state.is_draining())
+                .await
+            {
+                Ok(true) => state.reconcile().await,
+                Ok(false) => {
+                    tracing::warn!(
+                        "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"
+                    );
+                    state.register_everything().await.map(|n| {
+                        tracing::info!(routes = n, "routes put back");
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let cleanup = if first {
+                // Routes a previous process with this node id left behind are not ours.
+                state.routes.remove_node(&state.node).await.map(|_| ())
+            } else {
+                Ok(())
+            };
+            match cleanup {
+                Ok(()) => {
+                    first = false;
+                    state.register_everything().await.map(|n| {
+                        tracing::info!(routes = n, "registered in the route table");
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(()) => state.in_table.store(true, Ordering::Release),
+            Err(e) => {
+                if state.in_table.swap(false, Ordering::AcqRel) || first {
+                    tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
+                }
+            }
+        }
+        let wait = if state.in_table.load(Ordering::Acquire) {
+            interval
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Removes the routes of nodes whose lease ran out (one survivor per dead node, by lock).
+pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+        if !state.in_table.load(Ordering::Acquire) {
+            continue;
+        }
+        match state.routes.sweep_dead_nodes().await {
+            Ok(cleaned) => {
+                for (node, users) in cleaned {
+                    state.cache.forget_node(&node);
+                    for u in users {
+                        let _ = state
+                            .routes
+                            .publish(&RouteEvent::Invalidate(u).encode())
+                            .await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "dead-node sweep failed"),
+        }
+    }
+}
