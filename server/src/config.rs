@@ -65,6 +65,17 @@ pub struct Args {
     /// `broadcast` (to every node, through Redis pub/sub: a baseline for benchmarks) [default: route]
     #[arg(long, env = "WSROUTE_FANOUT", value_enum)]
     pub fanout: Option<Fanout>,
+    /// Sends (and pings) one connection may make per second, sustained; bursts up to ten times
+    /// that are absorbed. Past it: `rate_limited`; sustained abuse closes with 1008 [default: 200]
+    #[arg(long, env = "WSROUTE_MAX_MSGS_PER_SEC")]
+    pub max_msgs_per_sec: Option<u32>,
+    /// Live connections one user may hold across the whole cluster [default: 16]
+    #[arg(long, env = "WSROUTE_MAX_CONNS_PER_USER")]
+    pub max_conns_per_user: Option<u32>,
+    /// Comma-separated `Origin` values browsers may connect from (exact match); requests without
+    /// an Origin header (non-browser clients) are not affected [default: any origin]
+    #[arg(long, env = "WSROUTE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -86,6 +97,9 @@ struct FileConfig {
     drain_grace_ms: Option<u64>,
     session_queue: Option<usize>,
     fanout: Option<Fanout>,
+    max_msgs_per_sec: Option<u32>,
+    max_conns_per_user: Option<u32>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -105,6 +119,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub dev_auth: bool,
     pub fanout: Fanout,
+    /// Browser origins allowed to open `/ws`; empty means any.
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
 }
 
@@ -127,6 +143,10 @@ pub struct Limits {
     pub write_wait: Duration,
     /// How long one mesh call may take.
     pub mesh_timeout: Duration,
+    /// Sends and pings per second per connection, sustained (bursts: ten times as many).
+    pub msgs_per_sec: u32,
+    /// Live connections per user, cluster-wide.
+    pub conns_per_user: u32,
     /// Sends of one connection awaiting their outcome before the node stops reading its frames.
     pub sends_in_flight: usize,
     /// Sends of all connections of this node awaiting their outcome. Past this, connections
@@ -155,6 +175,8 @@ impl Default for Limits {
             unacked_max: 256,
             write_wait: Duration::from_secs(2),
             mesh_timeout: Duration::from_secs(3),
+            msgs_per_sec: 200,
+            conns_per_user: 16,
             sends_in_flight: 256,
             node_sends_in_flight: 4096,
             inbox_max: 1000,
@@ -288,6 +310,27 @@ impl Config {
             limits.session_queue = n as usize;
         }
 
+        if let Some(n) = ranged(
+            "max-msgs-per-sec",
+            args.max_msgs_per_sec
+                .or(file.max_msgs_per_sec)
+                .map(u64::from),
+            1,
+            1_000_000,
+        )? {
+            limits.msgs_per_sec = n as u32;
+        }
+        if let Some(n) = ranged(
+            "max-conns-per-user",
+            args.max_conns_per_user
+                .or(file.max_conns_per_user)
+                .map(u64::from),
+            1,
+            100_000,
+        )? {
+            limits.conns_per_user = n as u32;
+        }
+
         Ok(Self {
             node_id,
             ws_listen: args
@@ -307,6 +350,14 @@ impl Config {
             max_frame_bytes,
             dev_auth,
             fanout: args.fanout.or(file.fanout).unwrap_or_default(),
+            allowed_origins: args
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
             limits,
         })
     }

@@ -42,6 +42,8 @@ pub enum RejectCode {
     Draining,
     /// The body (or the sender label) of a pushed message is not acceptable.
     BadBody,
+    /// The connection sends faster than `--max-msgs-per-sec`.
+    RateLimited,
 }
 
 impl RejectCode {
@@ -53,6 +55,7 @@ impl RejectCode {
             Self::Unavailable => "unavailable",
             Self::Draining => "draining",
             Self::BadBody => "bad_body",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -64,6 +67,7 @@ impl RejectCode {
             "unavailable" => Self::Unavailable,
             "draining" => Self::Draining,
             "bad_body" => Self::BadBody,
+            "rate_limited" => Self::RateLimited,
             _ => return None,
         })
     }
@@ -79,6 +83,8 @@ impl fmt::Display for RejectCode {
 pub mod close {
     /// Reconnect now, elsewhere: the node is going away (drain).
     pub const GOING_AWAY: u16 = 1001;
+    /// Do not reconnect the same way: the client broke a policy (sustained flooding).
+    pub const POLICY: u16 = 1008;
     /// Do not resend the same frame: it was too large.
     pub const TOO_BIG: u16 = 1009;
     /// Back off, then reconnect: the server could not keep up or lost its route table.

@@ -41,7 +41,21 @@ impl Client {
     }
 
     pub async fn try_connect(url: &str) -> Result<Self, Refused> {
-        let ws = match connect_async(url).await {
+        Self::try_connect_with(url, &[]).await
+    }
+
+    /// Connects with extra handshake headers (e.g. `Origin`).
+    pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, Refused> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().expect("a valid ws url");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let ws = match connect_async(req).await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

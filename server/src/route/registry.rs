@@ -35,6 +35,18 @@ impl From<redis::RedisError> for RouteError {
     }
 }
 
+/// KEYS: user's connections, node's index. ARGV: conn, route value, user, max per user.
+static REGISTER_NEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+",
+    )
+});
+
 /// What a node publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
@@ -208,6 +220,24 @@ impl RouteTable {
     }
 
     // ------------------------------------------------------------ connections
+
+    /// Registers one new connection unless its user already holds `max` connections in the
+    /// cluster (checked and written in one script, so that concurrent connects cannot both slip
+    /// under the limit). Returns false when the user is at the limit.
+    pub async fn register_new(&self, reg: &Registration, max: u32) -> Result<bool, RouteError> {
+        self.count("register");
+        let mut c = self.conn().await?;
+        let admitted: i64 = REGISTER_NEW
+            .key(keys::user_conns(&reg.user))
+            .key(keys::node_conns(&self.node))
+            .arg(reg.route.conn.as_str())
+            .arg(reg.route.encode_value())
+            .arg(reg.user.as_str())
+            .arg(max)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(admitted == 1)
+    }
 
     /// Adds connections of this node. Each user entry and its index entry are written in one
     /// MULTI, so that a route never exists without the index that lets it be cleaned up.

@@ -2,6 +2,7 @@
 //! connection (locally, then in the route table), and hand it to its session task.
 
 pub mod auth;
+pub mod flood;
 pub mod frame;
 pub mod session;
 
@@ -36,6 +37,21 @@ pub async fn upgrade(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "this node is not accepting clients (starting or draining); ask /gateway for another",
+        );
+    }
+    if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN)
+        && !state.config.allowed_origins.is_empty()
+        && !state
+            .config
+            .allowed_origins
+            .iter()
+            .any(|o| origin.as_bytes() == o.as_bytes())
+    {
+        tracing::info!(origin = ?origin, "refused a connection from an origin not allowed");
+        return json_error(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this Origin may not connect (--allowed-origins)",
         );
     }
     let principal = match state.auth.authenticate(&req) {
@@ -81,14 +97,29 @@ pub async fn upgrade(
             connected_at_ms,
         },
     };
-    if let Err(e) = state.routes.register(std::slice::from_ref(&reg)).await {
-        state.sessions.remove(&conn);
-        tracing::warn!(user = %principal.user, error = %e, "cannot register a connection; refusing it");
-        return json_error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "route table unavailable; try again",
-        );
+    let max_per_user = limits.conns_per_user;
+    match state.routes.register_new(&reg, max_per_user).await {
+        Ok(true) => {}
+        Ok(false) => {
+            state.sessions.remove(&conn);
+            tracing::info!(user = %principal.user, max = max_per_user, "refused a connection over the per-user limit");
+            return json_error(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                &format!(
+                    "this user already holds {max_per_user} connections (--max-conns-per-user)"
+                ),
+            );
+        }
+        Err(e) => {
+            state.sessions.remove(&conn);
+            tracing::warn!(user = %principal.user, error = %e, "cannot register a connection; refusing it");
+            return json_error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "route table unavailable; try again",
+            );
+        }
     }
     if let Err(e) = state
         .routes
@@ -109,6 +140,7 @@ pub async fn upgrade(
         unacked: std::collections::VecDeque::new(),
         inbox_sent: std::collections::HashSet::new(),
         recent: std::collections::VecDeque::new(),
+        flood: flood::FloodGuard::new(limits.msgs_per_sec),
     }
     .run(stream, queue_rx, control_rx);
     actix_web::rt::spawn(state.tracker.track_future(task));

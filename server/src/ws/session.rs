@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
 use crate::delivery::Outcome;
 use crate::envelope::{Envelope, now_ms};
@@ -53,6 +54,8 @@ pub struct Session {
     /// did not hear so (a mesh stream broke before the reply) is stored by its sender and comes
     /// back through the inbox: this is how the connection knows it already has it.
     pub recent: VecDeque<MsgId>,
+    /// Flood control over the frames this client initiates.
+    pub flood: super::flood::FloodGuard,
 }
 
 /// How many recently written live message ids a connection remembers (16 bytes each).
@@ -179,27 +182,47 @@ impl Session {
         pending: &mut FuturesUnordered<PendingAck>,
         parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
-        match msg {
-            AggregatedMessage::Text(text) => match frame::parse(&text) {
-                Ok(ClientFrame::Send(send)) => self.on_send(send, pending, parked).await,
-                Ok(ClientFrame::Ack { id }) => {
-                    self.on_ack(&id).await;
-                    None
-                }
-                Ok(ClientFrame::Ping) => self.ws.text(frame::pong()).await.err().map(|_| End::Gone),
-                Err(e) => self.refuse(&e).await,
-            },
-            AggregatedMessage::Binary(_) => {
-                self.refuse(&FrameError {
-                    code: FrameErrorCode::BadFrame,
-                    message: "binary frames are not accepted; send JSON text frames".into(),
-                    reference: None,
-                })
-                .await
+        let parsed = match msg {
+            AggregatedMessage::Text(text) => frame::parse(&text),
+            AggregatedMessage::Binary(_) => Err(FrameError {
+                code: FrameErrorCode::BadFrame,
+                message: "binary frames are not accepted; send JSON text frames".into(),
+                reference: None,
+            }),
+            AggregatedMessage::Ping(bytes) => {
+                return self.ws.pong(&bytes).await.err().map(|_| End::Gone);
             }
-            AggregatedMessage::Ping(bytes) => self.ws.pong(&bytes).await.err().map(|_| End::Gone),
-            AggregatedMessage::Pong(_) => None,
-            AggregatedMessage::Close(_) => Some(End::Close(reason(1000, "bye"))),
+            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Close(_) => return Some(End::Close(reason(1000, "bye"))),
+        };
+        // Acks answer the server's own traffic and cost nothing; everything else a client
+        // starts is counted against its rate.
+        if !matches!(parsed, Ok(ClientFrame::Ack { .. })) {
+            match self.flood.check(std::time::Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Refuse => return self.rate_limited(&parsed).await,
+                Verdict::Close => {
+                    tracing::warn!(user = %self.user, conn_id = %self.conn, "closing a connection that kept flooding (1008)");
+                    self.state
+                        .metrics
+                        .frames_refused
+                        .with_label_values(&["rate_limited"])
+                        .inc();
+                    return Some(End::Close(reason(
+                        close::POLICY,
+                        "rate limit exceeded repeatedly",
+                    )));
+                }
+            }
+        }
+        match parsed {
+            Ok(ClientFrame::Send(send)) => self.on_send(send, pending, parked).await,
+            Ok(ClientFrame::Ack { id }) => {
+                self.on_ack(&id).await;
+                None
+            }
+            Ok(ClientFrame::Ping) => self.ws.text(frame::pong()).await.err().map(|_| End::Gone),
+            Err(e) => self.refuse(&e).await,
         }
     }
 
@@ -262,6 +285,35 @@ impl Session {
             drop(permit);
             (reference, id, outcome)
         }));
+    }
+
+    /// Refuses a frame over the rate limit: a send gets a `rejected` ack (with its ref), anything
+    /// else an `error` frame.
+    async fn rate_limited(&mut self, parsed: &Result<ClientFrame, FrameError>) -> Option<End> {
+        self.state
+            .metrics
+            .frames_refused
+            .with_label_values(&["rate_limited"])
+            .inc();
+        let message = format!(
+            "more than {} frames per second; slow down",
+            self.state.config.limits.msgs_per_sec
+        );
+        let text = match parsed {
+            Ok(ClientFrame::Send(send)) => frame::ack(
+                send.reference.as_deref(),
+                None,
+                "rejected",
+                0,
+                Some((RejectCode::RateLimited, &message)),
+            ),
+            _ => frame::error(&FrameError {
+                code: FrameErrorCode::RateLimited,
+                message,
+                reference: None,
+            }),
+        };
+        self.ws.text(text).await.err().map(|_| End::Gone)
     }
 
     /// The client has a message and it may be forgotten. Live messages are forgotten locally;

@@ -1,0 +1,94 @@
+//! Flood control for one connection: a token bucket over the frames a client initiates (sends,
+//! pings, refused frames), and the rule for when refusing becomes closing.
+
+use std::time::Instant;
+
+/// Burst allowance, in seconds of the sustained rate.
+const BURST_SECONDS: f64 = 10.0;
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refuse this frame (`rate_limited`), keep the connection.
+    Refuse,
+    /// The client kept flooding after being refused: close with 1008.
+    Close,
+}
+
+#[derive(Debug)]
+pub struct FloodGuard {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+    /// Frames refused since the last one allowed.
+    strikes: u32,
+    /// Refusals in a row that end the connection: one second's worth of the sustained rate.
+    max_strikes: u32,
+}
+
+impl FloodGuard {
+    pub fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            rate,
+            capacity: rate * BURST_SECONDS,
+            tokens: rate * BURST_SECONDS,
+            last: Instant::now(),
+            strikes: 0,
+            max_strikes: per_second.max(1),
+        }
+    }
+
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            return Verdict::Allow;
+        }
+        self.strikes += 1;
+        if self.strikes > self.max_strikes {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bursts_are_absorbed_then_refused_then_closed() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new(5);
+        for _ in 0..50 {
+            assert_eq!(g.check(t0), Verdict::Allow);
+        }
+        for _ in 0..5 {
+            assert_eq!(g.check(t0), Verdict::Refuse);
+        }
+        assert_eq!(g.check(t0), Verdict::Close);
+    }
+
+    #[test]
+    fn tokens_come_back_at_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new(10);
+        for _ in 0..100 {
+            g.check(t0);
+        }
+        assert_eq!(g.check(t0), Verdict::Refuse);
+        let later = t0 + Duration::from_millis(500);
+        for _ in 0..5 {
+            assert_eq!(g.check(later), Verdict::Allow);
+        }
+        assert_eq!(g.check(later), Verdict::Refuse);
+    }
+}

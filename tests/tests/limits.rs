@@ -1,0 +1,115 @@
+//! Limits that keep one client from hurting others: a flood gets `rate_limited` and then a 1008
+//! close, a user over the connection limit gets 429, a browser from an origin not allowed gets
+//! 403. Each time, everyone else keeps being served.
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsroute_tests::{Client, Cluster, eventually};
+
+#[tokio::test]
+async fn a_flood_is_refused_then_closed_and_others_are_unaffected() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--max-msgs-per-sec".into(), "5".into()];
+    })
+    .await;
+    let mut flooder = Client::connect(&c.node(1).ws_user("flooder")).await;
+    let mut bob = Client::connect(&c.node(1).ws_user("bob")).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+
+    // A burst of ten seconds' worth (50) is absorbed; the next ones are refused with their ref
+    // (five refusals in a row, one second's worth, are tolerated).
+    for _ in 0..54 {
+        flooder.send_to("bob", json!("spam")).await;
+    }
+    let mut delivered = 0;
+    let mut limited = 0;
+    for i in 1..=54 {
+        let ack = flooder.expect_ack(&format!("r{i}")).await;
+        match ack["status"].as_str() {
+            Some("delivered") => delivered += 1,
+            Some("rejected") => {
+                assert_eq!(ack["error"]["code"], "rate_limited", "{ack}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}: {ack}"),
+        }
+    }
+    assert!(
+        delivered >= 50 && limited >= 1,
+        "delivered {delivered}, limited {limited}"
+    );
+
+    // Keeping it up ends the connection with 1008.
+    for _ in 0..20 {
+        flooder.send_to("bob", json!("spam")).await;
+    }
+    let (_, close) = flooder.expect_close().await;
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+
+    // Bob got exactly what was accepted, and alice is served as usual.
+    let got = bob.frames_until_pong().await;
+    assert_eq!(
+        got.len(),
+        delivered,
+        "bob received {} of {delivered}",
+        got.len()
+    );
+    assert_eq!(
+        alice.send_and_ack("bob", json!("hi")).await["status"],
+        "delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_user_over_the_connection_limit_is_refused_cluster_wide() {
+    let c = Cluster::start_with(2, |o| {
+        o.extra = vec!["--max-conns-per-user".into(), "2".into()];
+    })
+    .await;
+    let first = Client::connect(&c.node(1).ws_user("carol")).await;
+    let _second = Client::connect(&c.node(2).ws_user("carol")).await;
+    let refused = match Client::try_connect(&c.node(1).ws_user("carol")).await {
+        Ok(_) => panic!("a third connection was accepted"),
+        Err(r) => r,
+    };
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["error"], "too_many_connections");
+    // Another user is not affected.
+    Client::connect(&c.node(1).ws_user("dave")).await;
+    // Once one of carol's connections is gone, she may connect again.
+    first.close().await;
+    eventually("carol may connect again", || async {
+        Client::try_connect(&c.node(2).ws_user("carol")).await.ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn browsers_from_other_origins_are_refused() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec![
+            "--allowed-origins".into(),
+            "https://chat.example,https://app.example".into(),
+        ];
+    })
+    .await;
+    let url = c.node(1).ws_user("erin");
+    let refused = match Client::try_connect_with(&url, &[("origin", "https://evil.example")]).await
+    {
+        Ok(_) => panic!("a foreign origin was accepted"),
+        Err(r) => r,
+    };
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.body["error"], "forbidden_origin");
+    assert!(
+        Client::try_connect_with(&url, &[("origin", "https://app.example")])
+            .await
+            .is_ok()
+    );
+    // Non-browser clients send no Origin and are not affected.
+    assert!(
+        Client::try_connect(&c.node(1).ws_user("frank"))
+            .await
+            .is_ok()
+    );
+}
