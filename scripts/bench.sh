@@ -16,7 +16,7 @@ runs="${RUNS:-3}"
 bash scripts/install-deps.sh
 cargo build --release --locked -p wsroute-server -p router-cli
 bin=target/release
-out="bench/results-$(date -u +%Y%m%d).jsonl"
+out="${OUT:-bench/results-$(date -u +%Y%m%d).jsonl}"
 mkdir -p bench .local/logs
 redis_port=6420
 pids=()

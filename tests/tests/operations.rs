@@ -255,7 +255,7 @@ async fn router_cli_drain_moves_clients_and_the_node_exits() {
 #[tokio::test]
 async fn a_drain_ends_within_its_grace_period_even_if_clients_do_not_leave() {
     let mut c = Cluster::start_with(1, |o| {
-        o.extra = vec!["--drain-grace-ms".into(), "1000".into()];
+        o.extra = vec!["--drain-grace-ms".into(), "3000".into()];
     })
     .await;
     // A client that never reads, so it never acts on its reconnect frame.
@@ -265,11 +265,25 @@ async fn a_drain_ends_within_its_grace_period_even_if_clients_do_not_leave() {
     let _other = Client::connect(&c.node(1).ws_user("other")).await;
     let started = std::time::Instant::now();
     c.node(1).terminate();
+    // While it drains: not ready, and no new clients.
+    let readyz = c.node(1).http("/readyz");
+    eventually("readyz says 503 while draining", || {
+        let url = readyz.clone();
+        async move {
+            let r = reqwest::get(url).await.ok()?;
+            (r.status() == 503).then_some(())
+        }
+    })
+    .await;
+    match Client::try_connect(&c.node(1).ws_user("latecomer")).await {
+        Ok(_) => panic!("a draining node accepted a new client"),
+        Err(r) => assert_eq!(r.status, 503, "{:?}", r.body),
+    }
     let status = c.nodes[0].wait_exit(Duration::from_secs(20)).await;
     let took = started.elapsed();
-    println!("drain with a stubborn client took {took:?} (grace 1 s)");
+    println!("drain with a stubborn client took {took:?} (grace 3 s)");
     assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(took < Duration::from_secs(12), "{took:?}");
     let listed = cli_json(&c.redis.url(), &["routes", "list", "--node", "node1"]);
     assert_eq!(listed["connections"], json!([]));
 }
