@@ -37,6 +37,21 @@ pub struct Args {
     /// HS256 secret for client tokens
     #[arg(long, env = "WSROUTE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC public key: accept RS256/RS384/RS512 or ES256/ES384 tokens
+    #[arg(long, env = "WSROUTE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Local JWKS file (JSON) with RSA/EC public keys, chosen by the token's `kid` (no network fetch)
+    #[arg(long, env = "WSROUTE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds [default: 5]
+    #[arg(long, env = "WSROUTE_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Required `iss` of client tokens [default: not checked]
+    #[arg(long, env = "WSROUTE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of client tokens [default: not checked]
+    #[arg(long, env = "WSROUTE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Bearer key for the HTTP push API and the public gRPC API
     #[arg(long, env = "WSROUTE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -89,6 +104,11 @@ struct FileConfig {
     public_url: Option<String>,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwt_leeway_secs: Option<u64>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
     api_key: Option<String>,
     mesh_secret: Option<String>,
     max_frame_bytes: Option<usize>,
@@ -114,6 +134,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub redis_url: String,
     pub jwt_secret: Option<String>,
+    /// Public keys and checks for RS*/ES* tokens, and claims checks for every token.
+    pub jwt: JwtOptions,
     pub api_key: Option<String>,
     pub mesh_secret: Option<String>,
     pub max_frame_bytes: usize,
@@ -122,6 +144,16 @@ pub struct Config {
     /// Browser origins allowed to open `/ws`; empty means any.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+}
+
+/// Client token options beyond the HS256 secret.
+#[derive(Debug, Clone, Default)]
+pub struct JwtOptions {
+    pub public_key: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub leeway_secs: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }
 
 /// Tunables that PROTOCOL.md does not name; sensible defaults, overridable in code and tests.
@@ -276,7 +308,23 @@ impl Config {
             }
         }
         let dev_auth = args.dev_auth || file.dev_auth.unwrap_or(false);
-        if jwt_secret.is_none() && !dev_auth {
+        let jwt = JwtOptions {
+            public_key: args.jwt_public_key.or(file.jwt_public_key),
+            jwks_file: args.jwks_file.or(file.jwks_file),
+            leeway_secs: args.jwt_leeway_secs.or(file.jwt_leeway_secs).unwrap_or(5),
+            issuer: args.jwt_issuer.or(file.jwt_issuer),
+            audience: args.jwt_audience.or(file.jwt_audience),
+        };
+        if jwt.leeway_secs > 3600 {
+            return Err(ConfigError::OutOfRange(
+                "jwt-leeway-secs",
+                0,
+                3600,
+                jwt.leeway_secs,
+            ));
+        }
+        if jwt_secret.is_none() && jwt.public_key.is_none() && jwt.jwks_file.is_none() && !dev_auth
+        {
             return Err(ConfigError::NoAuth);
         }
 
@@ -345,6 +393,7 @@ impl Config {
             public_url: args.public_url.or(file.public_url),
             redis_url,
             jwt_secret,
+            jwt,
             api_key,
             mesh_secret,
             max_frame_bytes,

@@ -41,6 +41,8 @@ pub enum StartError {
     Redis(String),
     #[error("Redis Cluster URLs (redis+cluster://) are not supported by this build yet")]
     ClusterUnsupported,
+    #[error("client token keys: {0}")]
+    Keys(#[source] crate::ws::auth::KeyError),
 }
 
 /// Everything the parts of a node share.
@@ -302,7 +304,8 @@ impl Node {
             }
         });
         let state = Arc::new(NodeState {
-            auth: Authenticator::new(config.jwt_secret.as_deref(), config.dev_auth),
+            auth: Authenticator::new(config.jwt_secret.as_deref(), &config.jwt, config.dev_auth)
+                .map_err(StartError::Keys)?,
             node: node.clone(),
             public_url,
             grpc_addr: advertise,

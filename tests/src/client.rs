@@ -103,6 +103,11 @@ impl Client {
         self.ws.send(m).await.expect("websocket send");
     }
 
+    /// Sends, tolerating the server closing meanwhile (for frames the server refuses early).
+    pub async fn try_send_raw(&mut self, m: Message) {
+        let _ = self.ws.send(m).await;
+    }
+
     /// Sends a direct message; returns the `ref` used.
     pub async fn send_to(&mut self, to: &str, body: Value) -> String {
         self.next_ref += 1;

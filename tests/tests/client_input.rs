@@ -146,3 +146,79 @@ async fn an_oversized_frame_closes_with_1009() {
     let got = bob.frames_until_pong().await;
     assert_eq!(got.len(), 1);
 }
+
+#[tokio::test]
+async fn invalid_utf8_and_a_10_mib_frame_are_refused_and_others_keep_working() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let c = Cluster::start(1).await;
+    let mut bob = Client::connect(&c.node(1).ws_user("bob")).await;
+
+    // A text frame that is not UTF-8.
+    let mut broken = Client::connect(&c.node(1).ws_user("broken")).await;
+    broken
+        .send_raw(Message::Frame(Frame::message(
+            vec![0xff, 0xfe, 0x80],
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .await;
+    let (frames, close) = broken.expect_close().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "error" && f["code"] == "bad_frame"),
+        "{frames:?}"
+    );
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1007));
+
+    // 10 MiB in one frame: refused from its header, without buffering it.
+    let mut huge = Client::connect(&c.node(1).ws_user("huge")).await;
+    let body = "x".repeat(10 * 1024 * 1024);
+    huge.try_send_raw(Message::text(format!(
+        r#"{{"type":"send","to":"bob","ref":"big","body":"{body}"}}"#
+    )))
+    .await;
+    let (_, close) = huge.expect_close().await;
+    if let Some(f) = close {
+        assert_eq!(u16::from(f.code), 1009);
+    }
+
+    // The node still serves everyone else, and bob got none of it.
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    assert_eq!(
+        alice.send_and_ack("bob", json!("fine")).await["status"],
+        "delivered"
+    );
+    let got = bob.frames_until_pong().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(1).ws_port))
+        .await
+        .expect("tcp connects");
+    // Half a request, then silence.
+    tcp.write_all(b"GET /ws?user=slowloris HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(wsroute_tests::patience(), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the node kept a half-open handshake forever"
+    );
+    assert_eq!(c.redis.routes_of_user("slowloris").await, 0);
+}

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 
 use actix_web::HttpRequest;
+use std::path::PathBuf;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::config::JwtOptions;
 use crate::ids::UserId;
 
-/// Clock skew tolerated on `exp`.
-const LEEWAY_SECS: u64 = 5;
 /// Longest `?device=` accepted.
 const MAX_DEVICE_BYTES: usize = 64;
 
@@ -28,6 +30,21 @@ pub enum AuthError {
     BadDevice,
 }
 
+/// Why the configured keys cannot be used (the node refuses to start).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no RSA or EC public key in PEM form")]
+    Pem { path: PathBuf },
+    #[error("{path} is not a JWKS file: {message}")]
+    Jwks { path: PathBuf, message: String },
+}
+
 /// An authenticated client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -40,21 +57,153 @@ struct Claims {
     sub: String,
 }
 
+/// Which algorithms a key may verify. Keys never cross families, which is what stops algorithm
+/// confusion (an RS256 public key used as an HS256 secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Hmac,
+    Rsa,
+    Ec,
+}
+
+impl Family {
+    fn of(alg: Algorithm) -> Option<Self> {
+        match alg {
+            Algorithm::HS256 => Some(Self::Hmac),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => Some(Self::Rsa),
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => Some(Self::Rsa),
+            Algorithm::ES256 | Algorithm::ES384 => Some(Self::Ec),
+            // HS384/HS512 and EdDSA are not offered; a token claiming them is refused.
+            _ => None,
+        }
+    }
+}
+
+struct Key {
+    family: Family,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
 pub struct Authenticator {
-    jwt: Option<(DecodingKey, Validation)>,
+    keys: Vec<Key>,
     dev_auth: bool,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl Authenticator {
-    pub fn new(jwt_secret: Option<&str>, dev_auth: bool) -> Self {
-        let jwt = jwt_secret.map(|s| {
-            let mut v = Validation::new(Algorithm::HS256);
-            v.set_required_spec_claims(&["exp", "sub"]);
-            v.validate_exp = true;
-            v.leeway = LEEWAY_SECS;
-            (DecodingKey::from_secret(s.as_bytes()), v)
-        });
-        Self { jwt, dev_auth }
+    /// Reads the configured keys; an unreadable key file stops the node from starting.
+    pub fn new(
+        jwt_secret: Option<&str>,
+        jwt: &JwtOptions,
+        dev_auth: bool,
+    ) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        if let Some(s) = jwt_secret {
+            keys.push(Key {
+                family: Family::Hmac,
+                kid: None,
+                key: DecodingKey::from_secret(s.as_bytes()),
+            });
+        }
+        if let Some(path) = &jwt.public_key {
+            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let key = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                Key {
+                    family: Family::Rsa,
+                    kid: None,
+                    key: k,
+                }
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                Key {
+                    family: Family::Ec,
+                    kid: None,
+                    key: k,
+                }
+            } else {
+                return Err(KeyError::Pem { path: path.clone() });
+            };
+            keys.push(key);
+        }
+        if let Some(path) = &jwt.jwks_file {
+            let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let set: JwkSet = serde_json::from_str(&text).map_err(|e| KeyError::Jwks {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for jwk in &set.keys {
+                let family = match jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Family::Rsa,
+                    AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+                    _ => continue,
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Jwks {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                keys.push(Key {
+                    family,
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                });
+            }
+        }
+        Ok(Self {
+            keys,
+            dev_auth,
+            leeway: jwt.leeway_secs,
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+        })
+    }
+
+    /// Verifies a token against the key of its algorithm's family (and `kid`, when given).
+    fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let family = Family::of(header.alg).ok_or_else(|| {
+            AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg))
+        })?;
+        let key = self
+            .keys
+            .iter()
+            .filter(|k| k.family == family)
+            .find(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => self.keys.iter().filter(|k| k.family == family).count() == 1,
+                (None, _) => true,
+            })
+            .ok_or_else(|| AuthError::Invalid(format!("no key for algorithm {:?}", header.alg)))?;
+        let mut v = Validation::new(header.alg);
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = self.leeway;
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)
     }
 
     pub fn authenticate(&self, req: &HttpRequest) -> Result<Principal, AuthError> {
@@ -76,13 +225,9 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "));
         let token = header_token.or(query.get("token").map(String::as_str));
 
-        let user = match (token, &self.jwt) {
-            (Some(token), Some((key, validation))) => {
-                let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-                    .map_err(|e| AuthError::Invalid(e.to_string()))?;
-                UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)?
-            }
-            (Some(_), None) if !self.dev_auth => {
+        let user = match token {
+            Some(token) if !self.keys.is_empty() => self.verify(token)?,
+            Some(_) if !self.dev_auth => {
                 return Err(AuthError::Invalid("this node accepts no tokens".into()));
             }
             _ if self.dev_auth => match query.get("user") {
@@ -126,7 +271,15 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_token_in_header_or_query() {
-        let a = Authenticator::new(Some("k"), false);
+        let a = Authenticator::new(
+            Some("k"),
+            &JwtOptions {
+                leeway_secs: 5,
+                ..Default::default()
+            },
+            false,
+        )
+        .expect("keys");
         let t = token("k", "alice", now() + 60);
         let req = TestRequest::get()
             .uri("/ws?device=phone")
@@ -143,7 +296,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_tokens() {
-        let a = Authenticator::new(Some("k"), false);
+        let a = Authenticator::new(
+            Some("k"),
+            &JwtOptions {
+                leeway_secs: 5,
+                ..Default::default()
+            },
+            false,
+        )
+        .expect("keys");
         let cases = [
             token("wrong", "alice", now() + 60),
             token("k", "alice", now() - 3600),
@@ -162,7 +323,7 @@ mod tests {
 
     #[test]
     fn dev_auth_takes_user_from_query() {
-        let a = Authenticator::new(None, true);
+        let a = Authenticator::new(None, &JwtOptions::default(), true).expect("keys");
         let req = TestRequest::get().uri("/ws?user=bob").to_http_request();
         assert_eq!(a.authenticate(&req).expect("dev").user.as_str(), "bob");
         let req = TestRequest::get().uri("/ws?user=b%20b").to_http_request();
