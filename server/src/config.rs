@@ -91,6 +91,13 @@ pub struct Args {
     /// an Origin header (non-browser clients) are not affected [default: any origin]
     #[arg(long, env = "WSROUTE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Connections this node accepts; past it new clients get 503 and /gateway stops naming it
+    /// (0 = no cap) [default: 0]
+    #[arg(long, env = "WSROUTE_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
+    /// Time a client has to send its whole HTTP upgrade request [default: 5000]
+    #[arg(long, env = "WSROUTE_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -120,6 +127,8 @@ struct FileConfig {
     max_msgs_per_sec: Option<u32>,
     max_conns_per_user: Option<u32>,
     allowed_origins: Option<Vec<String>>,
+    max_connections: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -179,6 +188,10 @@ pub struct Limits {
     pub msgs_per_sec: u32,
     /// Live connections per user, cluster-wide.
     pub conns_per_user: u32,
+    /// Connections this node accepts (0 = no cap).
+    pub node_connections: u64,
+    /// Time a client has to finish its HTTP upgrade request.
+    pub handshake_timeout: Duration,
     /// Sends of one connection awaiting their outcome before the node stops reading its frames.
     pub sends_in_flight: usize,
     /// Sends of all connections of this node awaiting their outcome. Past this, connections
@@ -209,6 +222,8 @@ impl Default for Limits {
             mesh_timeout: Duration::from_secs(3),
             msgs_per_sec: 200,
             conns_per_user: 16,
+            node_connections: 0,
+            handshake_timeout: Duration::from_secs(5),
             sends_in_flight: 256,
             node_sends_in_flight: 4096,
             inbox_max: 1000,
@@ -377,6 +392,23 @@ impl Config {
             100_000,
         )? {
             limits.conns_per_user = n as u32;
+        }
+
+        if let Some(n) = ranged(
+            "max-connections",
+            args.max_connections.or(file.max_connections),
+            0,
+            10_000_000,
+        )? {
+            limits.node_connections = n;
+        }
+        if let Some(ms) = ranged(
+            "handshake-timeout-ms",
+            args.handshake_timeout_ms.or(file.handshake_timeout_ms),
+            100,
+            120_000,
+        )? {
+            limits.handshake_timeout = Duration::from_millis(ms);
         }
 
         Ok(Self {

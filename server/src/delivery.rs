@@ -308,7 +308,7 @@ impl Delivery {
         if let Some(r) = self.cache.get(user) {
             return Ok(r);
         }
-        let epoch = self.cache.epoch();
+        let epoch = self.cache.epoch(user);
         let routes: Arc<[Route]> = self.cache.live_only(self.routes.lookup(user).await?).into();
         self.cache.insert(user.clone(), Arc::clone(&routes), epoch);
         Ok(routes)

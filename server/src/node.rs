@@ -82,6 +82,12 @@ impl NodeState {
         self.in_table.load(Ordering::Acquire) && !self.is_draining()
     }
 
+    /// Whether this node may take another client (`--max-connections`).
+    pub fn has_room(&self) -> bool {
+        let cap = self.config.limits.node_connections;
+        cap == 0 || (self.sessions.len() as u64) < cap
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -133,6 +139,7 @@ impl NodeState {
             connections: self.sessions.len() as u64,
             lease_left_ms: 0,
             draining: self.is_draining(),
+            max_connections: self.config.limits.node_connections,
         }
     }
 
@@ -146,6 +153,13 @@ impl NodeState {
         Ok(nodes
             .into_iter()
             .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
+            .filter(|n| {
+                if n.node == self.node {
+                    self.has_room()
+                } else {
+                    n.has_room()
+                }
+            })
             .filter(|n| Some(&n.node) != exclude)
             .filter(|n| n.node != self.node || self.accepting())
             .map(|n| {
@@ -402,6 +416,7 @@ impl Node {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         })
+        .client_request_timeout(limits.handshake_timeout)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(ws_listener)

@@ -105,15 +105,43 @@ async fn steady_state_sends_make_no_redis_calls() {
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
     let mut carol = Client::connect(&c.node(3).ws_user("carol")).await;
-    // Warm the caches: the first send to each user reads its route once.
-    for to in ["bob", "carol"] {
-        assert_eq!(
-            alice.send_and_ack(to, json!("warm")).await["status"],
-            "delivered"
+    // Warm the caches: the first send to each user reads its route once (again if a connect
+    // event raced with that read). Warm until a round of sends misses the cache no more.
+    let metrics = c.node(1).http("/metrics");
+    let misses = || async {
+        let text = reqwest::get(metrics.clone())
+            .await
+            .expect("http")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find(|l| l.starts_with("wsroute_route_cache_misses_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + wsroute_tests::patience();
+    let mut warm_sent = 0;
+    loop {
+        let m0 = misses().await;
+        for to in ["bob", "carol"] {
+            assert_eq!(
+                alice.send_and_ack(to, json!("warm")).await["status"],
+                "delivered"
+            );
+            warm_sent += 1;
+        }
+        bob.expect_type("message").await;
+        carol.expect_type("message").await;
+        if misses().await == m0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route cache never warmed up"
         );
     }
-    bob.expect_type("message").await;
-    carol.expect_type("message").await;
 
     let before = c.redis.command_calls().await;
     let n = 500;
@@ -122,7 +150,7 @@ async fn steady_state_sends_make_no_redis_calls() {
         alice.send_to(to, json!(i)).await;
     }
     for i in 1..=n {
-        let r = format!("r{}", i + 2);
+        let r = format!("r{}", i + warm_sent);
         assert_eq!(alice.expect_ack(&r).await["status"], "delivered");
     }
     for _ in 0..n / 2 {

@@ -113,3 +113,40 @@ async fn browsers_from_other_origins_are_refused() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_clients_and_the_gateway_stops_naming_it() {
+    let c = Cluster::start_with(2, |o| {
+        if o.id == "node1" {
+            o.extra = vec!["--max-connections".into(), "2".into()];
+        }
+    })
+    .await;
+    let _a = Client::connect(&c.node(1).ws_user("a")).await;
+    let _b = Client::connect(&c.node(1).ws_user("b")).await;
+    let refused = match Client::try_connect(&c.node(1).ws_user("c")).await {
+        Ok(_) => panic!("a full node accepted a client"),
+        Err(r) => r,
+    };
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "node_full");
+    // node2 holds more connections than node1, yet the gateway sends newcomers to node2.
+    let mut held = Vec::new();
+    for u in ["x", "y", "z"] {
+        held.push(Client::connect(&c.node(2).ws_user(u)).await);
+    }
+    for asked in [1, 2] {
+        let url = c.node(asked).http("/gateway");
+        eventually(
+            "the gateway names node2 once the counts are published",
+            || {
+                let url = url.clone();
+                async move {
+                    let v: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+                    (v["node"] == "node2").then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}

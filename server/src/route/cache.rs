@@ -11,13 +11,18 @@ use super::Route;
 use crate::ids::{NodeId, UserId};
 use crate::metrics::Metrics;
 
+/// Invalidation stripes (a power of two is not needed; 256 keeps false sharing of a stripe rare).
+const EPOCH_STRIPES: usize = 256;
+
 /// Cached routes. Only users with at least one connection are cached: "offline" is never cached,
 /// so a user who comes online is found at once.
 pub struct RouteCache {
     map: DashMap<UserId, Arc<[Route]>>,
-    /// Bumped by every invalidation. A lookup that started before an invalidation must not
-    /// store what it read, since the read may predate the change (see [`RouteCache::epoch`]).
-    epoch: AtomicU64,
+    /// Invalidation counters, striped by user: a lookup that started before an invalidation of
+    /// its user must not store what it read, since the read may predate the change (see
+    /// [`RouteCache::epoch`]). Striped, so that other users' connects and disconnects (constant
+    /// in a large cluster) do not keep every lookup from being cached.
+    epochs: Box<[AtomicU64]>,
     /// Nodes found dead (a forward failed and their lease is gone): their routes are ignored
     /// until the sweep removes them or the node registers again (`NodeUp`).
     dead: DashMap<NodeId, ()>,
@@ -28,7 +33,7 @@ impl RouteCache {
     pub fn new(metrics: Metrics) -> Self {
         Self {
             map: DashMap::new(),
-            epoch: AtomicU64::new(0),
+            epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             dead: DashMap::new(),
             metrics,
         }
@@ -44,9 +49,21 @@ impl RouteCache {
         hit
     }
 
-    /// Read before a Redis lookup and hand back to [`RouteCache::insert`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    fn stripe(&self, user: &UserId) -> &AtomicU64 {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(user, &mut h);
+        &self.epochs[(std::hash::Hasher::finish(&h) as usize) % EPOCH_STRIPES]
+    }
+
+    fn bump_all(&self) {
+        for e in self.epochs.iter() {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Read before a Redis lookup of `user` and hand back to [`RouteCache::insert`].
+    pub fn epoch(&self, user: &UserId) -> u64 {
+        self.stripe(user).load(Ordering::Acquire)
     }
 
     /// Caches routes read from Redis, unless an invalidation arrived since `epoch` was read.
@@ -57,19 +74,19 @@ impl RouteCache {
         self.map.insert(user.clone(), routes);
         // Checked after inserting: an invalidation racing with the insert either bumped the
         // epoch (we remove ours) or ran after the insert (it removed ours).
-        if self.epoch.load(Ordering::Acquire) != epoch {
+        if self.stripe(&user).load(Ordering::Acquire) != epoch {
             self.map.remove(&user);
         }
     }
 
     pub fn invalidate(&self, user: &UserId) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.stripe(user).fetch_add(1, Ordering::AcqRel);
         self.map.remove(user);
     }
 
     /// Drops every route that points at `node` (it died or is draining).
     pub fn forget_node(&self, node: &NodeId) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.bump_all();
         self.map
             .retain(|_, routes| routes.iter().all(|r| &r.node != node));
     }
@@ -98,7 +115,7 @@ impl RouteCache {
     }
 
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.bump_all();
         self.map.clear();
     }
 
@@ -129,11 +146,18 @@ mod tests {
     fn a_lookup_older_than_an_invalidation_is_not_cached() {
         let cache = RouteCache::new(Metrics::new());
         let bob = UserId::parse("bob").expect("valid");
-        let epoch = cache.epoch();
+        let epoch = cache.epoch(&bob);
         cache.invalidate(&bob);
         cache.insert(bob.clone(), routes("n1"), epoch);
         assert!(cache.get(&bob).is_none());
-        cache.insert(bob.clone(), routes("n1"), cache.epoch());
+        // Another user's invalidation does not stop bob's lookup from being cached (unless
+        // they share a stripe, which these two names do not).
+        let epoch = cache.epoch(&bob);
+        cache.invalidate(&UserId::parse("carol").expect("valid"));
+        cache.insert(bob.clone(), routes("n1"), epoch);
+        assert!(cache.get(&bob).is_some());
+        cache.invalidate(&bob);
+        cache.insert(bob.clone(), routes("n1"), cache.epoch(&bob));
         assert!(cache.get(&bob).is_some());
         cache.forget_node(&NodeId::parse("n1").expect("valid"));
         assert!(cache.get(&bob).is_none());
@@ -148,7 +172,7 @@ mod tests {
     fn offline_is_never_cached() {
         let cache = RouteCache::new(Metrics::new());
         let bob = UserId::parse("bob").expect("valid");
-        cache.insert(bob.clone(), Arc::from(Vec::new()), cache.epoch());
+        cache.insert(bob.clone(), Arc::from(Vec::new()), cache.epoch(&bob));
         assert!(cache.is_empty());
     }
 }

@@ -58,11 +58,18 @@ pub struct NodeRecord {
     /// Milliseconds left on the lease; 0 or less when the lease is gone (node dead).
     pub lease_left_ms: i64,
     pub draining: bool,
+    /// Connections the node accepts at most (0 = no cap).
+    pub max_connections: u64,
 }
 
 impl NodeRecord {
     pub fn alive(&self) -> bool {
         self.lease_left_ms > 0
+    }
+
+    /// Whether the node has room for another client (as of its last heartbeat).
+    pub fn has_room(&self) -> bool {
+        self.max_connections == 0 || self.connections < self.max_connections
     }
 }
 
@@ -120,6 +127,7 @@ impl RouteTable {
                     ("started_ms", record.started_at_ms.to_string()),
                     ("conns", record.connections.to_string()),
                     ("draining", u8::from(record.draining).to_string()),
+                    ("max_conns", record.max_connections.to_string()),
                 ],
             )
             .ignore()
@@ -200,6 +208,10 @@ impl RouteTable {
                 connections: info.get("conns").and_then(|v| v.parse().ok()).unwrap_or(0),
                 lease_left_ms: pttl.max(0),
                 draining: info.get("draining").map(|v| v == "1").unwrap_or(false),
+                max_connections: info
+                    .get("max_conns")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
             });
         }
         Ok(out)

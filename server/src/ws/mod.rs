@@ -39,6 +39,13 @@ pub async fn upgrade(
             "this node is not accepting clients (starting or draining); ask /gateway for another",
         );
     }
+    if !state.has_room() {
+        return json_error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            "this node holds its maximum of connections (--max-connections); ask /gateway for another",
+        );
+    }
     if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN)
         && !state.config.allowed_origins.is_empty()
         && !state
