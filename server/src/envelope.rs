@@ -102,6 +102,11 @@ impl TryFrom<pb::Envelope> for Envelope {
     }
 }
 
+/// Whether `s` is one valid JSON value (used by the fuzz targets' checks).
+pub fn is_valid_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
