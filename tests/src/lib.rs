@@ -78,6 +78,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// One sample of a node's Prometheus metric (`name` with its labels, e.g.
+/// `wsroute_messages_total{outcome="stored"}`), 0 when absent.
+pub async fn metric(metrics_url: &str, name: &str) -> f64 {
+    let text = reqwest::get(metrics_url)
+        .await
+        .expect("the node answers /metrics")
+        .text()
+        .await
+        .expect("metrics are text");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Mints an HS256 client token.
 pub fn token(secret: &str, user: &str, valid_for_secs: i64) -> String {
     #[derive(serde::Serialize)]

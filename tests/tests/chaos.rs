@@ -144,20 +144,6 @@ async fn clients_dropping_tcp_without_a_close_frame() {
     assert!(a.connects > 24, "the users did reconnect");
 }
 
-async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(url)
-        .await
-        .expect("http")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_while_others_flood_it() {
     use futures_util::StreamExt;
@@ -187,7 +173,7 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
     let mut acked: Vec<(String, String)> = Vec::new();
     let metrics = c.node(2).http("/metrics");
     let mut sent = 0;
-    while metric(&metrics, "wsroute_slow_consumers_total").await < 1.0 {
+    while wsroute_tests::metric(&metrics, "wsroute_slow_consumers_total").await < 1.0 {
         assert!(sent < 4000, "no eviction after {sent} messages");
         for f in floods.iter_mut() {
             let mut refs = Vec::new();

@@ -108,19 +108,7 @@ async fn steady_state_sends_make_no_redis_calls() {
     // Warm the caches: the first send to each user reads its route once (again if a connect
     // event raced with that read). Warm until a round of sends misses the cache no more.
     let metrics = c.node(1).http("/metrics");
-    let misses = || async {
-        let text = reqwest::get(metrics.clone())
-            .await
-            .expect("http")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find(|l| l.starts_with("wsroute_route_cache_misses_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let misses = || wsroute_tests::metric(&metrics, "wsroute_route_cache_misses_total");
     let deadline = tokio::time::Instant::now() + wsroute_tests::patience();
     let mut warm_sent = 0;
     loop {

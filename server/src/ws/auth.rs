@@ -269,17 +269,17 @@ mod tests {
         .expect("encode")
     }
 
+    fn hs256(secret: &str) -> Authenticator {
+        let opts = JwtOptions {
+            leeway_secs: 5,
+            ..Default::default()
+        };
+        Authenticator::new(Some(secret), &opts, false).expect("an HS256 secret is always usable")
+    }
+
     #[test]
     fn accepts_a_valid_token_in_header_or_query() {
-        let a = Authenticator::new(
-            Some("k"),
-            &JwtOptions {
-                leeway_secs: 5,
-                ..Default::default()
-            },
-            false,
-        )
-        .expect("keys");
+        let a = hs256("k");
         let t = token("k", "alice", now() + 60);
         let req = TestRequest::get()
             .uri("/ws?device=phone")
@@ -296,15 +296,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_tokens() {
-        let a = Authenticator::new(
-            Some("k"),
-            &JwtOptions {
-                leeway_secs: 5,
-                ..Default::default()
-            },
-            false,
-        )
-        .expect("keys");
+        let a = hs256("k");
         let cases = [
             token("wrong", "alice", now() + 60),
             token("k", "alice", now() - 3600),
