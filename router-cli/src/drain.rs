@@ -26,7 +26,12 @@ pub struct DrainArgs {
     timeout: u64,
 }
 
-pub async fn drain(table: &RouteTable, args: DrainArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn drain(
+    table: &RouteTable,
+    args: DrainArgs,
+    tls: &crate::output::GrpcTlsArgs,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let node = match NodeId::parse(&args.node) {
         Ok(n) => n,
         Err(e) => {
@@ -40,9 +45,10 @@ pub async fn drain(table: &RouteTable, args: DrainArgs, as_json: bool) -> anyhow
         .context("reading the route table")?
         .filter(|a| !a.is_empty())
         .with_context(|| format!("node {node} is not registered"))?;
-    let mut client = MeshClient::connect(format!("http://{addr}"))
+    let channel = crate::output::grpc_channel(&addr, tls)
         .await
-        .with_context(|| format!("cannot reach {node} at {addr}"))?;
+        .with_context(|| format!("cannot reach {node}"))?;
+    let mut client = MeshClient::new(channel);
     let mut req = tonic::Request::new(pb::DrainRequest {
         node_id: node.to_string(),
     });

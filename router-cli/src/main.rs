@@ -32,6 +32,8 @@ struct Cli {
     /// Print one JSON document instead of a table
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    tls: output::GrpcTlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,8 +117,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Routes {
             command: RoutesCommand::List { node },
         } => routes::list(&table()?, &node, cli.json).await,
-        Command::Send(args) => send::send(&table()?, args, cli.json).await,
-        Command::Drain(args) => drain::drain(&table()?, args, cli.json).await,
+        Command::Send(args) => send::send(&table()?, args, &cli.tls, cli.json).await,
+        Command::Drain(args) => drain::drain(&table()?, args, &cli.tls, cli.json).await,
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
     }

@@ -66,3 +66,53 @@ pub fn human_ms(ms: i64) -> String {
 pub fn now_ms() -> i64 {
     wsroute_server::envelope::now_ms()
 }
+
+/// TLS for reaching nodes' gRPC listeners (when they run with --grpc-tls-cert).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GrpcTlsArgs {
+    /// CA that signed the nodes' gRPC certificates: turns on TLS for send and drain
+    #[arg(long, env = "WSROUTE_GRPC_TLS_CA", global = true)]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate to present (needed by `drain` when the mesh requires mTLS)
+    #[arg(
+        long,
+        env = "WSROUTE_GRPC_TLS_CERT",
+        global = true,
+        requires = "grpc_tls_key"
+    )]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+    /// Private key of --grpc-tls-cert
+    #[arg(
+        long,
+        env = "WSROUTE_GRPC_TLS_KEY",
+        global = true,
+        requires = "grpc_tls_cert"
+    )]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+}
+
+/// A channel to a node's gRPC listener, over TLS when a CA is given.
+pub async fn grpc_channel(
+    addr: &str,
+    tls: &GrpcTlsArgs,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let endpoint = match &tls.grpc_tls_ca {
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+        Some(ca) => {
+            let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&tls.grpc_tls_cert, &tls.grpc_tls_key) {
+                cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            Endpoint::from_shared(format!("https://{addr}"))?.tls_config(cfg)?
+        }
+    };
+    endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {addr}"))
+}

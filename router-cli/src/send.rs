@@ -25,7 +25,12 @@ pub struct SendArgs {
     api_key: Option<String>,
 }
 
-pub async fn send(table: &RouteTable, args: SendArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn send(
+    table: &RouteTable,
+    args: SendArgs,
+    tls: &crate::output::GrpcTlsArgs,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&args.body) {
         eprintln!("router-cli: BODY_JSON is not valid JSON: {e}");
         return Ok(ExitCode::from(2));
@@ -48,9 +53,10 @@ pub async fn send(table: &RouteTable, args: SendArgs, as_json: bool) -> anyhow::
             Some(n) => format!("node {n} is not live"),
             None => "no live node".to_owned(),
         })?;
-    let mut client = RouterClient::connect(format!("http://{}", node.grpc_addr))
+    let channel = crate::output::grpc_channel(&node.grpc_addr, tls)
         .await
-        .with_context(|| format!("cannot reach {} at {}", node.node, node.grpc_addr))?;
+        .with_context(|| format!("cannot reach {}", node.node))?;
+    let mut client = RouterClient::new(channel);
     let mut req = tonic::Request::new(pb::SendToUserRequest {
         to: args.user.clone(),
         body_json: args.body,

@@ -98,6 +98,19 @@ pub struct Args {
     /// Time a client has to send its whole HTTP upgrade request [default: 5000]
     #[arg(long, env = "WSROUTE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// PEM certificate (chain) of the gRPC listener: turns on TLS for the mesh and Router
+    #[arg(long, env = "WSROUTE_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert
+    #[arg(long, env = "WSROUTE_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM CA that signs the nodes' certificates: trusted when dialling peers, and for client
+    /// certificates
+    #[arg(long, env = "WSROUTE_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<PathBuf>,
+    /// Mutual TLS for the mesh: Mesh calls must present a certificate signed by --grpc-tls-ca
+    #[arg(long, env = "WSROUTE_MESH_MTLS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub mesh_mtls: bool,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -129,6 +142,10 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    grpc_tls_cert: Option<PathBuf>,
+    grpc_tls_key: Option<PathBuf>,
+    grpc_tls_ca: Option<PathBuf>,
+    mesh_mtls: Option<bool>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -152,7 +169,19 @@ pub struct Config {
     pub fanout: Fanout,
     /// Browser origins allowed to open `/ws`; empty means any.
     pub allowed_origins: Vec<String>,
+    /// TLS on the gRPC listener and for dialling peers; `None` is plaintext.
+    pub grpc_tls: Option<GrpcTls>,
     pub limits: Limits,
+}
+
+/// Certificates for the gRPC listener and the mesh.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    /// Mesh calls must present a client certificate signed by `ca`.
+    pub mesh_mtls: bool,
 }
 
 /// Client token options beyond the HS256 secret.
@@ -263,6 +292,10 @@ pub enum ConfigError {
     EmptySecret(&'static str),
     #[error("--redis-url {0:?} must start with redis://, rediss:// or redis+cluster://")]
     RedisUrl(String),
+    #[error("--grpc-tls-cert and --grpc-tls-key go together")]
+    TlsPair,
+    #[error("--mesh-mtls needs --grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca")]
+    MtlsNeedsCa,
     #[error("--{0} must be between {1} and {2}, got {3}")]
     OutOfRange(&'static str, u64, u64, u64),
 }
@@ -411,8 +444,27 @@ impl Config {
             limits.handshake_timeout = Duration::from_millis(ms);
         }
 
+        let mesh_mtls = args.mesh_mtls || file.mesh_mtls.unwrap_or(false);
+        let grpc_tls = match (
+            args.grpc_tls_cert.or(file.grpc_tls_cert),
+            args.grpc_tls_key.or(file.grpc_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(GrpcTls {
+                cert,
+                key,
+                ca: args.grpc_tls_ca.or(file.grpc_tls_ca),
+                mesh_mtls,
+            }),
+            (None, None) => None,
+            _ => return Err(ConfigError::TlsPair),
+        };
+        if mesh_mtls && grpc_tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+            return Err(ConfigError::MtlsNeedsCa);
+        }
+
         Ok(Self {
             node_id,
+            grpc_tls,
             ws_listen: args
                 .ws_listen
                 .or(file.ws_listen)

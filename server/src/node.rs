@@ -43,6 +43,8 @@ pub enum StartError {
     ClusterUnsupported,
     #[error("client token keys: {0}")]
     Keys(#[source] crate::ws::auth::KeyError),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
 }
 
 /// Everything the parts of a node share.
@@ -267,6 +269,12 @@ impl Node {
         let pubsub_client = redis::Client::open(config.redis_url.as_str())
             .map_err(|e| StartError::Redis(e.to_string()))?;
 
+        let tls = match &config.grpc_tls {
+            Some(t) => Some(
+                crate::mesh::tls::MeshTls::load(t).map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let metrics = Metrics::new();
         let node = config.node_id.clone();
         let limits = config.limits.clone();
@@ -285,6 +293,7 @@ impl Node {
             node.clone(),
             routes.clone(),
             config.mesh_secret.clone(),
+            tls.as_ref().map(|t| t.client.clone()),
             limits.mesh_batch,
             limits.mesh_timeout,
             metrics.clone(),
@@ -380,13 +389,20 @@ impl Node {
             node: state.node.clone(),
             drain: state.drain_requested.clone(),
             shutdown: state.shutdown.clone(),
+            require_client_cert: state.config.grpc_tls.as_ref().is_some_and(|t| t.mesh_mtls),
         };
         let router = api::router::RouterService {
             state: state.clone(),
         };
         let grpc_shutdown = state.shutdown.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &tls {
+            builder = builder
+                .tls_config(t.server.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        }
         let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .add_service(MeshServer::new(mesh))
                 .add_service(RouterServer::new(router))

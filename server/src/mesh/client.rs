@@ -60,6 +60,8 @@ pub struct PeerPool {
     routes: RouteTable,
     peers: DashMap<NodeId, Peer>,
     secret: Option<Arc<str>>,
+    /// TLS for dialling peers (`https://`), when the node runs its gRPC listener with TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     batch_max: usize,
     call_timeout: Duration,
     metrics: Metrics,
@@ -74,6 +76,7 @@ impl PeerPool {
         me: NodeId,
         routes: RouteTable,
         secret: Option<String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
         batch_max: usize,
         call_timeout: Duration,
         metrics: Metrics,
@@ -86,6 +89,7 @@ impl PeerPool {
             routes,
             peers: DashMap::new(),
             secret: secret.map(Arc::from),
+            tls,
             batch_max,
             call_timeout,
             metrics,
@@ -143,7 +147,7 @@ impl PeerPool {
         let worker = PeerWorker {
             me: self.me.clone(),
             node: node.clone(),
-            client: mesh_client(addr, self.secret.clone()),
+            client: mesh_client(addr, self.secret.clone(), self.tls.clone()),
             batch_max: self.batch_max,
             call_timeout: self.call_timeout,
             metrics: self.metrics.clone(),
@@ -180,9 +184,24 @@ impl tonic::service::Interceptor for BearerInterceptor {
     }
 }
 
-fn mesh_client(addr: &str, secret: Option<Arc<str>>) -> Client {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1"))
+fn mesh_client(
+    addr: &str,
+    secret: Option<Arc<str>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Client {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1"));
+    if let Some(tls) = tls {
+        endpoint = match endpoint.clone().tls_config(tls) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(peer = %addr, error = %e, "cannot use TLS for this peer; calls to it will fail");
+                endpoint
+            }
+        };
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 /// Metadata key carrying the mesh secret (and the API key on the Router service).
 pub const AUTH_HEADER: &str = "authorization";

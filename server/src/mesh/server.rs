@@ -34,6 +34,23 @@ pub struct MeshService {
     pub drain: CancellationToken,
     /// Cancelled when the node stops: open streams end.
     pub shutdown: CancellationToken,
+    /// `--mesh-mtls`: every Mesh call must come with a client certificate (verified by TLS).
+    pub require_client_cert: bool,
+}
+
+impl MeshService {
+    /// The mesh secret and, with mTLS, a verified client certificate.
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if let Some(secret) = &self.secret {
+            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
+        }
+        if self.require_client_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::unauthenticated(
+                "the mesh needs a client certificate (--mesh-mtls)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Batches answered concurrently on one stream before the node stops reading more from it.
@@ -102,9 +119,7 @@ impl Mesh for MeshService {
         &self,
         req: Request<pb::ForwardBatch>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
-        if let Some(secret) = &self.secret {
-            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
-        }
+        self.admit(&req)?;
         let (seq, attempts) = self.start_batch(req.into_inner())?;
         Ok(Response::new(
             settle_batch(seq, attempts, self.write_deadline).await,
@@ -117,9 +132,7 @@ impl Mesh for MeshService {
         &self,
         req: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        if let Some(secret) = &self.secret {
-            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
-        }
+        self.admit(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);
         let this = MeshService {
@@ -129,6 +142,7 @@ impl Mesh for MeshService {
             node: self.node.clone(),
             drain: self.drain.clone(),
             shutdown: self.shutdown.clone(),
+            require_client_cert: false,
         };
         tokio::spawn(async move {
             let mut settling = FuturesOrdered::new();
@@ -166,9 +180,7 @@ impl Mesh for MeshService {
         &self,
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainReply>, Status> {
-        if let Some(secret) = &self.secret {
-            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
-        }
+        self.admit(&req)?;
         if req.get_ref().node_id != self.node.as_str() {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not {:?}",
