@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod drain;
+mod inbox;
 mod nodes;
 mod output;
 mod routes;
@@ -54,6 +55,11 @@ enum Command {
     Send(send::SendArgs),
     /// Drain a node (as on SIGTERM) through the mesh and wait until it has left
     Drain(drain::DrainArgs),
+    /// What waits in a user's inbox: depth, and each message's id, sender and age
+    Inbox {
+        /// The user id
+        user: String,
+    },
     /// Connect as a user and chat from the terminal (to try a cluster by hand)
     Chat(chat::ChatArgs),
     /// Load generator: message latency, throughput and loss, or idle-connection capacity
@@ -119,6 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => routes::list(&table()?, &node, cli.json).await,
         Command::Send(args) => send::send(&table()?, args, &cli.tls, cli.json).await,
         Command::Drain(args) => drain::drain(&table()?, args, &cli.tls, cli.json).await,
+        Command::Inbox { user } => {
+            inbox::show(&output::inbox(&cli.redis_url)?, &user, cli.json).await
+        }
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
     }

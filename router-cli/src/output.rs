@@ -9,10 +9,30 @@ use wsroute_server::route::registry::RouteTable;
 
 /// A read-mostly handle on the cluster's route table.
 pub fn route_table(url: &str) -> anyhow::Result<RouteTable> {
+    let me = NodeId::parse("router-cli").expect("a valid id");
+    Ok(RouteTable::new(
+        redis_pool(url)?,
+        me,
+        Duration::from_secs(1),
+        Metrics::new(),
+    ))
+}
+
+/// A read handle on users' inboxes (the bound and expiry only matter to writers).
+pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
+    Ok(wsroute_server::inbox::Inbox::new(
+        redis_pool(url)?,
+        0,
+        Duration::from_secs(1),
+        Metrics::new(),
+    ))
+}
+
+fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
     if url.starts_with("redis+cluster://") {
         anyhow::bail!("Redis Cluster URLs are not supported by this build yet");
     }
-    let pool = deadpool_redis::Config::from_url(url)
+    deadpool_redis::Config::from_url(url)
         .builder()
         .with_context(|| format!("bad --redis-url {url:?}"))?
         .max_size(2)
@@ -20,14 +40,7 @@ pub fn route_table(url: &str) -> anyhow::Result<RouteTable> {
         .create_timeout(Some(Duration::from_secs(3)))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
-        .with_context(|| format!("bad --redis-url {url:?}"))?;
-    let me = NodeId::parse("router-cli").expect("a valid id");
-    Ok(RouteTable::new(
-        pool,
-        me,
-        Duration::from_secs(1),
-        Metrics::new(),
-    ))
+        .with_context(|| format!("bad --redis-url {url:?}"))
 }
 
 /// Prints rows as left-aligned columns under a header.

@@ -287,3 +287,27 @@ async fn a_drain_ends_within_its_grace_period_even_if_clients_do_not_leave() {
     let listed = cli_json(&c.redis.url(), &["routes", "list", "--node", "node1"]);
     assert_eq!(listed["connections"], json!([]));
 }
+
+#[tokio::test]
+async fn router_cli_inbox_shows_what_waits_for_a_user() {
+    let c = Cluster::start(1).await;
+    let url = c.redis.url();
+    let (code, out, _) = cli(&url, &["inbox", "gina"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("inbox empty"), "{out}");
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let first = alice.send_and_ack("gina", json!("one")).await;
+    alice.send_and_ack("gina", json!("two")).await;
+    let v = cli_json(&url, &["inbox", "gina"]);
+    assert_eq!(v["depth"], 2);
+    assert_eq!(v["messages"][0]["id"], first["id"]);
+    assert_eq!(v["messages"][0]["from"], "alice");
+    let (code, out, _) = cli(&url, &["inbox", "gina"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("2 message(s) waiting") && out.contains("from alice"),
+        "{out}"
+    );
+    let (code, _, _) = cli(&url, &["inbox", "not a user"]);
+    assert_eq!(code, 2);
+}
