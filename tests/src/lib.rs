@@ -45,6 +45,27 @@ where
     }
 }
 
+/// Polls `check` until it holds or `limit` passes; true if it held. Unlike [`eventually`] it
+/// does not fail the test: for "wait for this, then let the accounting say what happened".
+pub async fn poll_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again soon).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,6 +113,16 @@ pub async fn metric(metrics_url: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A gRPC request carrying `authorization: Bearer <key>` (API key or mesh secret).
+pub fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("keys are ASCII"),
+    );
+    req
 }
 
 /// Mints an HS256 client token.

@@ -261,18 +261,18 @@ impl Traffic {
         // Acks still in flight settle within the server's send deadline. A send whose
         // connection died before its ack came back stays unanswered: that is not a loss (the
         // sender was never told it was delivered), so only wait a bounded time for them.
-        let _ = tokio::time::timeout(patience(), async {
-            while ledger.account().unacked > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let l = ledger.clone();
+        crate::poll_until(patience(), || {
+            let l = l.clone();
+            async move { l.account().unacked == 0 }
         })
         .await;
         // Every delivered/stored message reaches its recipient (reconnecting users get their
         // inbox); give up after the harness's patience and let the accounting show what is lost.
-        let _ = tokio::time::timeout(patience(), async {
-            while !ledger.missing().is_empty() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let l = ledger.clone();
+        crate::poll_until(patience(), || {
+            let l = l.clone();
+            async move { l.missing().is_empty() }
         })
         .await;
         self.running.store(false, Ordering::Release);
@@ -321,6 +321,7 @@ impl SimUser {
                     url = gateway(&self.endpoints, rotation)
                         .await
                         .unwrap_or_else(|| self.endpoints[rotation].ws.clone());
+                    // A client's reconnect back-off, not a synchronisation.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

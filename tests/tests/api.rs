@@ -5,7 +5,7 @@ use serde_json::Value;
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::router_client::RouterClient;
 use wsroute_tests::cluster::API_KEY;
-use wsroute_tests::{Client, Cluster};
+use wsroute_tests::{Client, Cluster, authed};
 
 async fn push(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
     let mut req = reqwest::Client::new()
@@ -72,15 +72,6 @@ async fn http_push_delivers_and_refuses_without_the_key() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(v["status"], "stored");
-}
-
-fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ascii"),
-    );
-    req
 }
 
 #[tokio::test]

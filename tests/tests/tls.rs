@@ -9,7 +9,7 @@ use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use wsroute_proto::v1 as pb;
 use wsroute_tests::cluster::{API_KEY, MESH_SECRET};
-use wsroute_tests::{Client, Cluster, binary};
+use wsroute_tests::{Client, Cluster, authed, binary};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,15 +42,6 @@ async fn channel(port: u16, with_client_cert: bool) -> Channel {
         .connect()
         .await
         .expect("TLS connect")
-}
-
-fn authed<T>(msg: T, key: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ascii"),
-    );
-    req
 }
 
 #[tokio::test]

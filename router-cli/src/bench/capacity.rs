@@ -44,13 +44,7 @@ pub async fn run(c: Capacity) -> ConnectionsReport {
         Duration::from_secs(10),
     ));
     let opened = conn::open_all(dialer, jobs, c.concurrency, true).await;
-    let connect = ConnectFigures {
-        opened: opened.opened(),
-        failed: opened.failed,
-        seconds: opened.elapsed.as_secs_f64(),
-        per_second: opened.per_second(),
-        error_samples: opened.error_samples.clone(),
-    };
+    let connect = ConnectFigures::of(&opened);
 
     // Hold: every connection keeps reading (so pings are answered) and counts if it is dropped.
     let stop = CancellationToken::new();

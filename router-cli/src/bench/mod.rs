@@ -208,13 +208,7 @@ async fn messages(a: MessagesArgs, json: bool) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
     ));
     let opened = conn::open_all(dialer, jobs, a.dial.concurrency as usize, true).await;
-    let connect = ConnectFigures {
-        opened: opened.opened(),
-        failed: opened.failed,
-        seconds: opened.elapsed.as_secs_f64(),
-        per_second: opened.per_second(),
-        error_samples: opened.error_samples.clone(),
-    };
+    let connect = ConnectFigures::of(&opened);
     if opened.failed > 0 {
         eprintln!(
             "router-cli: bench: {} of {} connections failed to open, not sending:",

@@ -135,6 +135,17 @@ pub struct ConnectFigures {
 }
 
 impl ConnectFigures {
+    /// The figures of one round of opening connections.
+    pub fn of(opened: &super::conn::Opened) -> Self {
+        Self {
+            opened: opened.opened(),
+            failed: opened.failed,
+            seconds: opened.elapsed.as_secs_f64(),
+            per_second: opened.per_second(),
+            error_samples: opened.error_samples.clone(),
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "opened": self.opened,
