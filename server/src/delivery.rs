@@ -86,6 +86,7 @@ impl LocalAttempt {
                 id: env.id.clone(),
                 frame: frame.clone(),
                 from_inbox: false,
+                accepted_us: env.accepted_us,
                 written: Some(written),
             };
             match sessions.deliver(conn, item) {

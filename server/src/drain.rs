@@ -19,6 +19,7 @@ impl Node {
     pub async fn drain(self) {
         let state = &self.state;
         state.draining.store(true, Ordering::Release);
+        state.metrics.draining.set(1);
         tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
         if let Err(e) = state
             .routes

@@ -15,6 +15,9 @@ pub struct Envelope {
     pub from: UserId,
     pub to: UserId,
     pub ts_ms: i64,
+    /// When the cluster accepted it, in microseconds since the Unix epoch: the start of the
+    /// end-to-end delivery latency the receiving node measures (`ts_ms` is too coarse for that).
+    pub accepted_us: i64,
     /// Valid JSON, as the sender wrote it.
     pub body: Box<RawValue>,
 }
@@ -46,6 +49,19 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
+    /// A message accepted now.
+    pub fn new(id: MsgId, from: UserId, to: UserId, body: Box<RawValue>) -> Self {
+        let accepted_us = now_us();
+        Self {
+            id,
+            from,
+            to,
+            ts_ms: accepted_us / 1000,
+            accepted_us,
+            body,
+        }
+    }
+
     /// The `message` frame, encoded once and shared by every connection it goes to.
     pub fn frame(&self) -> ByteString {
         let text = serde_json::to_string(&MessageFrame {
@@ -69,6 +85,7 @@ impl Envelope {
             to: self.to.to_string(),
             ts_ms: self.ts_ms,
             body_json: self.body.get().as_bytes().to_vec(),
+            accepted_us: self.accepted_us,
         }
     }
 }
@@ -97,6 +114,12 @@ impl TryFrom<pb::Envelope> for Envelope {
                 source,
             })?,
             ts_ms: p.ts_ms,
+            // A peer that does not send it: fall back to the millisecond timestamp.
+            accepted_us: if p.accepted_us > 0 {
+                p.accepted_us
+            } else {
+                p.ts_ms.saturating_mul(1000)
+            },
             body: RawValue::from_string(body_text).map_err(EnvelopeError::Body)?,
         })
     }
@@ -109,9 +132,14 @@ pub fn is_valid_json(s: &str) -> bool {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -125,6 +153,7 @@ mod tests {
             from: UserId::parse("alice").expect("valid"),
             to: UserId::parse("bob").expect("valid"),
             ts_ms: 7,
+            accepted_us: 7_000,
             body: RawValue::from_string(r#"{"text":"hi \"there\""}"#.into()).expect("json"),
         }
     }

@@ -110,6 +110,7 @@ pub async fn listen(client: redis::Client, sessions: Arc<Sessions>, cancel: Canc
                         id: env.id.clone(),
                         frame: frame.clone(),
                         from_inbox: false,
+                        accepted_us: env.accepted_us,
                         written: None,
                     },
                 );

@@ -13,17 +13,18 @@ use crate::route::keys;
 use crate::route::registry::RouteError;
 
 /// Appends a message unless the inbox is full. Idempotent per id, so a retried store never
-/// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns 1 stored, 0 full.
+/// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns the depth after storing, -1 when already
+/// there, 0 when full.
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
+local depth = redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+return depth
 ",
     )
 });
@@ -92,10 +93,7 @@ impl Inbox {
         id: &MsgId,
         frame: &str,
     ) -> Result<StoreOutcome, RouteError> {
-        self.metrics
-            .redis_ops
-            .with_label_values(&["inbox_store"])
-            .inc();
+        let _timer = self.metrics.redis_op("inbox_store");
         let mut c = self.pool.get().await?;
         let stored: i64 = STORE
             .key(keys::inbox_ids(user))
@@ -106,7 +104,10 @@ impl Inbox {
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut *c)
             .await?;
-        Ok(if stored == 1 {
+        if stored > 0 {
+            self.metrics.inbox_depth.observe(stored as f64);
+        }
+        Ok(if stored != 0 {
             StoreOutcome::Stored
         } else {
             StoreOutcome::Full
@@ -115,10 +116,7 @@ impl Inbox {
 
     /// The user's inbox, oldest first, as `(id, message frame)`.
     pub async fn fetch(&self, user: &UserId) -> Result<Vec<(MsgId, String)>, RouteError> {
-        self.metrics
-            .redis_ops
-            .with_label_values(&["inbox_fetch"])
-            .inc();
+        let _timer = self.metrics.redis_op("inbox_fetch");
         let mut c = self.pool.get().await?;
         let flat: Vec<String> = FETCH
             .key(keys::inbox_ids(user))
@@ -138,10 +136,7 @@ impl Inbox {
 
     /// Forgets one message the client acked; false if it was not (or no longer) there.
     pub async fn ack(&self, user: &UserId, id: &MsgId) -> Result<bool, RouteError> {
-        self.metrics
-            .redis_ops
-            .with_label_values(&["inbox_ack"])
-            .inc();
+        let _timer = self.metrics.redis_op("inbox_ack");
         let mut c = self.pool.get().await?;
         let removed: i64 = ACK
             .key(keys::inbox_ids(user))

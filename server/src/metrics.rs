@@ -4,9 +4,16 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Latency buckets in seconds, 50 µs to 2.5 s: the hot path is sub-millisecond, and a Redis or
+/// mesh stall of seconds must still land in a bucket of its own.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
 
 /// Shared handle to the node's metrics (cheap to clone).
 #[derive(Clone)]
@@ -34,6 +41,20 @@ pub struct Inner {
     pub slow_consumers: IntCounter,
     /// Written messages no longer tracked for redelivery because a client did not ack them.
     pub unacked_dropped: IntCounter,
+    /// Time of each Redis operation, by operation (as counted in `redis_ops`).
+    pub redis_latency: HistogramVec,
+    /// Time from sending a batch to a peer until its reply.
+    pub mesh_forward_latency: Histogram,
+    /// A user's inbox depth right after a message was stored there.
+    pub inbox_depth: Histogram,
+    /// Inbox messages written to a connection (on connect, or when the inbox changed).
+    pub inbox_replayed: IntCounter,
+    /// From the cluster accepting a message to its frame being written to the recipient.
+    pub delivery_latency: Histogram,
+    /// 1 while the node drains.
+    pub draining: IntGauge,
+    /// Always 1, labelled with the node id and version (for dashboards' legends).
+    pub node_info: IntGaugeVec,
 }
 
 impl Deref for Metrics {
@@ -43,14 +64,44 @@ impl Deref for Metrics {
     }
 }
 
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric")
+}
+
+fn latency(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
 impl Metrics {
+    /// Counts one Redis operation and times it until the returned timer is dropped.
+    pub fn redis_op(&self, op: &str) -> HistogramTimer {
+        self.redis_ops.with_label_values(&[op]).inc();
+        self.redis_latency.with_label_values(&[op]).start_timer()
+    }
+
+    /// Records the end-to-end latency of a message accepted at `accepted_us` (unix µs).
+    pub fn observe_delivery(&self, accepted_us: i64) {
+        if accepted_us > 0 {
+            let us = (crate::envelope::now_us() - accepted_us).max(0);
+            self.delivery_latency.observe(us as f64 / 1e6);
+        }
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
-        let connections = IntGauge::new(
+        let connections = gauge(
             "wsroute_connections",
             "Live client WebSocket connections on this node",
-        )
-        .expect("valid metric");
+        );
         let messages = IntCounterVec::new(
             Opts::new(
                 "wsroute_messages_total",
@@ -75,16 +126,14 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
-        let cache_hits = IntCounter::new(
+        let cache_hits = counter(
             "wsroute_route_cache_hits_total",
             "Recipient lookups answered by the local route cache",
-        )
-        .expect("valid metric");
-        let cache_misses = IntCounter::new(
+        );
+        let cache_misses = counter(
             "wsroute_route_cache_misses_total",
             "Recipient lookups that went to Redis",
-        )
-        .expect("valid metric");
+        );
         let redis_ops = IntCounterVec::new(
             Opts::new(
                 "wsroute_redis_operations_total",
@@ -93,29 +142,54 @@ impl Metrics {
             &["op"],
         )
         .expect("valid metric");
-        let mesh_batch_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "wsroute_mesh_batch_size",
-                "Messages per batch forwarded to a peer node",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-        )
-        .expect("valid metric");
-        let mesh_errors = IntCounter::new(
+        let mesh_batch_size = histogram(
+            "wsroute_mesh_batch_size",
+            "Messages per batch forwarded to a peer node",
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        );
+        let mesh_errors = counter(
             "wsroute_mesh_errors_total",
             "Mesh forward calls that failed",
-        )
-        .expect("valid metric");
-        let slow_consumers = IntCounter::new(
+        );
+        let slow_consumers = counter(
             "wsroute_slow_consumers_total",
             "Connections closed (1013) because their queue overflowed",
-        )
-        .expect("valid metric");
-        let unacked_dropped = IntCounter::new(
+        );
+        let unacked_dropped = counter(
             "wsroute_unacked_untracked_total",
             "Written messages no longer kept for redelivery because the client did not ack them",
+        );
+        let redis_latency = HistogramVec::new(
+            latency(
+                "wsroute_redis_command_duration_seconds",
+                "Time of each Redis operation (a pipeline or script counts once), by operation",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let mesh_forward_latency = histogram(
+            "wsroute_mesh_forward_duration_seconds",
+            "Time from forwarding a batch to a peer node until its reply",
+            LATENCY_BUCKETS,
+        );
+        let inbox_depth = histogram(
+            "wsroute_inbox_depth",
+            "Messages in a user's inbox right after one was stored there",
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        );
+        let inbox_replayed = counter(
+            "wsroute_inbox_replayed_total",
+            "Inbox messages written to a client connection",
+        );
+        let delivery_latency = histogram(
+            "wsroute_delivery_latency_seconds",
+            "Time from the cluster accepting a message to writing it to the recipient's connection",
+            LATENCY_BUCKETS,
+        );
+        let draining = gauge("wsroute_draining", "1 while this node drains, else 0");
+        let node_info = IntGaugeVec::new(
+            Opts::new("wsroute_node_info", "Always 1: this node's id and version"),
+            &["node", "version"],
         )
         .expect("valid metric");
         for c in [
@@ -130,6 +204,13 @@ impl Metrics {
             Box::new(mesh_errors.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(unacked_dropped.clone()),
+            Box::new(redis_latency.clone()),
+            Box::new(mesh_forward_latency.clone()),
+            Box::new(inbox_depth.clone()),
+            Box::new(inbox_replayed.clone()),
+            Box::new(delivery_latency.clone()),
+            Box::new(draining.clone()),
+            Box::new(node_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -146,6 +227,13 @@ impl Metrics {
             mesh_errors,
             slow_consumers,
             unacked_dropped,
+            redis_latency,
+            mesh_forward_latency,
+            inbox_depth,
+            inbox_replayed,
+            delivery_latency,
+            draining,
+            node_info,
         }))
     }
 

@@ -277,6 +277,10 @@ impl Node {
         };
         let metrics = Metrics::new();
         let node = config.node_id.clone();
+        metrics
+            .node_info
+            .with_label_values(&[node.as_str(), env!("CARGO_PKG_VERSION")])
+            .set(1);
         let limits = config.limits.clone();
         let routes = RouteTable::new(
             pool.clone(),

@@ -20,6 +20,8 @@ pub enum Outbound {
         id: MsgId,
         frame: ByteString,
         from_inbox: bool,
+        /// When the cluster accepted the message (unix microseconds), for the latency metric.
+        accepted_us: i64,
         written: Option<oneshot::Sender<bool>>,
     },
 }
@@ -191,6 +193,7 @@ mod tests {
             id: MsgId::parse("m1").expect("valid"),
             frame: ByteString::from_static("{}"),
             from_inbox: false,
+            accepted_us: 0,
             written: None,
         }
     }

@@ -172,6 +172,7 @@ async fn the_mesh_refuses_calls_without_the_secret() {
                 to: "bob".into(),
                 ts_ms: 1,
                 body_json: b"\"wire the money\"".to_vec(),
+                accepted_us: 1_000,
             }),
             conn_ids: vec![bob.conn_id()],
         }],

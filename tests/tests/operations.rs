@@ -220,6 +220,38 @@ async fn probes_and_metrics_tell_the_truth() {
         1.0
     );
     assert_eq!(value("wsroute_messages_total{outcome=\"stored\"}"), 1.0);
+    // The operational histograms saw the same traffic: a cross-node batch and its round trip,
+    // the Redis registration, the stored message's inbox depth; the node says who it is.
+    assert!(value("wsroute_mesh_forward_duration_seconds_count ") >= 1.0);
+    assert!(value("wsroute_mesh_batch_size_count ") >= 1.0);
+    assert!(value("wsroute_redis_command_duration_seconds_count{op=\"register\"}") >= 1.0);
+    assert!(value("wsroute_redis_command_duration_seconds_count{op=\"inbox_store\"}") >= 1.0);
+    assert_eq!(value("wsroute_inbox_depth_count "), 1.0);
+    assert_eq!(value("wsroute_inbox_depth_sum "), 1.0);
+    assert_eq!(value("wsroute_draining "), 0.0);
+    assert!(
+        text.contains(&format!(
+            "wsroute_node_info{{node=\"node1\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+
+    // Bob's node measured the delivery end to end; zed's node replays the stored message.
+    let node2 = c.node(2).http("/metrics");
+    let delivered = || wsroute_tests::metric(&node2, "wsroute_delivery_latency_seconds_count");
+    eventually("bob's node records the delivery latency", || async {
+        (delivered().await == 1.0).then_some(())
+    })
+    .await;
+    let mut zed = Client::connect(&c.node(2).ws_user("zed")).await;
+    let m = zed.expect_type("message").await;
+    assert_eq!(m["from"], "alice");
+    let replayed = || wsroute_tests::metric(&node2, "wsroute_inbox_replayed_total");
+    eventually("zed's node counts the inbox replay", || async {
+        (replayed().await == 1.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::envelope::{Envelope, now_ms};
+use crate::envelope::Envelope;
 use crate::ids::UserId;
 use crate::mesh::secret_matches;
 use crate::node::NodeState;
@@ -122,13 +122,7 @@ pub async fn push(
             );
         }
     };
-    let env = Envelope {
-        id: state.ids.msg(),
-        from,
-        to,
-        ts_ms: now_ms(),
-        body: parsed.body,
-    };
+    let env = Envelope::new(state.ids.msg(), from, to, parsed.body);
     let id = env.id.to_string();
     let outcome = state.delivery.send(env).await;
     HttpResponse::Ok().json(super::outcome_json(&id, &outcome))

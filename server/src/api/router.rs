@@ -9,7 +9,7 @@ use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::router_server::Router;
 
 use crate::delivery::Outcome;
-use crate::envelope::{Envelope, now_ms};
+use crate::envelope::Envelope;
 use crate::error::RejectCode;
 use crate::ids::UserId;
 use crate::mesh::check_bearer;
@@ -62,13 +62,7 @@ impl RouterService {
                 }
             }
         };
-        let env = Envelope {
-            id: self.state.ids.msg(),
-            from,
-            to,
-            ts_ms: now_ms(),
-            body,
-        };
+        let env = Envelope::new(self.state.ids.msg(), from, to, body);
         let id = env.id.to_string();
         let outcome = self.state.delivery.send(env).await;
         let (error_code, error_message) = match &outcome {

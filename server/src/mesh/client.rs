@@ -269,6 +269,9 @@ impl PeerWorker {
                                 self.broken(&mut link, &mut waiting, e);
                                 continue;
                             }
+                            self.metrics
+                                .mesh_forward_latency
+                                .observe(batch.sent_at.elapsed().as_secs_f64());
                             for (r, result) in batch.replies.into_iter().zip(reply.results) {
                                 let _ = r.send(Ok(result));
                             }

@@ -107,15 +107,16 @@ impl RouteTable {
         Ok(self.pool.get().await?)
     }
 
-    fn count(&self, op: &'static str) {
-        self.metrics.redis_ops.with_label_values(&[op]).inc();
+    /// Counts and times one Redis operation (until the returned timer drops).
+    fn count(&self, op: &'static str) -> prometheus::HistogramTimer {
+        self.metrics.redis_op(op)
     }
 
     // ------------------------------------------------------------ nodes and leases
 
     /// Publishes this node's record and takes its lease.
     pub async fn register_node(&self, record: &NodeRecord) -> Result<(), RouteError> {
-        self.count("register_node");
+        let _timer = self.count("register_node");
         let mut c = self.conn().await?;
         redis::pipe()
             .atomic()
@@ -147,7 +148,7 @@ impl RouteTable {
     /// Renews the lease. Returns false when the lease was gone: Redis lost its data or a survivor
     /// declared this node dead, and the caller must register everything again.
     pub async fn renew_lease(&self, connections: u64, draining: bool) -> Result<bool, RouteError> {
-        self.count("renew_lease");
+        let _timer = self.count("renew_lease");
         let mut c = self.conn().await?;
         let (renewed,): (Option<String>,) = redis::pipe()
             .cmd("SET")
@@ -173,7 +174,7 @@ impl RouteTable {
 
     /// Every registered node with its record and lease, sorted by id.
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RouteError> {
-        self.count("list_nodes");
+        let _timer = self.count("list_nodes");
         let mut c = self.conn().await?;
         let mut ids: Vec<String> = c.smembers(keys::nodes()).await?;
         ids.sort();
@@ -219,14 +220,14 @@ impl RouteTable {
 
     /// The gRPC address a node advertises, if it is registered.
     pub async fn node_grpc_addr(&self, node: &NodeId) -> Result<Option<String>, RouteError> {
-        self.count("node_addr");
+        let _timer = self.count("node_addr");
         let mut c = self.conn().await?;
         Ok(c.hget(keys::node_info(node), "grpc").await?)
     }
 
     /// Whether a node's lease is still held.
     pub async fn node_alive(&self, node: &NodeId) -> Result<bool, RouteError> {
-        self.count("node_alive");
+        let _timer = self.count("node_alive");
         let mut c = self.conn().await?;
         Ok(c.exists(keys::node_lease(node)).await?)
     }
@@ -237,7 +238,7 @@ impl RouteTable {
     /// cluster (checked and written in one script, so that concurrent connects cannot both slip
     /// under the limit). Returns false when the user is at the limit.
     pub async fn register_new(&self, reg: &Registration, max: u32) -> Result<bool, RouteError> {
-        self.count("register");
+        let _timer = self.count("register");
         let mut c = self.conn().await?;
         let admitted: i64 = REGISTER_NEW
             .key(keys::user_conns(&reg.user))
@@ -257,7 +258,7 @@ impl RouteTable {
         if regs.is_empty() {
             return Ok(());
         }
-        self.count("register");
+        let _timer = self.count("register");
         let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -282,7 +283,7 @@ impl RouteTable {
     /// Removes one connection of this node. Entries are keyed by the cluster-unique connection
     /// id, so this can never remove the entry of a newer connection of the same user.
     pub async fn unregister(&self, user: &UserId, conn: &ConnId) -> Result<(), RouteError> {
-        self.count("unregister");
+        let _timer = self.count("unregister");
         let mut c = self.conn().await?;
         redis::pipe()
             .atomic()
@@ -297,7 +298,7 @@ impl RouteTable {
 
     /// A user's live connections, straight from Redis.
     pub async fn lookup(&self, user: &UserId) -> Result<Vec<Route>, RouteError> {
-        self.count("lookup");
+        let _timer = self.count("lookup");
         let mut c = self.conn().await?;
         let entries: HashMap<String, String> = c.hgetall(keys::user_conns(user)).await?;
         let mut routes: Vec<Route> = entries
@@ -318,7 +319,7 @@ impl RouteTable {
 
     /// The connections a node's index holds, as `(conn, user)` pairs.
     pub async fn node_routes(&self, node: &NodeId) -> Result<Vec<(String, String)>, RouteError> {
-        self.count("node_routes");
+        let _timer = self.count("node_routes");
         let mut c = self.conn().await?;
         let mut entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
         entries.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
@@ -328,7 +329,7 @@ impl RouteTable {
     /// Removes this node's index entries (and their user entries) for connections it no longer
     /// holds: what a failed unregister left behind. Returns the users whose routes changed.
     pub async fn reconcile(&self, holds: impl Fn(&str) -> bool) -> Result<Vec<UserId>, RouteError> {
-        self.count("reconcile");
+        let _timer = self.count("reconcile");
         let mut c = self.conn().await?;
         let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(&self.node)).await?;
         let mut pipe = redis::pipe();
@@ -350,7 +351,7 @@ impl RouteTable {
     /// stopping cleanly (for itself) and by the cleaner (for a dead node). Returns the users whose
     /// routes changed.
     pub async fn remove_node(&self, node: &NodeId) -> Result<Vec<UserId>, RouteError> {
-        self.count("remove_node");
+        let _timer = self.count("remove_node");
         let mut c = self.conn().await?;
         let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
         let mut users = Vec::new();
@@ -379,7 +380,7 @@ impl RouteTable {
     /// Finds nodes whose lease ran out and removes their routes. A per-node lock makes sure
     /// one survivor does the work, not all of them. Returns the nodes cleaned and their users.
     pub async fn sweep_dead_nodes(&self) -> Result<Vec<(NodeId, Vec<UserId>)>, RouteError> {
-        self.count("sweep");
+        let _timer = self.count("sweep");
         let mut c = self.conn().await?;
         let ids: Vec<String> = c.smembers(keys::nodes()).await?;
         let mut cleaned = Vec::new();
@@ -417,7 +418,7 @@ impl RouteTable {
 
     /// Publishes an event for the other nodes (cache invalidation, inbox changes).
     pub async fn publish(&self, payload: &str) -> Result<(), RouteError> {
-        self.count("publish");
+        let _timer = self.count("publish");
         let mut c = self.conn().await?;
         let _: i64 = c.publish(keys::events_channel(), payload).await?;
         Ok(())

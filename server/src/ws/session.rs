@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
 use crate::delivery::Outcome;
-use crate::envelope::{Envelope, now_ms};
+use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
@@ -269,13 +269,7 @@ impl Session {
         permit: tokio::sync::OwnedSemaphorePermit,
         pending: &mut FuturesUnordered<PendingAck>,
     ) {
-        let env = Envelope {
-            id: self.state.ids.msg(),
-            from: self.user.clone(),
-            to,
-            ts_ms: now_ms(),
-            body: send.body,
-        };
+        let env = Envelope::new(self.state.ids.msg(), self.user.clone(), to, send.body);
         let id = env.id.to_string();
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
@@ -390,6 +384,7 @@ impl Session {
             id,
             frame,
             from_inbox,
+            accepted_us,
             written,
         } = out;
         if from_inbox && self.inbox_sent.contains(&id) {
@@ -406,6 +401,7 @@ impl Session {
             let _ = w.send(result.is_ok());
         }
         result?;
+        self.state.metrics.observe_delivery(accepted_us);
         if from_inbox || sender_gave_up {
             self.inbox_sent.insert(id);
         } else {
@@ -451,6 +447,7 @@ impl Session {
                 continue;
             }
             self.write_text(ByteString::from(text)).await?;
+            self.state.metrics.inbox_replayed.inc();
             self.inbox_sent.insert(id);
         }
         Ok(())
