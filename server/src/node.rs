@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
@@ -364,26 +365,33 @@ impl Node {
             );
         }
 
-        // Background loops.
+        // Background loops, their log lines marked with the node.
+        let span = tracing::info_span!("node", node = %state.node);
         state
             .tracker
-            .spawn(crate::upkeep::lease_loop(state.clone()));
+            .spawn(crate::upkeep::lease_loop(state.clone()).instrument(span.clone()));
         state
             .tracker
-            .spawn(crate::upkeep::sweep_loop(state.clone()));
+            .spawn(crate::upkeep::sweep_loop(state.clone()).instrument(span.clone()));
         if state.config.fanout == Fanout::Broadcast {
-            state.tracker.spawn(crate::fanout::listen(
-                pubsub_client.clone(),
+            state.tracker.spawn(
+                crate::fanout::listen(
+                    pubsub_client.clone(),
+                    state.sessions.clone(),
+                    state.shutdown.clone(),
+                )
+                .instrument(span.clone()),
+            );
+        }
+        state.tracker.spawn(
+            events::listen(
+                pubsub_client,
+                state.cache.clone(),
                 state.sessions.clone(),
                 state.shutdown.clone(),
-            ));
-        }
-        state.tracker.spawn(events::listen(
-            pubsub_client,
-            state.cache.clone(),
-            state.sessions.clone(),
-            state.shutdown.clone(),
-        ));
+            )
+            .instrument(span),
+        );
 
         // gRPC: the mesh and the public Router API on one listener.
         let mesh = MeshService {

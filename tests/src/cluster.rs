@@ -19,6 +19,8 @@ pub struct NodeOpts {
     pub api_key: Option<String>,
     pub mesh_secret: Option<String>,
     pub extra: Vec<String>,
+    /// Environment variables for the process (e.g. `WSROUTE_LOG_FORMAT=json`).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOpts {
@@ -30,6 +32,7 @@ impl NodeOpts {
             api_key: Some(API_KEY.into()),
             mesh_secret: Some(MESH_SECRET.into()),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl Node {
         if opts.dev_auth {
             cmd.arg("--dev-auth");
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         for (flag, value) in [
             ("--jwt-secret", &opts.jwt_secret),
             ("--api-key", &opts.api_key),

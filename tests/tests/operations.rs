@@ -343,3 +343,48 @@ async fn router_cli_inbox_shows_what_waits_for_a_user() {
     let (code, _, _) = cli(&url, &["inbox", "not a user"]);
     assert_eq!(code, 2);
 }
+
+#[tokio::test]
+async fn json_logs_carry_node_user_conn_and_message_ids() {
+    let c = Cluster::start_with(1, |o| {
+        o.env = vec![("WSROUTE_LOG_FORMAT".into(), "json".into())];
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let conn_id = alice.hello["conn_id"].as_str().expect("conn_id").to_owned();
+    let ack = alice.send_and_ack("bob", json!("hi")).await;
+    assert_eq!(ack["status"], "stored");
+    let msg_id = ack["id"].as_str().expect("id").to_owned();
+    alice.close().await;
+
+    let lines = eventually("the node logs the disconnect", || async {
+        let text = c.nodes[0].log_text();
+        text.contains("client disconnected").then_some(text)
+    })
+    .await;
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let disconnect = records
+        .iter()
+        .find(|r| r["fields"]["message"] == "client disconnected")
+        .expect("a disconnect record");
+    assert_eq!(disconnect["span"]["name"], "conn", "{disconnect}");
+    assert_eq!(disconnect["span"]["node"], "node1", "{disconnect}");
+    assert_eq!(disconnect["span"]["user"], "alice", "{disconnect}");
+    assert_eq!(
+        disconnect["span"]["conn_id"],
+        conn_id.as_str(),
+        "{disconnect}"
+    );
+    let answered = records
+        .iter()
+        .find(|r| r["fields"]["message"] == "send answered")
+        .expect("a record of the send");
+    assert_eq!(answered["span"]["msg_id"], msg_id.as_str(), "{answered}");
+    assert_eq!(answered["fields"]["status"], "stored", "{answered}");
+    let outer = &answered["spans"][0];
+    assert_eq!(outer["user"], "alice", "{answered}");
+    assert_eq!(outer["conn_id"], conn_id.as_str(), "{answered}");
+}

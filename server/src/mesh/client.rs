@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -154,7 +155,9 @@ impl PeerPool {
             suspect: suspect.clone(),
         };
         let cancel = self.cancel.clone();
-        self.tracker.spawn_on(worker.run(rx, cancel), &self.runtime);
+        let span = tracing::info_span!("peer", node = %self.me, peer = %node);
+        self.tracker
+            .spawn_on(worker.run(rx, cancel).instrument(span), &self.runtime);
         Peer {
             addr: addr.to_owned(),
             queue,

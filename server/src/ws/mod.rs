@@ -7,6 +7,7 @@ pub mod frame;
 pub mod session;
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::sync::mpsc;
@@ -138,6 +139,9 @@ pub async fn upgrade(
     state.metrics.connections.inc();
     tracing::info!(user = %principal.user, conn_id = %conn, "client connected");
 
+    // Every log line of the session carries who and where: node, user, conn_id.
+    let span =
+        tracing::info_span!("conn", node = %state.node, user = %principal.user, conn_id = %conn);
     let task = session::Session {
         state: state.clone(),
         conn,
@@ -149,7 +153,8 @@ pub async fn upgrade(
         recent: std::collections::VecDeque::new(),
         flood: flood::FloodGuard::new(limits.msgs_per_sec),
     }
-    .run(stream, queue_rx, control_rx);
+    .run(stream, queue_rx, control_rx)
+    .instrument(span);
     actix_web::rt::spawn(state.tracker.track_future(task));
     response
 }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use bytestring::ByteString;
@@ -273,12 +274,17 @@ impl Session {
         let id = env.id.to_string();
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
-        let in_flight = delivery.dispatch(env).await;
-        pending.push(Box::pin(async move {
-            let outcome = delivery.finish(in_flight).await;
-            drop(permit);
-            (reference, id, outcome)
-        }));
+        let span = tracing::debug_span!("msg", msg_id = %id, to = %env.to);
+        let in_flight = delivery.dispatch(env).instrument(span.clone()).await;
+        pending.push(Box::pin(
+            async move {
+                let outcome = delivery.finish(in_flight).await;
+                tracing::debug!(status = outcome.status(), "send answered");
+                drop(permit);
+                (reference, id, outcome)
+            }
+            .instrument(span),
+        ));
     }
 
     /// Refuses a frame over the rate limit: a send gets a `rejected` ack (with its ref), anything
@@ -508,7 +514,8 @@ impl Session {
         // Sends whose ack can no longer be written still finish (a failed delivery must still
         // reach the inbox), in the background.
         if !pending.is_empty() {
-            let drive = async move { while pending.next().await.is_some() {} };
+            let drive = async move { while pending.next().await.is_some() {} }
+                .instrument(tracing::Span::current());
             actix_web::rt::spawn(self.state.tracker.track_future(drive));
         }
         self.keep_unacked().await;
