@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+# The foundation suites once more, against a private three-master Redis Cluster
+# (redis+cluster://), as an operator who outgrew one Redis would run them.
+WSROUTE_TEST_REDIS=cluster cargo test -p wsroute-tests --locked \
+  --test delivery --test inbox --test api --test operations --test limits --test client_input "$@"

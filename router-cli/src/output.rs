@@ -6,6 +6,7 @@ use anyhow::Context;
 use wsroute_server::ids::NodeId;
 use wsroute_server::metrics::Metrics;
 use wsroute_server::route::registry::RouteTable;
+use wsroute_server::route::store::RedisPool;
 
 /// A read-mostly handle on the cluster's route table.
 pub fn route_table(url: &str) -> anyhow::Result<RouteTable> {
@@ -28,19 +29,9 @@ pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
     ))
 }
 
-fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
-    if url.starts_with("redis+cluster://") {
-        anyhow::bail!("Redis Cluster URLs are not supported by this build yet");
-    }
-    deadpool_redis::Config::from_url(url)
-        .builder()
-        .with_context(|| format!("bad --redis-url {url:?}"))?
-        .max_size(2)
-        .wait_timeout(Some(Duration::from_secs(3)))
-        .create_timeout(Some(Duration::from_secs(3)))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .with_context(|| format!("bad --redis-url {url:?}"))
+fn redis_pool(url: &str) -> anyhow::Result<RedisPool> {
+    RedisPool::open(url, 2, Duration::from_secs(3))
+        .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))
 }
 
 /// Prints rows as left-aligned columns under a header.

@@ -4,13 +4,12 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
-
 use crate::envelope::Envelope;
 use crate::ids::{MsgId, UserId};
 use crate::metrics::Metrics;
 use crate::route::keys;
 use crate::route::registry::RouteError;
+use crate::route::store::RedisPool;
 
 /// Appends a message unless the inbox is full. Idempotent per id, so a retried store never
 /// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns the depth after storing, -1 when already
@@ -65,14 +64,14 @@ pub enum StoreOutcome {
 
 #[derive(Clone)]
 pub struct Inbox {
-    pool: Pool,
+    pool: RedisPool,
     max: usize,
     ttl: Duration,
     metrics: Metrics,
 }
 
 impl Inbox {
-    pub fn new(pool: Pool, max: usize, ttl: Duration, metrics: Metrics) -> Self {
+    pub fn new(pool: RedisPool, max: usize, ttl: Duration, metrics: Metrics) -> Self {
         Self {
             pool,
             max,
@@ -102,7 +101,7 @@ impl Inbox {
             .arg(frame)
             .arg(self.max)
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         if stored > 0 {
             self.metrics.inbox_depth.observe(stored as f64);
@@ -121,7 +120,7 @@ impl Inbox {
         let flat: Vec<String> = FETCH
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
@@ -142,7 +141,7 @@ impl Inbox {
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
             .arg(id.as_str())
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(removed == 1)
     }
@@ -152,7 +151,7 @@ impl Inbox {
         let mut c = self.pool.get().await?;
         let n: usize = redis::cmd("LLEN")
             .arg(keys::inbox_ids(user))
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         Ok(n)
     }

@@ -27,6 +27,7 @@ use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::{self, RouteEvent};
 use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
+use crate::route::store::RedisPool;
 use crate::sessions::Sessions;
 use crate::ws::auth::Authenticator;
 
@@ -40,8 +41,6 @@ pub enum StartError {
     },
     #[error("bad --redis-url: {0}")]
     Redis(String),
-    #[error("Redis Cluster URLs (redis+cluster://) are not supported by this build yet")]
-    ClusterUnsupported,
     #[error("client token keys: {0}")]
     Keys(#[source] crate::ws::auth::KeyError),
     #[error("gRPC TLS: {0}")]
@@ -221,9 +220,6 @@ impl Node {
     /// Binds, connects and starts everything. Must run inside an actix `System` driven by a
     /// multi-thread tokio runtime (see `main.rs`).
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        if config.redis_url.starts_with("redis+cluster://") {
-            return Err(StartError::ClusterUnsupported);
-        }
         let ws_listener =
             std::net::TcpListener::bind(config.ws_listen).map_err(|source| StartError::Bind {
                 addr: config.ws_listen,
@@ -257,18 +253,14 @@ impl Node {
             .clone()
             .unwrap_or_else(|| dialable(grpc_addr));
 
-        let pool = deadpool_redis::Config::from_url(config.redis_url.clone())
-            .builder()
-            .map_err(|e| StartError::Redis(e.to_string()))?
-            .max_size(32)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StartError::Redis(e.to_string()))?;
-        let pubsub_client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| StartError::Redis(e.to_string()))?;
+        let pool = RedisPool::open(&config.redis_url, 32, Duration::from_secs(2))
+            .map_err(StartError::Redis)?;
+        let pubsub_clients =
+            RedisPool::pubsub_clients(&config.redis_url).map_err(StartError::Redis)?;
+        let pubsub_client = pubsub_clients
+            .first()
+            .cloned()
+            .ok_or_else(|| StartError::Redis("no Redis server named".into()))?;
 
         let tls = match &config.grpc_tls {
             Some(t) => Some(
@@ -385,7 +377,7 @@ impl Node {
         }
         state.tracker.spawn(
             events::listen(
-                pubsub_client,
+                pubsub_clients,
                 state.cache.clone(),
                 state.sessions.clone(),
                 state.shutdown.clone(),

@@ -224,7 +224,11 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tweak: impl Fn(&mut NodeOpts)) -> Self {
-        let redis = RedisServer::start().await;
+        Self::start_on(RedisServer::start().await, n, tweak).await
+    }
+
+    /// `n` nodes on the given Redis (a single server or a Redis Cluster).
+    pub async fn start_on(redis: RedisServer, n: usize, tweak: impl Fn(&mut NodeOpts)) -> Self {
         let nodes: Vec<Node> = (1..=n)
             .map(|i| {
                 let mut o = NodeOpts::new(&format!("node{i}"));

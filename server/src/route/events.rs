@@ -47,15 +47,22 @@ impl RouteEvent {
 
 /// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
 /// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
-/// dropped and every local session re-checks its inbox.
+/// dropped and every local session re-checks its inbox. `clients` are tried in turn (the seeds of a
+/// Redis Cluster: a subscriber on any node hears every publish).
 pub async fn listen(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut turn = 0usize;
     loop {
+        let Some(client) = clients.get(turn % clients.len().max(1)) else {
+            tracing::error!("route events: no Redis to subscribe to");
+            return;
+        };
+        turn = turn.wrapping_add(1);
         let attempt = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(keys::events_channel()).await?;

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod events;
 pub mod keys;
 pub mod registry;
+pub mod store;
 
 use std::sync::Arc;
 

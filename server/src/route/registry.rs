@@ -7,26 +7,20 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Cmd};
 
 use super::Route;
 use super::keys;
+use super::store::{RedisConn, RedisPool, Writes};
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("no Redis connection: {0}")]
-    Pool(#[source] deadpool_redis::PoolError),
+    Pool(String),
     #[error("Redis command failed: {0}")]
     Command(#[source] redis::RedisError),
-}
-
-impl From<deadpool_redis::PoolError> for RouteError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Pool(e)
-    }
 }
 
 impl From<redis::RedisError> for RouteError {
@@ -35,13 +29,13 @@ impl From<redis::RedisError> for RouteError {
     }
 }
 
-/// KEYS: user's connections, node's index. ARGV: conn, route value, user, max per user.
+/// Adds a route unless the user is at the limit. KEYS: the user's connections. ARGV: conn, route
+/// value, max per user. Returns 1 added, 0 refused.
 static REGISTER_NEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 1
 ",
     )
@@ -83,14 +77,14 @@ pub struct Registration {
 /// The route table. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct RouteTable {
-    pool: Pool,
+    pool: RedisPool,
     node: NodeId,
     lease_ttl: Duration,
     metrics: Metrics,
 }
 
 impl RouteTable {
-    pub fn new(pool: Pool, node: NodeId, lease_ttl: Duration, metrics: Metrics) -> Self {
+    pub fn new(pool: RedisPool, node: NodeId, lease_ttl: Duration, metrics: Metrics) -> Self {
         Self {
             pool,
             node,
@@ -103,8 +97,8 @@ impl RouteTable {
         &self.node
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, RouteError> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<RedisConn, RouteError> {
+        self.pool.get().await
     }
 
     /// Counts and times one Redis operation (until the returned timer drops).
@@ -117,11 +111,12 @@ impl RouteTable {
     /// Publishes this node's record and takes its lease.
     pub async fn register_node(&self, record: &NodeRecord) -> Result<(), RouteError> {
         let _timer = self.count("register_node");
-        let mut c = self.conn().await?;
-        redis::pipe()
-            .atomic()
-            .hset_multiple(
-                keys::node_info(&self.node),
+        let (info, lease) = (keys::node_info(&self.node), keys::node_lease(&self.node));
+        let mut w = Writes::new();
+        w.add(
+            &info,
+            Cmd::hset_multiple(
+                &info,
                 &[
                     ("grpc", record.grpc_addr.clone()),
                     ("url", record.public_url.clone()),
@@ -130,15 +125,12 @@ impl RouteTable {
                     ("draining", u8::from(record.draining).to_string()),
                     ("max_conns", record.max_connections.to_string()),
                 ],
-            )
-            .ignore()
-            .sadd(keys::nodes(), self.node.as_str())
-            .ignore()
-            .pset_ex(keys::node_lease(&self.node), "1", self.lease_ttl_ms())
-            .ignore()
-            .query_async::<()>(&mut *c)
-            .await?;
-        Ok(())
+            ),
+        )
+        .add(&lease, Cmd::pset_ex(&lease, "1", self.lease_ttl_ms()))
+        .then()
+        .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
+        self.pool.write(w).await
     }
 
     fn lease_ttl_ms(&self) -> u64 {
@@ -149,55 +141,65 @@ impl RouteTable {
     /// declared this node dead, and the caller must register everything again.
     pub async fn renew_lease(&self, connections: u64, draining: bool) -> Result<bool, RouteError> {
         let _timer = self.count("renew_lease");
-        let mut c = self.conn().await?;
-        let (renewed,): (Option<String>,) = redis::pipe()
-            .cmd("SET")
+        let mut renew = redis::cmd("SET");
+        renew
             .arg(keys::node_lease(&self.node))
             .arg("1")
             .arg("PX")
             .arg(self.lease_ttl_ms())
-            .arg("XX")
-            .hset_multiple(
-                keys::node_info(&self.node),
-                &[
-                    ("conns", connections.to_string()),
-                    ("draining", u8::from(draining).to_string()),
-                ],
-            )
-            .ignore()
-            .sadd(keys::nodes(), self.node.as_str())
-            .ignore()
-            .query_async(&mut *c)
+            .arg("XX");
+        let info = Cmd::hset_multiple(
+            keys::node_info(&self.node),
+            &[
+                ("conns", connections.to_string()),
+                ("draining", u8::from(draining).to_string()),
+            ],
+        );
+        let listed = Cmd::sadd(keys::nodes(), self.node.as_str());
+        let replies = self
+            .pool
+            .read_groups(vec![vec![renew, info], vec![listed]])
             .await?;
-        Ok(renewed.is_some())
+        let renewed = replies
+            .first()
+            .and_then(|g| g.first())
+            .is_some_and(|v| *v != redis::Value::Nil);
+        Ok(renewed)
     }
 
     /// Every registered node with its record and lease, sorted by id.
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RouteError> {
         let _timer = self.count("list_nodes");
-        let mut c = self.conn().await?;
-        let mut ids: Vec<String> = c.smembers(keys::nodes()).await?;
+        let mut ids: Vec<String> = self.conn().await?.smembers(keys::nodes()).await?;
         ids.sort();
-        let mut pipe = redis::pipe();
+        let mut groups = Vec::with_capacity(ids.len());
         let mut valid = Vec::with_capacity(ids.len());
         for id in &ids {
             let Ok(node) = NodeId::parse(id) else {
                 tracing::warn!(node = %id, "skipping a node id in Redis that is not valid");
                 continue;
             };
-            pipe.hgetall(keys::node_info(&node))
-                .pttl(keys::node_lease(&node));
+            groups.push(vec![
+                Cmd::hgetall(keys::node_info(&node)),
+                Cmd::pttl(keys::node_lease(&node)),
+            ]);
             valid.push(node);
         }
         if valid.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut *c).await?;
+        let replies = self.pool.read_groups(groups).await?;
         let mut out = Vec::with_capacity(valid.len());
-        for (node, pair) in valid.into_iter().zip(replies.chunks(2)) {
-            let info: HashMap<String, String> =
-                redis::from_redis_value(pair[0].clone()).unwrap_or_default();
-            let pttl: i64 = redis::from_redis_value(pair[1].clone()).unwrap_or(-2);
+        for (node, pair) in valid.into_iter().zip(replies) {
+            let mut pair = pair.into_iter();
+            let info: HashMap<String, String> = pair
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let pttl: i64 = pair
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or(-2);
             out.push(NodeRecord {
                 node,
                 grpc_addr: info.get("grpc").cloned().unwrap_or_default(),
@@ -239,16 +241,38 @@ impl RouteTable {
     /// under the limit). Returns false when the user is at the limit.
     pub async fn register_new(&self, reg: &Registration, max: u32) -> Result<bool, RouteError> {
         let _timer = self.count("register");
+        let index = keys::node_conns(&self.node);
+        let conn = reg.route.conn.as_str();
+        let indexed = Cmd::hset(&index, conn, reg.user.as_str());
+        let mut add = REGISTER_NEW.key(keys::user_conns(&reg.user));
+        add.arg(conn).arg(reg.route.encode_value()).arg(max);
         let mut c = self.conn().await?;
-        let admitted: i64 = REGISTER_NEW
-            .key(keys::user_conns(&reg.user))
-            .key(keys::node_conns(&self.node))
-            .arg(reg.route.conn.as_str())
-            .arg(reg.route.encode_value())
-            .arg(reg.user.as_str())
-            .arg(max)
-            .invoke_async(&mut *c)
-            .await?;
+        // The index entry first: a route must never exist without it.
+        let admitted: i64 = match c {
+            RedisConn::Single(_) => {
+                // One round trip: both in one pipeline (the script loaded first if Redis lost it).
+                let mut pipe = redis::pipe();
+                pipe.add_command(indexed).ignore().invoke_script(&add);
+                let first: Result<(i64,), _> = pipe.query_async(&mut c).await;
+                match first {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        add.load_async(&mut c).await?;
+                        pipe.query_async::<(i64,)>(&mut c).await?.0
+                    }
+                    r => r?.0,
+                }
+            }
+            RedisConn::Cluster(_) => {
+                indexed.query_async::<()>(&mut c).await?;
+                add.invoke_async(&mut c).await?
+            }
+        };
+        if admitted != 1 {
+            let _: Result<(), _> = c.hdel(&index, conn).await;
+        }
         Ok(admitted == 1)
     }
 
@@ -259,41 +283,37 @@ impl RouteTable {
             return Ok(());
         }
         let _timer = self.count("register");
-        let mut c = self.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let index = keys::node_conns(&self.node);
+        let mut w = Writes::new();
         for r in regs {
-            pipe.hset(
-                keys::user_conns(&r.user),
-                r.route.conn.as_str(),
-                r.route.encode_value(),
-            )
-            .ignore()
-            .hset(
-                keys::node_conns(&self.node),
-                r.route.conn.as_str(),
-                r.user.as_str(),
-            )
-            .ignore();
+            w.add(
+                &index,
+                Cmd::hset(&index, r.route.conn.as_str(), r.user.as_str()),
+            );
         }
-        pipe.query_async::<()>(&mut *c).await?;
-        Ok(())
+        // Index entries first, so that no route exists without one.
+        w.then();
+        for r in regs {
+            let key = keys::user_conns(&r.user);
+            w.add(
+                &key,
+                Cmd::hset(&key, r.route.conn.as_str(), r.route.encode_value()),
+            );
+        }
+        self.pool.write(w).await
     }
 
     /// Removes one connection of this node. Entries are keyed by the cluster-unique connection
     /// id, so this can never remove the entry of a newer connection of the same user.
     pub async fn unregister(&self, user: &UserId, conn: &ConnId) -> Result<(), RouteError> {
         let _timer = self.count("unregister");
-        let mut c = self.conn().await?;
-        redis::pipe()
-            .atomic()
-            .hdel(keys::user_conns(user), conn.as_str())
-            .ignore()
-            .hdel(keys::node_conns(&self.node), conn.as_str())
-            .ignore()
-            .query_async::<()>(&mut *c)
-            .await?;
-        Ok(())
+        let (route, index) = (keys::user_conns(user), keys::node_conns(&self.node));
+        let mut w = Writes::new();
+        // The route first, its index entry after.
+        w.add(&route, Cmd::hdel(&route, conn.as_str()))
+            .then()
+            .add(&index, Cmd::hdel(&index, conn.as_str()));
+        self.pool.write(w).await
     }
 
     /// A user's live connections, straight from Redis.
@@ -330,19 +350,15 @@ impl RouteTable {
     /// holds: what a failed unregister left behind. Returns the users whose routes changed.
     pub async fn reconcile(&self, holds: impl Fn(&str) -> bool) -> Result<Vec<UserId>, RouteError> {
         let _timer = self.count("reconcile");
-        let mut c = self.conn().await?;
-        let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(&self.node)).await?;
-        let mut pipe = redis::pipe();
-        let mut users = Vec::new();
-        for (conn, user) in entries.iter().filter(|(conn, _)| !holds(conn)) {
-            if let Ok(u) = UserId::parse(user) {
-                pipe.hdel(keys::user_conns(&u), conn).ignore();
-                users.push(u);
-            }
-            pipe.hdel(keys::node_conns(&self.node), conn).ignore();
-        }
-        if !users.is_empty() {
-            pipe.query_async::<()>(&mut *c).await?;
+        let entries: Vec<(String, String)> = self
+            .conn()
+            .await?
+            .hgetall(keys::node_conns(&self.node))
+            .await?;
+        let stale = entries.iter().filter(|(conn, _)| !holds(conn));
+        let (w, users) = self.removal(&self.node, stale);
+        if !w.is_empty() {
+            self.pool.write(w).await?;
         }
         Ok(users)
     }
@@ -352,29 +368,50 @@ impl RouteTable {
     /// routes changed.
     pub async fn remove_node(&self, node: &NodeId) -> Result<Vec<UserId>, RouteError> {
         let _timer = self.count("remove_node");
-        let mut c = self.conn().await?;
-        let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
-        let mut users = Vec::new();
-        let mut pipe = redis::pipe();
-        for (conn, user) in &entries {
-            if let Ok(u) = UserId::parse(user) {
-                pipe.hdel(keys::user_conns(&u), conn).ignore();
-                users.push(u);
-            }
-            // Field by field, not DEL: a restarted node of the same id may be adding new ones.
-            pipe.hdel(keys::node_conns(node), conn).ignore();
-        }
-        pipe.srem(keys::nodes(), node.as_str())
-            .ignore()
-            .del(keys::node_info(node))
-            .ignore();
+        let entries: Vec<(String, String)> =
+            self.conn().await?.hgetall(keys::node_conns(node)).await?;
+        let (mut w, mut users) = self.removal(node, entries.iter());
+        let info = keys::node_info(node);
+        w.add(&keys::nodes(), Cmd::srem(keys::nodes(), node.as_str()))
+            .add(&info, Cmd::del(&info));
         if node == &self.node {
-            pipe.del(keys::node_lease(node)).ignore();
+            let lease = keys::node_lease(node);
+            w.add(&lease, Cmd::del(&lease));
         }
-        pipe.query_async::<()>(&mut *c).await?;
+        self.pool.write(w).await?;
         users.sort();
         users.dedup();
         Ok(users)
+    }
+
+    /// The writes that remove `(conn, user)` entries of `node`: every user's route first, then
+    /// the index entries (field by field, not DEL: a restarted node of the same id may be adding
+    /// new ones). Leaves the last stage open for more. Returns the users whose routes change.
+    fn removal<'a>(
+        &self,
+        node: &NodeId,
+        entries: impl Iterator<Item = &'a (String, String)>,
+    ) -> (Writes, Vec<UserId>) {
+        let index = keys::node_conns(node);
+        let mut routes = Writes::new();
+        let mut index_dels = Vec::new();
+        let mut users = Vec::new();
+        for (conn, user) in entries {
+            if let Ok(u) = UserId::parse(user) {
+                let key = keys::user_conns(&u);
+                routes.add(&key, Cmd::hdel(&key, conn));
+                users.push(u);
+            }
+            index_dels.push(Cmd::hdel(&index, conn));
+        }
+        if index_dels.is_empty() {
+            return (Writes::new(), users);
+        }
+        routes.then();
+        for cmd in index_dels {
+            routes.add(&index, cmd);
+        }
+        (routes, users)
     }
 
     /// Finds nodes whose lease ran out and removes their routes. A per-node lock makes sure
@@ -401,7 +438,7 @@ impl RouteTable {
                 .arg("NX")
                 .arg("PX")
                 .arg(30_000)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await?;
             if locked.is_none() {
                 continue;
