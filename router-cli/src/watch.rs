@@ -104,7 +104,7 @@ pub async fn watch(
         if as_json {
             println!("{}", to_json(&rows));
         } else {
-            print_table(&rows, &args, redraw);
+            print_table(&rows, &args, redraw, refreshes == 0);
         }
         std::io::stdout().flush().context("writing to stdout")?;
         refreshes += 1;
@@ -187,11 +187,11 @@ fn rate_cell(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"))
 }
 
-fn print_table(rows: &[Row], args: &WatchArgs, redraw: bool) {
+fn print_table(rows: &[Row], args: &WatchArgs, redraw: bool, first: bool) {
     if redraw {
         // Cursor home and clear the screen: the table stays in place.
         print!("\x1b[H\x1b[2J");
-    } else {
+    } else if !first {
         println!();
     }
     println!(
