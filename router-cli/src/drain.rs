@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use wsroute_proto::v1 as pb;
-use wsroute_proto::v1::mesh_client::MeshClient;
 use wsroute_server::ids::NodeId;
 use wsroute_server::route::registry::RouteTable;
+
+use crate::mesh::{MeshAuth, NodeLink};
 
 #[derive(clap::Args)]
 pub struct DrainArgs {
     /// The node to drain
-    node: String,
-    /// The cluster's mesh secret
-    #[arg(long, env = "WSROUTE_MESH_SECRET", hide_env_values = true)]
-    mesh_secret: Option<String>,
+    #[arg(value_parser = NodeId::parse)]
+    node: NodeId,
+    #[command(flatten)]
+    auth: MeshAuth,
     /// Return at once instead of waiting until the node has left the route table
     #[arg(long)]
     no_wait: bool,
@@ -32,39 +32,11 @@ pub async fn drain(
     tls: &crate::output::GrpcTlsArgs,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let node = match NodeId::parse(&args.node) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("router-cli: {:?} is not a valid node id: {e}", args.node);
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let addr = table
-        .node_grpc_addr(&node)
-        .await
-        .context("reading the route table")?
-        .filter(|a| !a.is_empty())
-        .with_context(|| format!("node {node} is not registered"))?;
-    let channel = crate::output::grpc_channel(&addr, tls)
-        .await
-        .with_context(|| format!("cannot reach {node}"))?;
-    let mut client = MeshClient::new(channel);
-    let mut req = tonic::Request::new(pb::DrainRequest {
-        node_id: node.to_string(),
-    });
-    if let Some(secret) = &args.mesh_secret {
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {secret}")
-                .parse()
-                .context("the mesh secret must be printable ASCII")?,
-        );
-    }
-    let reply = client
-        .drain(req)
-        .await
-        .map_err(|s| anyhow::anyhow!("{node}: {}", s.message()))?
-        .into_inner();
+    let node = args.node;
+    let reply = NodeLink::open(table, &node, tls, &args.auth)
+        .await?
+        .drain()
+        .await?;
     if !as_json {
         println!(
             "{node}: {} ({} connections to hand over)",

@@ -35,8 +35,9 @@ pub async fn show(inbox: &Inbox, user: &str, as_json: bool) -> anyhow::Result<Ex
         let v = json!({
             "user": user.as_str(),
             "depth": rows.len(),
+            "oldest_age_ms": rows.first().map(|(_, _, ts, _)| now - ts),
             "messages": rows.iter().map(|(id, from, ts, bytes)| json!({
-                "id": id, "from": from, "ts": ts, "bytes": bytes,
+                "id": id, "from": from, "ts": ts, "age_ms": now - ts, "bytes": bytes,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -5,10 +5,13 @@ mod bench;
 mod chat;
 mod drain;
 mod inbox;
+mod mesh;
 mod nodes;
 mod output;
 mod routes;
 mod send;
+mod stats;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -17,7 +20,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "router-cli", version, about = "Operate a wsroute cluster")]
@@ -30,7 +33,7 @@ struct Cli {
         global = true
     )]
     redis_url: String,
-    /// Print one JSON document instead of a table
+    /// Print JSON instead of a table (one document; `watch`: one object per line)
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
@@ -55,6 +58,10 @@ enum Command {
     Send(send::SendArgs),
     /// Drain a node (as on SIGTERM) through the mesh and wait until it has left
     Drain(drain::DrainArgs),
+    /// What a node says about itself over the mesh: state, connections, messages, cache, peers
+    Stats(stats::StatsArgs),
+    /// Live counts per node and in total, refreshed every --interval (Ctrl-C to stop)
+    Watch(watch::WatchArgs),
     /// What waits in a user's inbox: depth, and each message's id, sender and age
     Inbox {
         /// The user id
@@ -64,6 +71,11 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Load generator: message latency, throughput and loss, or idle-connection capacity
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (e.g. `router-cli completions bash`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,7 +100,10 @@ enum RoutesCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The load generator needs every core; the other commands make a few calls.
     let mut builder = if matches!(cli.command, Command::Bench(_)) {
         tokio::runtime::Builder::new_multi_thread()
@@ -111,6 +126,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Help and version go out as clap prints them; a usage error becomes one line on stderr and
+/// exit 2 (the contract), without clap's usage block.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let reason = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("bad usage");
+    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+    eprintln!("router-cli: {reason} (see router-cli --help)");
+    ExitCode::from(2)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let table = || output::route_table(&cli.redis_url);
     match cli.command {
@@ -125,10 +168,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => routes::list(&table()?, &node, cli.json).await,
         Command::Send(args) => send::send(&table()?, args, &cli.tls, cli.json).await,
         Command::Drain(args) => drain::drain(&table()?, args, &cli.tls, cli.json).await,
+        Command::Stats(args) => stats::show(&table()?, args, &cli.tls, cli.json).await,
+        Command::Watch(args) => watch::watch(&table()?, args, &cli.tls, cli.json).await,
         Command::Inbox { user } => {
             inbox::show(&output::inbox(&cli.redis_url)?, &user, cli.json).await
         }
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "router-cli",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

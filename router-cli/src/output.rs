@@ -74,10 +74,10 @@ pub fn now_ms() -> i64 {
 /// TLS for reaching nodes' gRPC listeners (when they run with --grpc-tls-cert).
 #[derive(clap::Args, Debug, Clone)]
 pub struct GrpcTlsArgs {
-    /// CA that signed the nodes' gRPC certificates: turns on TLS for send and drain
+    /// CA that signed the nodes' gRPC certificates: turns on TLS for send, drain, stats and watch
     #[arg(long, env = "WSROUTE_GRPC_TLS_CA", global = true)]
     pub grpc_tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate to present (needed by `drain` when the mesh requires mTLS)
+    /// Client certificate to present (needed by drain, stats and watch when the mesh requires mTLS)
     #[arg(
         long,
         env = "WSROUTE_GRPC_TLS_CERT",

@@ -394,6 +394,7 @@ impl Node {
             drain: state.drain_requested.clone(),
             shutdown: state.shutdown.clone(),
             require_client_cert: state.config.grpc_tls.as_ref().is_some_and(|t| t.mesh_mtls),
+            state: state.clone(),
         };
         let router = api::router::RouterService {
             state: state.clone(),

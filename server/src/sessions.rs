@@ -103,6 +103,11 @@ impl Sessions {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Distinct users with at least one connection here.
+    pub fn users(&self) -> usize {
+        self.by_user.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

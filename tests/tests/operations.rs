@@ -1,33 +1,11 @@
 //! What an operator sees and does: `router-cli`, `/gateway`, `/readyz`, `/metrics`, and a node
 //! stopped with SIGTERM leaving no routes behind.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wsroute_tests::{Client, Cluster, binary, eventually};
-
-fn cli(redis_url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary("router-cli"))
-        .arg("--redis-url")
-        .arg(redis_url)
-        .args(args)
-        .output()
-        .expect("router-cli runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn cli_json(redis_url: &str, args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let (code, out, err) = cli(redis_url, &a);
-    assert_eq!(code, 0, "router-cli {args:?}: {err}");
-    serde_json::from_str(&out).expect("--json prints JSON")
-}
+use wsroute_tests::router_cli::{cli, cli_json};
+use wsroute_tests::{Client, Cluster, eventually};
 
 #[tokio::test]
 async fn router_cli_shows_nodes_and_routes() {
@@ -332,6 +310,7 @@ async fn router_cli_inbox_shows_what_waits_for_a_user() {
     alice.send_and_ack("gina", json!("two")).await;
     let v = cli_json(&url, &["inbox", "gina"]);
     assert_eq!(v["depth"], 2);
+    assert!(v["oldest_age_ms"].as_i64().is_some_and(|a| a >= 0), "{v}");
     assert_eq!(v["messages"][0]["id"], first["id"]);
     assert_eq!(v["messages"][0]["from"], "alice");
     let (code, out, _) = cli(&url, &["inbox", "gina"]);

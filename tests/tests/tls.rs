@@ -103,6 +103,25 @@ async fn the_mesh_runs_over_mutual_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(bob.expect_type("message").await["body"]["via"], "cli");
+
+    // Mesh calls from router-cli present the client certificate the mesh requires.
+    let mut tls_args = Vec::new();
+    for (flag, file) in [
+        ("--grpc-tls-ca", "ca.pem"),
+        ("--grpc-tls-cert", "node.pem"),
+        ("--grpc-tls-key", "node-key.pem"),
+    ] {
+        tls_args.push(flag.to_owned());
+        tls_args.push(fixture(file).display().to_string());
+    }
+    let mut args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    args.extend(["stats", "node1", "--mesh-secret", MESH_SECRET]);
+    let stats = wsroute_tests::router_cli::cli_json(&c.redis.url(), &args);
+    assert_eq!(stats["node"], "node1", "{stats}");
+    let (code, _, err) =
+        wsroute_tests::router_cli::cli(&c.redis.url(), &[&args[..2], &args[6..]].concat());
+    assert_eq!(code, 1, "stats without a client certificate: {err}");
+    assert!(err.contains("client certificate"), "{err}");
 }
 
 #[test]

@@ -353,7 +353,7 @@ pub(crate) fn unix_us() -> u64 {
 }
 
 /// "10s", "500ms", "2m", "1.5s", or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(at) => s.split_at(at),

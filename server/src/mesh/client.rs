@@ -54,6 +54,17 @@ struct Peer {
     /// Set when a call failed: the next send re-reads the peer's address (it may have restarted
     /// elsewhere) before using this peer again.
     suspect: Arc<AtomicBool>,
+    /// Whether the worker holds an open stream to the peer (shown by `Mesh.Stats`).
+    stream_up: Arc<AtomicBool>,
+}
+
+/// What `Mesh.Stats` says about one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub node: NodeId,
+    pub addr: String,
+    pub stream_up: bool,
+    pub suspect: bool,
 }
 
 pub struct PeerPool {
@@ -145,6 +156,7 @@ impl PeerPool {
     fn spawn_peer(&self, node: &NodeId, addr: &str) -> Peer {
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let suspect = Arc::new(AtomicBool::new(false));
+        let stream_up = Arc::new(AtomicBool::new(false));
         let worker = PeerWorker {
             me: self.me.clone(),
             node: node.clone(),
@@ -153,6 +165,7 @@ impl PeerPool {
             call_timeout: self.call_timeout,
             metrics: self.metrics.clone(),
             suspect: suspect.clone(),
+            stream_up: stream_up.clone(),
         };
         let cancel = self.cancel.clone();
         let span = tracing::info_span!("peer", node = %self.me, peer = %node);
@@ -162,7 +175,24 @@ impl PeerPool {
             addr: addr.to_owned(),
             queue,
             suspect,
+            stream_up,
         }
+    }
+
+    /// Every peer this node has dialled, and the state of its link.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                node: p.key().clone(),
+                addr: p.addr.clone(),
+                stream_up: p.stream_up.load(Ordering::Relaxed),
+                suspect: p.suspect.load(Ordering::Relaxed),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node.as_str().cmp(b.node.as_str()));
+        peers
     }
 
     /// Forgets a peer (it died or left); its worker ends once its queue is drained.
@@ -221,6 +251,7 @@ struct PeerWorker {
     call_timeout: Duration,
     metrics: Metrics,
     suspect: Arc<AtomicBool>,
+    stream_up: Arc<AtomicBool>,
 }
 
 /// Batches sent on a peer's stream and not yet answered, at most.
@@ -339,7 +370,10 @@ impl PeerWorker {
         }
         if link.is_none() {
             match self.open().await {
-                Ok(l) => *link = Some(l),
+                Ok(l) => {
+                    *link = Some(l);
+                    self.stream_up.store(true, Ordering::Relaxed);
+                }
                 Err(e) => {
                     self.metrics.mesh_errors.inc();
                     self.suspect.store(true, Ordering::Relaxed);
@@ -399,6 +433,7 @@ impl PeerWorker {
     /// The stream failed: every unanswered batch fails, and the next batch opens a new stream.
     fn broken(&self, link: &mut Option<Link>, waiting: &mut VecDeque<InFlightBatch>, e: MeshError) {
         *link = None;
+        self.stream_up.store(false, Ordering::Relaxed);
         self.metrics.mesh_errors.inc();
         self.suspect.store(true, Ordering::Relaxed);
         let messages: usize = waiting.iter().map(|b| b.replies.len()).sum();

@@ -17,6 +17,7 @@ use wsroute_proto::v1::mesh_server::Mesh;
 use crate::delivery::LocalAttempt;
 use crate::envelope::Envelope;
 use crate::ids::{ConnId, NodeId};
+use crate::node::NodeState;
 use crate::sessions::Sessions;
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +37,24 @@ pub struct MeshService {
     pub shutdown: CancellationToken,
     /// `--mesh-mtls`: every Mesh call must come with a client certificate (verified by TLS).
     pub require_client_cert: bool,
+    /// The whole node, for `Stats` (its figures come from every part of it).
+    pub state: Arc<NodeState>,
 }
 
 impl MeshService {
+    /// A call that names a node must name this one, so that a reused address never answers (or
+    /// drains) for another.
+    fn check_addressee(&self, named: &str) -> Result<(), Status> {
+        if named == self.node.as_str() {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "this is node {}, not {named:?}",
+                self.node
+            )))
+        }
+    }
+
     /// The mesh secret and, with mTLS, a verified client certificate.
     fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if let Some(secret) = &self.secret {
@@ -143,6 +159,7 @@ impl Mesh for MeshService {
             drain: self.drain.clone(),
             shutdown: self.shutdown.clone(),
             require_client_cert: false,
+            state: self.state.clone(),
         };
         tokio::spawn(async move {
             let mut settling = FuturesOrdered::new();
@@ -181,13 +198,7 @@ impl Mesh for MeshService {
         req: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainReply>, Status> {
         self.admit(&req)?;
-        if req.get_ref().node_id != self.node.as_str() {
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not {:?}",
-                self.node,
-                req.get_ref().node_id
-            )));
-        }
+        self.check_addressee(&req.get_ref().node_id)?;
         let started = !self.drain.is_cancelled();
         tracing::info!(node = %self.node, "drain requested over the mesh");
         self.drain.cancel();
@@ -195,5 +206,14 @@ impl Mesh for MeshService {
             connections: self.sessions.len() as u64,
             started,
         }))
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsReply>, Status> {
+        self.admit(&req)?;
+        self.check_addressee(&req.get_ref().node_id)?;
+        Ok(Response::new(self.state.stats()))
     }
 }
