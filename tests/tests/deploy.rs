@@ -4,7 +4,7 @@
 //! and the Dockerfile. No container engine or cluster is needed; see the README for what that
 //! leaves unchecked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -397,16 +397,50 @@ fn container_port(container: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("a container port named {name}"))
 }
 
+/// The node container of the StatefulSet, and its pod spec.
+fn node_container(all: &[Value]) -> (&Value, &Value) {
+    let spec = &object(all, "StatefulSet", "wsroute")["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "one container per pod");
+    (&containers[0], spec)
+}
+
+/// The variables a container gets from its `envFrom` ConfigMaps and Secrets.
+fn env_from(all: &[Value], container: &Value) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for from in container["envFrom"].as_array().expect("envFrom") {
+        let (kind, name, field) = if let Some(r) = from.get("configMapRef") {
+            ("ConfigMap", &r["name"], "data")
+        } else {
+            ("Secret", &from["secretRef"]["name"], "stringData")
+        };
+        let obj = object(all, kind, name.as_str().expect("ref name"));
+        for (k, v) in obj[field].as_object().expect("data") {
+            let v = v.as_str().unwrap_or_else(|| panic!("{k} is a string"));
+            env.insert(k.clone(), v.to_owned());
+        }
+    }
+    env
+}
+
+/// Seconds the container's preStop hook sleeps (`exec: sleep N` or the `sleep` action).
+fn pre_stop_sleep(container: &Value) -> u64 {
+    let pre_stop = &container["lifecycle"]["preStop"];
+    pre_stop["exec"]["command"]
+        .as_array()
+        .filter(|c| c.first().is_some_and(|c| c == "sleep"))
+        .and_then(|c| c.get(1)?.as_str()?.parse().ok())
+        .or_else(|| pre_stop["sleep"]["seconds"].as_u64())
+        .expect("preStop sleeps (exec sleep N, or the sleep action)")
+}
+
 #[test]
 fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
     let all = manifests();
     let sts = object(&all, "StatefulSet", "wsroute");
     let pod = &sts["spec"]["template"];
     let labels = &pod["metadata"]["labels"];
-    let spec = &pod["spec"];
-    let containers = spec["containers"].as_array().expect("containers");
-    assert_eq!(containers.len(), 1);
-    let node = &containers[0];
+    let (node, spec) = node_container(&all);
 
     // Probes on the endpoints PROTOCOL.md section 3 defines, on the HTTP port.
     let http_port = container_port(node, "http");
@@ -428,19 +462,8 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
             values.insert(v.to_owned());
         }
     }
-    let mut config = serde_json::Map::new();
-    for from in node["envFrom"].as_array().expect("envFrom") {
-        let (kind, name, field) = if let Some(r) = from.get("configMapRef") {
-            ("ConfigMap", &r["name"], "data")
-        } else {
-            ("Secret", &from["secretRef"]["name"], "stringData")
-        };
-        let obj = object(&all, kind, name.as_str().expect("ref name"));
-        for (k, v) in obj[field].as_object().expect("data") {
-            set.insert(k.clone());
-            config.insert(k.clone(), v.clone());
-        }
-    }
+    let config = env_from(&all, node);
+    set.extend(config.keys().cloned());
     for name in &set {
         if name.starts_with("WSROUTE_") {
             assert!(reads.contains(name), "{name} is not read by wsroute-server");
@@ -474,7 +497,7 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
         assert!(secret["stringData"].get(s).is_some(), "{s} in the Secret");
     }
     assert!(
-        config.get("WSROUTE_DEV_AUTH").is_none(),
+        !config.contains_key("WSROUTE_DEV_AUTH"),
         "no dev auth in the cluster manifests"
     );
     // The node id is the pod name (stable under a StatefulSet).
@@ -494,20 +517,12 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
 
     // Drain: a preStop, and a grace period above preStop + the node's worst-case drain
     // (drain.rs: waves ~2 s, the drain grace, up to 10 s for in-flight work, 5 s HTTP stop).
-    let pre_stop = &node["lifecycle"]["preStop"];
-    let sleep_secs: u64 = pre_stop["exec"]["command"]
-        .as_array()
-        .filter(|c| c.first().is_some_and(|c| c == "sleep"))
-        .and_then(|c| c.get(1)?.as_str()?.parse().ok())
-        .or_else(|| pre_stop["sleep"]["seconds"].as_u64())
-        .expect("preStop sleeps (exec sleep N, or the sleep action)");
+    let sleep_secs = pre_stop_sleep(node);
     assert!(
         (2..=15).contains(&sleep_secs),
         "preStop gives endpoints time to update: {sleep_secs}s"
     );
     let drain_grace_ms: u64 = config["WSROUTE_DRAIN_GRACE_MS"]
-        .as_str()
-        .expect("a string in the ConfigMap")
         .parse()
         .expect("milliseconds");
     let worst_case = sleep_secs + 2 + drain_grace_ms.div_ceil(1000) + 10 + 5;
@@ -546,7 +561,7 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
             .any(|p| p["port"] == grpc_port && p["targetPort"] == "grpc"),
         "the mesh Service exposes gRPC"
     );
-    let listen = config["WSROUTE_GRPC_LISTEN"].as_str().expect("grpc listen");
+    let listen = &config["WSROUTE_GRPC_LISTEN"];
     assert!(listen.ends_with(&format!(":{grpc_port}")), "{listen}");
     assert_eq!(
         env("WSROUTE_ADVERTISE_GRPC")["value"],
@@ -576,6 +591,108 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
             "the PDB selects only wsroute nodes"
         );
     }
+}
+
+/// A `wsroute-server` process started by hand (the harness starts nodes from flags; this one
+/// is configured the way the pod is, by environment), killed if the test ends first.
+struct EnvNode(Option<std::process::Child>);
+
+impl Drop for EnvNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
+    let all = manifests();
+    let (container, spec) = node_container(&all);
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    let budget = std::time::Duration::from_secs(grace - pre_stop_sleep(container));
+
+    // The pod's environment, with only what Kubernetes would fill in (identity, addresses)
+    // and the Redis to use replaced by local values.
+    let redis = wsroute_tests::RedisServer::start().await;
+    let (ws_port, grpc_port) = (wsroute_tests::free_port(), wsroute_tests::free_port());
+    let mut env = env_from(&all, container);
+    env.insert("WSROUTE_NODE_ID".into(), "wsroute-0".into());
+    env.insert("WSROUTE_WS_LISTEN".into(), format!("127.0.0.1:{ws_port}"));
+    env.insert(
+        "WSROUTE_GRPC_LISTEN".into(),
+        format!("127.0.0.1:{grpc_port}"),
+    );
+    env.insert(
+        "WSROUTE_ADVERTISE_GRPC".into(),
+        format!("127.0.0.1:{grpc_port}"),
+    );
+    env.insert("WSROUTE_REDIS_URL".into(), redis.url());
+    let log = std::env::temp_dir().join(format!("wsroute-deploy-{}.log", std::process::id()));
+    let mut cmd = Command::new(wsroute_tests::binary("wsroute-server"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSROUTE_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(&env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut node = EnvNode(Some(cmd.spawn().expect("wsroute-server starts")));
+    let pid = node
+        .0
+        .as_ref()
+        .map(std::process::Child::id)
+        .expect("running");
+    let readyz = format!("http://127.0.0.1:{ws_port}/readyz");
+    let ready = |want: u16| {
+        let url = readyz.clone();
+        async move { reqwest::get(url).await.is_ok_and(|r| r.status() == want) }
+    };
+    assert!(
+        poll_until(patience(), || ready(200)).await,
+        "the node did not get ready with the manifests' environment (log: {})",
+        log.display()
+    );
+
+    // A client authenticated with a token signed with the Secret's JWT key.
+    let token = wsroute_tests::token(&env["WSROUTE_JWT_SECRET"], "alice", 300);
+    let mut alice = Client::connect(&format!("ws://127.0.0.1:{ws_port}/ws?token={token}")).await;
+
+    // What the kubelet does after the preStop hook.
+    let started = std::time::Instant::now();
+    let (ok, _, err) = run("kill", &["-TERM", &pid.to_string()]);
+    assert!(ok, "kill -TERM: {err}");
+    assert!(
+        poll_until(patience(), || ready(503)).await,
+        "/readyz turns 503 while draining, so the pod leaves the Service"
+    );
+    // The only node: its client is told to go (1001) and finds its way back via /gateway.
+    let (_, close) = alice.expect_close().await;
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001), "going away");
+    let mut child = node.0.take().expect("running");
+    let waited = tokio::time::timeout(
+        budget,
+        tokio::task::spawn_blocking(move || {
+            let status = child.wait();
+            (child, status)
+        }),
+    )
+    .await;
+    let took = started.elapsed();
+    let Ok(Ok((_, Ok(status)))) = waited else {
+        let _ = run("kill", &["-KILL", &pid.to_string()]);
+        panic!(
+            "the node did not exit within terminationGracePeriodSeconds minus preStop ({budget:?}); \
+             the kubelet would SIGKILL it (log: {})",
+            log.display()
+        );
+    };
+    println!("drain took {took:?} (budget {budget:?})");
+    assert!(status.success(), "drain exits 0: {status}");
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]
