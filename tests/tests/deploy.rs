@@ -188,6 +188,55 @@ fn compose_prometheus_scrapes_every_node() {
 
 // ---- Grafana dashboard ---------------------------------------------------------------------
 
+/// Longest a node takes from SIGTERM to exit (server/src/drain.rs): 10 waves 200 ms apart
+/// (~2 s), the drain grace, up to 10 s for in-flight work, up to 5 s to stop HTTP.
+fn worst_case_drain_secs(drain_grace_ms: u64) -> u64 {
+    2 + drain_grace_ms.div_ceil(1000) + 10 + 5
+}
+
+/// `stop_grace_period` ("45s", "1m30s") in seconds.
+fn compose_duration_secs(text: &str) -> u64 {
+    let mut secs = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+        } else {
+            let n: u64 = number.parse().unwrap_or_else(|_| panic!("duration {text}"));
+            number.clear();
+            secs += n * match c {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => panic!("duration unit in {text}"),
+            };
+        }
+    }
+    assert!(number.is_empty(), "duration {text} ends with a unit");
+    secs
+}
+
+#[test]
+fn compose_gives_nodes_time_to_drain() {
+    let (ok, out, err) = compose_config(&[]);
+    assert!(ok, "compose config: {err}");
+    let config = yaml_docs(&out).remove(0);
+    for name in ["node1", "node2", "node3"] {
+        let node = &config["services"][name];
+        let drain_grace_ms = node["environment"]["WSROUTE_DRAIN_GRACE_MS"]
+            .as_str()
+            .map_or(20_000, |v| v.parse().expect("milliseconds"));
+        let stop = node["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has a stop_grace_period (docker's default is 10 s)"));
+        let worst_case = worst_case_drain_secs(drain_grace_ms);
+        assert!(
+            compose_duration_secs(stop) > worst_case,
+            "{name}: stop_grace_period {stop} must exceed the worst-case drain ({worst_case} s)"
+        );
+    }
+}
+
 /// Every PromQL expression of the dashboard's panels.
 fn dashboard_exprs() -> Vec<String> {
     let dash: Value = serde_json::from_str(&read("deploy/grafana/wsroute-dashboard.json"))
@@ -525,7 +574,7 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
     let drain_grace_ms: u64 = config["WSROUTE_DRAIN_GRACE_MS"]
         .parse()
         .expect("milliseconds");
-    let worst_case = sleep_secs + 2 + drain_grace_ms.div_ceil(1000) + 10 + 5;
+    let worst_case = sleep_secs + worst_case_drain_secs(drain_grace_ms);
     let grace = spec["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
