@@ -42,6 +42,7 @@ HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS http://localhost:8080/readyz || exit 1
 
 # The server is PID 1 and handles SIGTERM itself (graceful drain, then exit 0);
-# give it time to finish (e.g. `docker stop -t 30`, compose stop_grace_period).
+# give it time to finish: about the drain grace (--drain-grace-ms, 20 s) plus
+# 17 s (e.g. `docker stop -t 45`, compose stop_grace_period).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["wsroute-server"]

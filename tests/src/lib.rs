@@ -100,16 +100,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// One sample of a node's Prometheus metric (`name` with its labels, e.g.
-/// `wsroute_messages_total{outcome="stored"}`), 0 when absent.
-pub async fn metric(metrics_url: &str, name: &str) -> f64 {
-    let text = reqwest::get(metrics_url)
+/// A node's whole `/metrics` page (Prometheus text format).
+pub async fn metrics_text(metrics_url: &str) -> String {
+    reqwest::get(metrics_url)
         .await
         .expect("the node answers /metrics")
         .text()
         .await
-        .expect("metrics are text");
-    text.lines()
+        .expect("metrics are text")
+}
+
+/// One sample of a node's Prometheus metric (`name` with its labels, e.g.
+/// `wsroute_messages_total{outcome="stored"}`), 0 when absent.
+pub async fn metric(metrics_url: &str, name: &str) -> f64 {
+    metrics_text(metrics_url)
+        .await
+        .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
