@@ -1,0 +1,140 @@
+//! The try-it page: every node serves it (and the JavaScript client) itself, and in a real
+//! headless Chromium two pages on two nodes see a message cross (`tests/browser/cross.mjs`).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use wsroute_tests::{Cluster, artifacts_dir, patience, workspace_dir};
+
+/// GET `url` (optionally with another `Host` header): status, content type, CSP, body.
+async fn get(url: &str, host: Option<&str>) -> (u16, String, String, String) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let r = req.send().await.expect("the node answers");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (ctype, csp) = (header("content-type"), header("content-security-policy"));
+    (
+        r.status().as_u16(),
+        ctype,
+        csp,
+        r.text().await.expect("a body"),
+    )
+}
+
+#[tokio::test]
+async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
+    let c = Cluster::start(1).await;
+    let node = c.node(1);
+
+    let (status, ctype, csp, html) = get(&node.http("/"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    assert!(
+        html.contains(r#"<script type="module" src="page.js">"#),
+        "{html}"
+    );
+    // Only this origin's scripts, nothing inline, connections only to this host (ws: included).
+    let host = format!("127.0.0.1:{}", node.ws_port);
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self';",
+        "style-src 'self';",
+        "frame-ancestors 'none'",
+        &format!("connect-src 'self' ws://{host} wss://{host};"),
+    ] {
+        assert!(csp.contains(directive), "CSP lacks `{directive}`: {csp}");
+    }
+
+    for (path, ctype, marker) in [
+        ("/wsroute.js", "text/javascript", "export function connect("),
+        ("/page.js", "text/javascript", "from \"./wsroute.js\""),
+        ("/page.css", "text/css", ".log"),
+    ] {
+        let (status, got, _, body) = get(&node.http(path), None).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(got, format!("{ctype}; charset=utf-8"), "{path}");
+        assert!(body.contains(marker), "{path} lacks {marker}");
+    }
+
+    // A Host header that could smuggle a directive into the policy is not echoed.
+    let (status, _, csp, _) = get(&node.http("/"), Some("evil;script-src *")).await;
+    assert_eq!(status, 200);
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
+    assert!(!csp.contains("evil"), "{csp}");
+}
+
+/// Fails with what to run when the browser test's tools are missing.
+fn require(path: &Path, what: &str) {
+    assert!(
+        path.exists(),
+        "{} not found ({what}): run `bash scripts/install-deps.sh`",
+        path.display()
+    );
+}
+
+#[tokio::test]
+async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let dir = workspace_dir().join("tests").join("browser");
+    require(Path::new(&chromium), "Debian's chromium");
+    require(
+        &dir.join("node_modules").join("playwright-core"),
+        "npm ci in tests/browser",
+    );
+
+    let c = Cluster::start(2).await;
+    let shot = artifacts_dir().join("browser-cross.png");
+    let started = SystemTime::now();
+    let run = tokio::process::Command::new("node")
+        .arg(dir.join("cross.mjs"))
+        .arg(c.node(1).http(""))
+        .arg(c.node(2).http(""))
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .env(
+            "WSROUTE_BROWSER_WAIT_MS",
+            patience().as_millis().to_string(),
+        )
+        .env(
+            "WSROUTE_BROWSER_RUN_MS",
+            (patience() * 4).as_millis().to_string(),
+        )
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(patience() * 5, run)
+        .await
+        .expect("cross.mjs ends within its own deadline")
+        .expect("node runs (is Node.js installed?)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("cross.mjs:\n{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "cross.mjs failed ({}): {stderr}",
+        out.status
+    );
+
+    let png = std::fs::read(&shot).expect("cross.mjs wrote the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        shot.display()
+    );
+    let written = std::fs::metadata(&shot)
+        .and_then(|m| m.modified())
+        .expect("the screenshot has a modification time");
+    assert!(
+        written + Duration::from_secs(1) >= started,
+        "{} is left over from an earlier run",
+        shot.display()
+    );
+    println!("screenshot: {}", shot.display());
+}
