@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what wsroute needs on a fresh Debian/Ubuntu machine and is missing: redis-server
-# (tests and the local cluster start private instances of it) and curl (readiness checks).
+# (tests and the local cluster start private instances of it), curl (readiness checks), and for
+# the browser test (tests/tests/browser.rs) Debian's chromium, Node.js and npm, and the npm
+# packages of tests/browser (playwright-core, which drives that chromium and never downloads a
+# browser of its own). Runs as root or with sudo, without a terminal.
 # Rust itself must already be installed (https://rustup.rs).
 set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo=""
@@ -16,3 +23,13 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
+
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "warning: Node.js $(node --version) is older than playwright-core needs (20+): the browser test will fail" >&2
+fi
+if [ ! -d "$root/tests/browser/node_modules" ]; then
+  echo "installing the browser test's npm packages (tests/browser)" >&2
+  (cd "$root/tests/browser" &&
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
