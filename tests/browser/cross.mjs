@@ -1,26 +1,32 @@
 // End-to-end in a real browser: alice's page on node A sends to bob's page on node B.
 //
-//   node tests/browser/cross.mjs http://127.0.0.1:8081 http://127.0.0.1:8082 shot.png
+//   node tests/browser/cross.mjs http://127.0.0.1:8081 http://127.0.0.1:8082 shot.png [PID_A]
 //
 // Opens each node's own page (GET /) in headless Chromium (Debian's, /usr/bin/chromium, or
 // $CHROMIUM), connects alice on A and bob on B with dev auth through the form, sends from alice
 // to bob, and checks what a person would see: alice's send acked `delivered` to 1 device, bob's
 // page showing the message from alice (as text, not HTML), then bob's reply arriving at alice.
-// Saves one PNG with both pages side by side. Exits 1 with the reason on any failure; every wait
-// has a deadline, and the whole run has one too.
+// Saves one PNG with both pages side by side. Given node A's process id, it then drains node A
+// (SIGTERM) and checks that alice's page follows the `reconnect` to another node and can still
+// send to bob. Exits 1 with the reason on any failure; every wait has a deadline, and the whole
+// run has one too.
 
 import { chromium } from "playwright-core";
 
-const [baseA, baseB, shotPath] = process.argv.slice(2);
+const [baseA, baseB, shotPath, drainPid] = process.argv.slice(2);
 if (!baseA || !baseB || !shotPath) {
-  console.error("usage: node cross.mjs NODE_A_BASE_URL NODE_B_BASE_URL SCREENSHOT.png");
+  console.error("usage: node cross.mjs NODE_A_BASE_URL NODE_B_BASE_URL SCREENSHOT.png [NODE_A_PID]");
   process.exit(2);
 }
 const WAIT_MS = Number(process.env.WSROUTE_BROWSER_WAIT_MS || 15000); // one condition
 const RUN_MS = Number(process.env.WSROUTE_BROWSER_RUN_MS || 90000); // the whole run
 
+// Page errors, failed requests and console errors (CSP violations land there) all fail the run,
+// and are told with any other failure.
+const problems = [];
 const fail = (why) => {
   console.error(`FAIL: ${why}`);
+  if (problems.length) console.error(`seen on the pages:\n  ${problems.join("\n  ")}`);
   process.exit(1);
 };
 setTimeout(() => fail(`the whole run took longer than ${RUN_MS} ms`), RUN_MS).unref();
@@ -40,8 +46,6 @@ const browser = await chromium
   })
   .catch((e) => fail(`cannot start Chromium: ${e.message}`));
 
-// Page errors, failed requests and console errors (CSP violations land there) all fail the run.
-const problems = [];
 async function openAs(base, user) {
   const page = await browser.newPage({ viewport: { width: 640, height: 560 } });
   page.setDefaultTimeout(WAIT_MS);
@@ -110,7 +114,7 @@ try {
   await step("alice sees the reply", alice.waitForSelector('#received li[data-from="bob"]'));
   console.log("bob -> alice: delivered and shown");
 
-  if (problems.length) fail(problems.join("; "));
+  if (problems.length) fail("the pages reported problems");
 
   // One picture of both pages, side by side.
   const [a, b] = await Promise.all([alice.screenshot(), bob.screenshot()]);
@@ -122,6 +126,32 @@ try {
   );
   await board.screenshot({ path: shotPath, fullPage: true });
   console.log(`screenshot: ${shotPath}`);
+
+  if (drainPid) {
+    process.kill(Number(drainPid), "SIGTERM");
+    const moved = await step(
+      `alice's page follows the reconnect away from draining ${nodeA}`,
+      alice.waitForSelector(`#state[data-state="open"]:not([data-node="${nodeA}"])`),
+    );
+    const nodeA2 = await moved.getAttribute("data-node");
+    const later = `still here, now on ${nodeA2}`;
+    await say(alice, "bob", later);
+    const acked = await step(
+      "alice's ack after the move",
+      alice.waitForSelector('#sent li:first-child:not([data-status="pending"])'),
+    );
+    const after = await acked.getAttribute("data-status");
+    if (after !== "delivered") fail(`after the move alice's send was acked ${after}`);
+    await step(
+      "bob sees the message sent after the move",
+      bob.waitForFunction(
+        (t) => document.querySelector("#received li .body")?.textContent === t,
+        later,
+      ),
+    );
+    console.log(`${nodeA} drained: alice moved to ${nodeA2} and bob got "${later}"`);
+    if (problems.length) fail("the pages reported problems");
+  }
 } catch (e) {
   fail(e.message.split("\n")[0]);
 } finally {

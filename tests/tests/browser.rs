@@ -1,5 +1,6 @@
 //! The try-it page: every node serves it (and the JavaScript client) itself, and in a real
-//! headless Chromium two pages on two nodes see a message cross (`tests/browser/cross.mjs`).
+//! headless Chromium two pages on two nodes see a message cross, and the sender's page follows
+//! its node's drain to another node (`tests/browser/cross.mjs`).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -31,7 +32,7 @@ async fn get(url: &str, host: Option<&str>) -> (u16, String, String, String) {
 
 #[tokio::test]
 async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
-    let c = Cluster::start(1).await;
+    let c = Cluster::start(2).await;
     let node = c.node(1);
 
     let (status, ctype, csp, html) = get(&node.http("/"), None).await;
@@ -41,14 +42,16 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
         html.contains(r#"<script type="module" src="page.js">"#),
         "{html}"
     );
-    // Only this origin's scripts, nothing inline, connections only to this host (ws: included).
+    // Only this origin's scripts, nothing inline; connections to this host (ws: included) and
+    // to the other nodes, where a drain may send the page.
     let host = format!("127.0.0.1:{}", node.ws_port);
+    let other = format!("ws://127.0.0.1:{}", c.node(2).ws_port);
     for directive in [
         "default-src 'none'",
         "script-src 'self';",
         "style-src 'self';",
         "frame-ancestors 'none'",
-        &format!("connect-src 'self' ws://{host} wss://{host};"),
+        &format!("connect-src 'self' ws://{host} wss://{host} {other};"),
     ] {
         assert!(csp.contains(directive), "CSP lacks `{directive}`: {csp}");
     }
@@ -67,7 +70,7 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
     // A Host header that could smuggle a directive into the policy is not echoed.
     let (status, _, csp, _) = get(&node.http("/"), Some("evil;script-src *")).await;
     assert_eq!(status, 200);
-    assert!(csp.contains("connect-src 'self';"), "{csp}");
+    assert!(csp.contains("connect-src 'self' ws://127.0.0.1:"), "{csp}");
     assert!(!csp.contains("evil"), "{csp}");
 }
 
@@ -81,7 +84,7 @@ fn require(path: &Path, what: &str) {
 }
 
 #[tokio::test]
-async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross() {
+async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross_and_follow_a_drain() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let dir = workspace_dir().join("tests").join("browser");
     require(Path::new(&chromium), "Debian's chromium");
@@ -90,7 +93,9 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross() {
         "npm ci in tests/browser",
     );
 
-    let c = Cluster::start(2).await;
+    // A third node for alice's page to move to when node1 drains: still across nodes from bob.
+    let mut c = Cluster::start(3).await;
+    let pid = c.node(1).pid().expect("node1 runs");
     let shot = artifacts_dir().join("browser-cross.png");
     let started = SystemTime::now();
     let run = tokio::process::Command::new("node")
@@ -98,6 +103,7 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross() {
         .arg(c.node(1).http(""))
         .arg(c.node(2).http(""))
         .arg(&shot)
+        .arg(pid.to_string())
         .env("CHROMIUM", &chromium)
         .env(
             "WSROUTE_BROWSER_WAIT_MS",
@@ -137,4 +143,7 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross() {
         shot.display()
     );
     println!("screenshot: {}", shot.display());
+
+    let drained = c.nodes[0].wait_exit(patience()).await;
+    assert!(drained.success(), "node1 ended its drain with {drained}");
 }
