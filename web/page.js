@@ -102,10 +102,11 @@ async function send(event) {
     const ack = await client.send(to, { text });
     li.dataset.status = ack.status;
     li.dataset.id = ack.id || "";
-    status.textContent =
-      ack.status === "rejected"
-        ? `rejected: ${ack.error?.code}${ack.error?.message ? " (" + ack.error.message + ")" : ""}`
-        : `${ack.status} (${ack.devices} device${ack.devices === 1 ? "" : "s"})`;
+    status.textContent = {
+      delivered: `delivered (${ack.devices} device${ack.devices === 1 ? "" : "s"})`,
+      stored: `stored in ${to}'s inbox`,
+      rejected: `rejected: ${ack.error?.code}${ack.error?.message ? ` (${ack.error.message})` : ""}`,
+    }[ack.status] || ack.status;
     if (ack.status !== "rejected") $("text").value = "";
   } catch (e) {
     li.dataset.status = "failed";
