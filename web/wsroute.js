@@ -48,6 +48,7 @@ export class WsRouteClient {
     this.state = "connecting";
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._pending = new Map(); // ref -> { resolve, reject, timer }
+    this._openWaiters = []; // sends waiting for the connection, in order
     this._seen = new Set(); // message ids already handed to onMessage
     this._seenOrder = [];
     this._nextRef = 0;
@@ -57,11 +58,13 @@ export class WsRouteClient {
     this._open();
   }
 
-  /** Sends `body` (any JSON) to user `to`; resolves with the ack frame, whatever its status. */
-  send(to, body) {
-    if (!this._ws || this.state !== "open") {
-      return Promise.reject(new Error("wsroute: not connected"));
-    }
+  /**
+   * Sends `body` (any JSON) to user `to`; resolves with the ack frame, whatever its status.
+   * While (re)connecting it waits for the connection, as long as it would wait for an ack.
+   */
+  async send(to, body) {
+    if (this._stopped) throw new Error("wsroute: closed");
+    if (this.state !== "open") await this._whenOpen();
     const ref = `r${++this._nextRef}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -77,8 +80,28 @@ export class WsRouteClient {
   close() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
+    for (const w of this._openWaiters.splice(0)) w.reject(new Error("wsroute: closed"));
     if (this._ws) this._ws.close(1000, "client closed");
     this._setState("stopped");
+  }
+
+  _whenOpen() {
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      const timer = setTimeout(() => {
+        this._openWaiters = this._openWaiters.filter((w) => w !== waiter);
+        reject(new Error(`wsroute: not connected within ${this.options.ackTimeoutMs} ms`));
+      }, this.options.ackTimeoutMs);
+      waiter.resolve = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      waiter.reject = (e) => {
+        clearTimeout(timer);
+        reject(e);
+      };
+      this._openWaiters.push(waiter);
+    });
   }
 
   _url(base) {
@@ -125,6 +148,7 @@ export class WsRouteClient {
         this._startHeartbeat(f.heartbeat_ms);
         this._setState("open", f);
         this.options.onHello?.(f);
+        for (const w of this._openWaiters.splice(0)) w.resolve();
         break;
       case "message":
         // Ack every copy (the server forgets it only then), hand each id over once.

@@ -1,6 +1,7 @@
 //! The try-it page: every node serves it (and the JavaScript client) itself, and in a real
 //! headless Chromium two pages on two nodes see a message cross, and the sender's page follows
-//! its node's drain to another node (`tests/browser/cross.mjs`).
+//! its node's drain to another node (`tests/browser/cross.mjs`); and the JavaScript client's own
+//! tests against a scripted server (`tests/browser/client.test.mjs`).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -74,6 +75,26 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
     assert!(!csp.contains("evil"), "{csp}");
 }
 
+/// Runs `cmd` to its end (killed after `limit`), asserts it succeeded, and returns what it printed.
+async fn finish(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> String {
+    let run = cmd.kill_on_drop(true).output();
+    let out = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {limit:?}"))
+        .expect("node runs (is Node.js installed?)");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{printed}",
+        out.status
+    );
+    printed
+}
+
 /// Fails with what to run when the browser test's tools are missing.
 fn require(path: &Path, what: &str) {
     assert!(
@@ -98,8 +119,8 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross_and_follow_a_dra
     let pid = c.node(1).pid().expect("node1 runs");
     let shot = artifacts_dir().join("browser-cross.png");
     let started = SystemTime::now();
-    let run = tokio::process::Command::new("node")
-        .arg(dir.join("cross.mjs"))
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(dir.join("cross.mjs"))
         .arg(c.node(1).http(""))
         .arg(c.node(2).http(""))
         .arg(&shot)
@@ -112,21 +133,9 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross_and_follow_a_dra
         .env(
             "WSROUTE_BROWSER_RUN_MS",
             (patience() * 4).as_millis().to_string(),
-        )
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(patience() * 5, run)
-        .await
-        .expect("cross.mjs ends within its own deadline")
-        .expect("node runs (is Node.js installed?)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("cross.mjs:\n{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "cross.mjs failed ({}): {stderr}",
-        out.status
-    );
+        );
+    let out = finish(cmd, "cross.mjs", patience() * 5).await;
+    eprintln!("cross.mjs:\n{out}");
 
     let png = std::fs::read(&shot).expect("cross.mjs wrote the screenshot");
     assert!(
@@ -146,4 +155,15 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross_and_follow_a_dra
 
     let drained = c.nodes[0].wait_exit(patience()).await;
     assert!(drained.success(), "node1 ended its drain with {drained}");
+}
+
+#[tokio::test]
+async fn the_javascript_client_passes_its_tests_against_a_scripted_server() {
+    let dir = workspace_dir().join("tests").join("browser");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("--test")
+        .arg(format!("--test-timeout={}", patience().as_millis()))
+        .arg(dir.join("client.test.mjs"));
+    let report = finish(cmd, "client.test.mjs", patience() * 2).await;
+    assert!(report.contains("# fail 0"), "{report}");
 }
