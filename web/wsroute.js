@@ -87,20 +87,13 @@ export class WsRouteClient {
 
   _whenOpen() {
     return new Promise((resolve, reject) => {
-      const waiter = { resolve, reject };
-      const timer = setTimeout(() => {
-        this._openWaiters = this._openWaiters.filter((w) => w !== waiter);
-        reject(new Error(`wsroute: not connected within ${this.options.ackTimeoutMs} ms`));
-      }, this.options.ackTimeoutMs);
-      waiter.resolve = () => {
+      const ms = this.options.ackTimeoutMs;
+      const timer = setTimeout(() => reject(new Error(`wsroute: not connected within ${ms} ms`)), ms);
+      const done = (settle) => (arg) => {
         clearTimeout(timer);
-        resolve();
+        settle(arg); // a no-op once the timer has rejected
       };
-      waiter.reject = (e) => {
-        clearTimeout(timer);
-        reject(e);
-      };
-      this._openWaiters.push(waiter);
+      this._openWaiters.push({ resolve: done(resolve), reject: done(reject) });
     });
   }
 
@@ -125,14 +118,14 @@ export class WsRouteClient {
       return;
     }
     this._ws = ws;
-    ws.onmessage = (ev) => this._onFrame(ev.data);
+    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
     ws.onclose = (ev) => this._onClose(ws, ev);
     // The browser says nothing about why (an HTTP 401 or 403 looks like any other failure):
     // the close that follows carries the retry.
     ws.onerror = () => {};
   }
 
-  _onFrame(data) {
+  _onFrame(ws, data) {
     this._lastHeard = Date.now();
     let f;
     try {
@@ -152,7 +145,7 @@ export class WsRouteClient {
         break;
       case "message":
         // Ack every copy (the server forgets it only then), hand each id over once.
-        this._ws.send(JSON.stringify({ type: "ack", id: f.id }));
+        ws.send(JSON.stringify({ type: "ack", id: f.id })); // on the connection it came by
         if (this._seen.has(f.id)) break;
         this._remember(f.id);
         this.options.onMessage?.(f);

@@ -134,3 +134,11 @@ test("it pings every heartbeat and gives up on a silent server", async () => {
   assert.ok(ws.sent.some((f) => f.type === "ping"), JSON.stringify(ws.sent));
   c.close();
 });
+
+test("a send fails with the reason when no connection or no ack comes in time", async () => {
+  const c = client({ ackTimeoutMs: 20 });
+  await assert.rejects(c.send("bob", 1), /not connected within 20 ms/);
+  c.socket().hello();
+  await assert.rejects(c.send("bob", 2), /no ack for send r\d+ within 20 ms/);
+  c.close();
+});
