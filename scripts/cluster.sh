@@ -69,7 +69,9 @@ wsroute is up: 3 nodes, dev auth on.
   node3  ws://127.0.0.1:8083/ws   gRPC 127.0.0.1:50053
   redis  $WSROUTE_REDIS_URL   (API key: $WSROUTE_API_KEY)
 
-Try it (two more terminals):
+Try it in a browser: http://127.0.0.1:8081/?user=alice and http://127.0.0.1:8082/?user=bob
+
+Or in two more terminals:
   $bin/router-cli chat --url ws://127.0.0.1:8081/ws --user alice
   $bin/router-cli chat --url ws://127.0.0.1:8082/ws --user bob
   then type in alice's terminal:  bob hello from node1

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what wsroute needs on a fresh Debian/Ubuntu machine and is missing: redis-server
-# (tests and the local cluster start private instances of it), curl (readiness checks), and
-# for the deployment checks (tests/tests/deploy.rs): docker-compose (checks docker-compose.yml
-# without a container engine) and, with pip, PyYAML, kubernetes-validate (Kubernetes schemas)
-# and promql-parser (the dashboard's queries). Rust itself must already be installed (https://rustup.rs).
+# (tests and the local cluster start private instances of it), curl (readiness checks); for
+# the deployment checks (tests/tests/deploy.rs) docker-compose (checks docker-compose.yml without
+# a container engine) and, with pip, PyYAML, kubernetes-validate (Kubernetes schemas) and
+# promql-parser (the dashboard's queries); for the browser test (tests/tests/browser.rs) Debian's
+# chromium, Node.js and npm, and the npm packages of tests/browser (playwright-core, which drives
+# that chromium and never downloads a browser of its own). Runs as root or with sudo, without a
+# terminal. Rust itself must already be installed (https://rustup.rs).
 set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -16,6 +20,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
   missing+=(python3-pip)
 fi
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo=""
@@ -33,3 +40,13 @@ if ! python3 -c 'import yaml, kubernetes_validate, promql_parser' >/dev/null 2>&
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pkgs[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
+
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "warning: Node.js $(node --version) is older than playwright-core needs (20+): the browser test will fail" >&2
+fi
+if [ ! -d "$root/tests/browser/node_modules" ]; then
+  echo "installing the browser test's npm packages (tests/browser)" >&2
+  (cd "$root/tests/browser" &&
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi

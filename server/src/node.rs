@@ -428,6 +428,7 @@ impl Node {
                 .route("/metrics", web::get().to(api::probes::metrics))
                 .route("/gateway", web::get().to(api::probes::gateway))
                 .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+                .configure(api::page::routes)
         })
         .on_connect(|conn, _| {
             // Frames are small and latency matters: no Nagle delay on client sockets.

@@ -75,15 +75,34 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The workspace's build output directory (`target/`, or `CARGO_TARGET_DIR`).
+fn target_root() -> PathBuf {
+    match std::env::var("CARGO_TARGET_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => workspace_dir().join("target"),
+    }
+}
+
 /// The workspace's build output directory for this profile.
 fn target_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("debug");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("target")
-        .join("debug")
+    target_root().join("debug")
+}
+
+/// The repository root.
+pub fn workspace_dir() -> PathBuf {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// Where tests keep what a person may want to look at afterwards (screenshots):
+/// `target/test-artifacts/`, created on first use.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = target_root().join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("the test artifacts directory can be created");
+    dir
 }
 
 /// A binary of the workspace (`WSROUTE_BIN_DIR` overrides where to look).

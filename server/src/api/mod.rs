@@ -1,6 +1,7 @@
-//! What other services and operators call: the HTTP probes and push API, and the public gRPC
-//! `Router` service.
+//! What other services, operators and people call: the HTTP probes and push API, the try-it page,
+//! and the public gRPC `Router` service.
 
+pub mod page;
 pub mod probes;
 pub mod push;
 pub mod router;

@@ -1,0 +1,144 @@
+// web/wsroute.js against a scripted server (a fake WebSocket): what the browser test cannot
+// provoke on purpose. `node --test tests/browser/client.test.mjs` (run by tests/tests/browser.rs).
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { connect } from "../../web/wsroute.js";
+
+/** A WebSocket whose server side the test plays: `frame()` delivers, `drop()` closes. */
+class FakeSocket {
+  static opened = [];
+  constructor(url) {
+    this.url = new URL(url);
+    this.sent = [];
+    FakeSocket.opened.push(this);
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close(code = 1005, reason = "") {
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+  frame(f) {
+    this.onmessage({ data: JSON.stringify(f) });
+  }
+  drop(code = 1006) {
+    this.onclose({ code, reason: "" });
+  }
+  hello(node = "node1", heartbeat_ms = 60000) {
+    this.frame({ type: "hello", conn_id: "c1", user: "alice", node, heartbeat_ms });
+  }
+}
+
+/** Lets every promise that can move on do so (no timer involved). */
+const settled = () => new Promise(setImmediate);
+
+/** A client on fake sockets, and a way to wait for its next state. */
+function client(options = {}) {
+  FakeSocket.opened = [];
+  const waiting = [];
+  const c = connect("ws://node1.test/ws", {
+    user: "alice",
+    WebSocket: FakeSocket,
+    minBackoffMs: 5,
+    onState: (state, detail) => {
+      for (const w of waiting.splice(0)) w({ state, detail });
+    },
+    ...options,
+  });
+  c.nextState = () => new Promise((resolve) => waiting.push(resolve));
+  c.socket = () => FakeSocket.opened.at(-1);
+  return c;
+}
+
+test("auth goes in the query; a send made while connecting waits and resolves with its ack", async () => {
+  const c = client({ device: "phone" });
+  const ws = c.socket();
+  assert.equal(ws.url.searchParams.get("user"), "alice");
+  assert.equal(ws.url.searchParams.get("device"), "phone");
+  const sending = c.send("bob", { text: "hi" });
+  ws.hello();
+  await settled();
+  const [send] = ws.sent;
+  assert.deepEqual({ ...send, ref: undefined }, { type: "send", to: "bob", ref: undefined, body: { text: "hi" } });
+  ws.frame({ type: "ack", ref: "other", id: "m0", status: "delivered", devices: 1 });
+  ws.frame({ type: "ack", ref: send.ref, id: "m1", status: "rejected", devices: 0, error: { code: "bad_recipient", message: "no" } });
+  const ack = await sending;
+  assert.equal(ack.id, "m1");
+  assert.equal(ack.error.code, "bad_recipient");
+  c.close();
+});
+
+test("a token is used instead of a user; neither is an error", () => {
+  FakeSocket.opened = [];
+  const c = connect("ws://node1.test/ws", { token: "t.k.n", WebSocket: FakeSocket });
+  assert.equal(FakeSocket.opened[0].url.searchParams.get("token"), "t.k.n");
+  assert.equal(FakeSocket.opened[0].url.searchParams.has("user"), false);
+  c.close();
+  assert.throws(() => connect("ws://x/ws", { WebSocket: FakeSocket }), /user.*token/);
+});
+
+test("every message is acked, a repeated id is acked again but handed over once", () => {
+  const got = [];
+  const c = client({ onMessage: (m) => got.push(m.id) });
+  const ws = c.socket();
+  ws.hello();
+  for (const id of ["m1", "m2", "m1"]) {
+    ws.frame({ type: "message", id, from: "bob", to: "alice", ts: 1, body: {} });
+  }
+  assert.deepEqual(got, ["m1", "m2"]);
+  assert.deepEqual(
+    ws.sent.map((f) => `${f.type}:${f.id}`),
+    ["ack:m1", "ack:m2", "ack:m1"],
+  );
+  c.close();
+});
+
+test("a reconnect frame sends the next connection to the url given, at once", async () => {
+  const c = client();
+  const ws = c.socket();
+  ws.hello();
+  ws.frame({ type: "reconnect", url: "ws://node2.test/ws", reason: "draining" });
+  ws.drop(1001);
+  const next = c.socket();
+  assert.notEqual(next, ws);
+  assert.equal(next.url.host, "node2.test");
+  assert.equal(next.url.searchParams.get("user"), "alice");
+  c.close();
+});
+
+test("a lost connection fails its unanswered sends clearly and comes back after a back-off", async () => {
+  const c = client();
+  const ws = c.socket();
+  ws.hello();
+  const sending = c.send("bob", 1);
+  ws.drop();
+  await assert.rejects(sending, /connection closed before the ack/);
+  assert.equal(c.state, "closed");
+  assert.equal((await c.nextState()).state, "connecting");
+  const again = c.socket();
+  assert.notEqual(again, ws);
+  assert.equal(again.url.host, "node1.test");
+  c.close();
+  await assert.rejects(c.send("bob", 2), /closed/);
+});
+
+test("it pings every heartbeat and gives up on a silent server", async () => {
+  const c = client();
+  const ws = c.socket();
+  ws.hello("node1", 20);
+  const { state, detail } = await c.nextState();
+  assert.equal(state, "closed");
+  assert.equal(detail.code, 4000);
+  assert.ok(ws.sent.some((f) => f.type === "ping"), JSON.stringify(ws.sent));
+  c.close();
+});
+
+test("a send fails with the reason when no connection or no ack comes in time", async () => {
+  const c = client({ ackTimeoutMs: 20 });
+  await assert.rejects(c.send("bob", 1), /not connected within 20 ms/);
+  c.socket().hello();
+  await assert.rejects(c.send("bob", 2), /no ack for send r\d+ within 20 ms/);
+  c.close();
+});

@@ -1,0 +1,238 @@
+// wsroute.js: a small, dependency-free client for the wsroute WebSocket protocol (PROTOCOL.md
+// section 2). Copy this file into your app; it is an ES module and needs only a WebSocket
+// (browsers; Node 22+, or pass `WebSocket` in the options).
+//
+//   import { connect } from "./wsroute.js";
+//   const chat = connect("ws://127.0.0.1:8081/ws", {
+//     user: "alice",                       // dev auth (--dev-auth); or token: "<JWT>"
+//     onMessage: (m) => console.log(m.from, m.body),
+//   });
+//   const ack = await chat.send("bob", { text: "hi" });   // ack.status: delivered | stored | rejected
+//
+// What it does for you: acks every message it receives (the server keeps unacked ones and
+// sends them again), drops copies of a message id it has already seen, pings every
+// `heartbeat_ms` from `hello` and reconnects when the server goes silent, follows `reconnect`
+// frames (a draining node) to the url given, and reconnects with back-off after any other close.
+
+const DEFAULTS = {
+  ackTimeoutMs: 10000, // the server answers every send within 8 s; past this the send fails
+  minBackoffMs: 500,
+  maxBackoffMs: 30000,
+  rememberIds: 1000, // how many message ids are kept for dropping copies
+};
+
+/** The WebSocket URL of the page's own host: ws(s)://host/ws. */
+export function sameHostUrl(path = "/ws") {
+  const scheme = globalThis.location?.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${globalThis.location.host}${path}`;
+}
+
+/** Connects and keeps connecting until `close()`; returns the client at once. */
+export function connect(url, options = {}) {
+  return new WsRouteClient(url, options);
+}
+
+export class WsRouteClient {
+  /**
+   * url: ws://host:port/ws (default: this page's host). options: user (dev auth) or token,
+   * device, and callbacks onMessage(msg), onHello(hello), onState(state, detail), onError(err).
+   * state is "connecting" | "open" | "closed" (will retry) | "stopped" (after close()).
+   */
+  constructor(url, options = {}) {
+    if (!options.user && !options.token) {
+      throw new Error("wsroute: give `user` (dev auth) or `token`");
+    }
+    this.options = { ...DEFAULTS, ...options };
+    this.baseUrl = url || sameHostUrl();
+    this.hello = null; // the last hello: conn_id, user, node, heartbeat_ms
+    this.state = "connecting";
+    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._pending = new Map(); // ref -> { resolve, reject, timer }
+    this._openWaiters = []; // sends waiting for the connection, in order
+    this._seen = new Set(); // message ids already handed to onMessage
+    this._seenOrder = [];
+    this._nextRef = 0;
+    this._attempt = 0; // failed connects in a row (back-off grows with it)
+    this._redirect = null; // url from a `reconnect` frame, used for the next connect only
+    this._stopped = false;
+    this._open();
+  }
+
+  /**
+   * Sends `body` (any JSON) to user `to`; resolves with the ack frame, whatever its status.
+   * While (re)connecting it waits for the connection, as long as it would wait for an ack.
+   */
+  async send(to, body) {
+    if (this._stopped) throw new Error("wsroute: closed");
+    if (this.state !== "open") await this._whenOpen();
+    const ref = `r${++this._nextRef}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(ref);
+        reject(new Error(`wsroute: no ack for send ${ref} within ${this.options.ackTimeoutMs} ms`));
+      }, this.options.ackTimeoutMs);
+      this._pending.set(ref, { resolve, reject, timer });
+      this._ws.send(JSON.stringify({ type: "send", to, ref, body }));
+    });
+  }
+
+  /** Closes for good: no more reconnects; unanswered sends fail. */
+  close() {
+    this._stopped = true;
+    clearTimeout(this._retryTimer);
+    for (const w of this._openWaiters.splice(0)) w.reject(new Error("wsroute: closed"));
+    if (this._ws) this._ws.close(1000, "client closed");
+    this._setState("stopped");
+  }
+
+  _whenOpen() {
+    return new Promise((resolve, reject) => {
+      const ms = this.options.ackTimeoutMs;
+      const timer = setTimeout(() => reject(new Error(`wsroute: not connected within ${ms} ms`)), ms);
+      const done = (settle) => (arg) => {
+        clearTimeout(timer);
+        settle(arg); // a no-op once the timer has rejected
+      };
+      this._openWaiters.push({ resolve: done(resolve), reject: done(reject) });
+    });
+  }
+
+  _url(base) {
+    const u = new URL(base);
+    if (this.options.token) u.searchParams.set("token", this.options.token);
+    else u.searchParams.set("user", this.options.user);
+    if (this.options.device) u.searchParams.set("device", this.options.device);
+    return u.toString();
+  }
+
+  _open() {
+    const target = this._redirect || this.baseUrl;
+    this._redirect = null;
+    this._setState("connecting", target);
+    let ws;
+    try {
+      ws = new this._WebSocket(this._url(target));
+    } catch (e) {
+      this._emitError(new Error(`wsroute: cannot connect to ${target}: ${e.message}`));
+      this._scheduleRetry();
+      return;
+    }
+    this._ws = ws;
+    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+    ws.onclose = (ev) => this._onClose(ws, ev);
+    // The browser says nothing about why (an HTTP 401 or 403 looks like any other failure):
+    // the close that follows carries the retry.
+    ws.onerror = () => {};
+  }
+
+  _onFrame(ws, data) {
+    this._lastHeard = Date.now();
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      this._emitError(new Error("wsroute: the server sent a frame that is not JSON"));
+      return;
+    }
+    switch (f.type) {
+      case "hello":
+        this.hello = f;
+        this._attempt = 0;
+        this._startHeartbeat(f.heartbeat_ms);
+        this._setState("open", f);
+        this.options.onHello?.(f);
+        for (const w of this._openWaiters.splice(0)) w.resolve();
+        break;
+      case "message":
+        // Ack every copy (the server forgets it only then), hand each id over once.
+        ws.send(JSON.stringify({ type: "ack", id: f.id })); // on the connection it came by
+        if (this._seen.has(f.id)) break;
+        this._remember(f.id);
+        this.options.onMessage?.(f);
+        break;
+      case "ack": {
+        const p = this._pending.get(f.ref);
+        if (!p) break; // answered after its timeout
+        this._pending.delete(f.ref);
+        clearTimeout(p.timer);
+        p.resolve(f);
+        break;
+      }
+      case "error": {
+        const err = new Error(`wsroute: ${f.code}: ${f.message}`);
+        err.code = f.code;
+        const p = f.ref != null && this._pending.get(f.ref);
+        if (p) {
+          this._pending.delete(f.ref);
+          clearTimeout(p.timer);
+          p.reject(err);
+        } else {
+          this._emitError(err);
+        }
+        break;
+      }
+      case "reconnect":
+        this._redirect = f.url; // the server closes next; _onClose connects there at once
+        break;
+      case "pong":
+        break;
+      default:
+        break; // newer servers may send more types
+    }
+  }
+
+  _onClose(ws, ev) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    clearInterval(this._heartbeat);
+    for (const [ref, p] of this._pending) {
+      clearTimeout(p.timer);
+      p.reject(new Error(`wsroute: connection closed before the ack for ${ref}; the message may or may not have been sent`));
+    }
+    this._pending.clear();
+    if (this._stopped) return;
+    this._setState("closed", { code: ev.code, reason: ev.reason });
+    if (this._redirect) this._open();
+    else this._scheduleRetry();
+  }
+
+  _scheduleRetry() {
+    if (this._stopped) return;
+    const { minBackoffMs, maxBackoffMs } = this.options;
+    const ceiling = Math.min(maxBackoffMs, minBackoffMs * 2 ** this._attempt);
+    this._attempt += 1;
+    const wait = ceiling / 2 + Math.random() * (ceiling / 2); // jitter: clients do not return in step
+    this._retryTimer = setTimeout(() => this._open(), wait);
+  }
+
+  _startHeartbeat(ms) {
+    clearInterval(this._heartbeat);
+    if (!(ms > 0)) return;
+    this._heartbeat = setInterval(() => {
+      if (!this._ws) return;
+      if (Date.now() - this._lastHeard > 2 * ms) {
+        this._ws.close(4000, "server silent for two heartbeats"); // then reconnect
+        return;
+      }
+      this._ws.send(JSON.stringify({ type: "ping" }));
+    }, ms);
+  }
+
+  _remember(id) {
+    this._seen.add(id);
+    this._seenOrder.push(id);
+    if (this._seenOrder.length > this.options.rememberIds) {
+      this._seen.delete(this._seenOrder.shift());
+    }
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    this.options.onState?.(state, detail);
+  }
+
+  _emitError(err) {
+    if (this.options.onError) this.options.onError(err);
+    else console.error(err);
+  }
+}
