@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what wsroute needs on a fresh Debian/Ubuntu machine and is missing: redis-server
-# (tests and the local cluster start private instances of it), curl (readiness checks); for
-# the deployment checks (tests/tests/deploy.rs) docker-compose (checks docker-compose.yml without
+# (tests and the local cluster start private instances of it), curl (readiness checks). With
+# --for-tests also what the test suite needs: for the deployment checks (tests/tests/deploy.rs) docker-compose (checks docker-compose.yml without
 # a container engine) and, with pip, PyYAML, kubernetes-validate (Kubernetes schemas) and
 # promql-parser (the dashboard's queries); for the browser test (tests/tests/browser.rs) Debian's
 # chromium, Node.js and npm, and the npm packages of tests/browser (playwright-core, which drives
@@ -10,10 +10,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
+for_tests=0
+[ "${1:-}" = "--for-tests" ] && for_tests=1
+
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
+if ((for_tests)); then
+  if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
@@ -23,6 +28,7 @@ fi
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo=""
@@ -31,6 +37,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+((for_tests)) || exit 0
+
 # Python packages the deployment tests use, pinned; a Debian-managed python3 (PEP 668) needs
 # --break-system-packages to install them for root.
 if ! python3 -c 'import yaml, kubernetes_validate, promql_parser' >/dev/null 2>&1; then
@@ -39,7 +47,6 @@ if ! python3 -c 'import yaml, kubernetes_validate, promql_parser' >/dev/null 2>&
   python3 -m pip install --quiet --disable-pip-version-check "${py_pkgs[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pkgs[@]}"
 fi
-command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
 
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if [ "$node_major" -lt 20 ]; then

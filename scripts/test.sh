@@ -4,10 +4,11 @@
 # loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --for-tests
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 # The foundation suites once more, against a private three-master Redis Cluster
 # (redis+cluster://), as an operator who outgrew one Redis would run them.
-WSROUTE_TEST_REDIS=cluster cargo test -p wsroute-tests --locked \
+# (--workspace, as above, so that the same build is reused.)
+WSROUTE_TEST_REDIS=cluster cargo test --workspace --locked \
   --test delivery --test inbox --test api --test operations --test limits --test client_input "$@"
