@@ -30,7 +30,7 @@ pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
 }
 
 fn redis_pool(url: &str) -> anyhow::Result<RedisPool> {
-    RedisPool::open(url, 2, Duration::from_secs(3))
+    RedisPool::open(url, Duration::from_secs(3))
         .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))
 }
 

@@ -253,7 +253,7 @@ impl Node {
             .clone()
             .unwrap_or_else(|| dialable(grpc_addr));
 
-        let pool = RedisPool::open(&config.redis_url, 32, Duration::from_secs(2))
+        let pool = RedisPool::open(&config.redis_url, Duration::from_secs(2))
             .map_err(StartError::Redis)?;
         let pubsub_clients =
             RedisPool::pubsub_clients(&config.redis_url).map_err(StartError::Redis)?;

@@ -9,25 +9,41 @@
 //! on the way in, route first on the way out).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::OnceCell;
 
 use super::registry::RouteError;
 
-/// A Redis connection pool, for one server or a cluster. Cheap to clone.
+/// The node's way to Redis, one server or a cluster. Cheap to clone.
+///
+/// Not a pool: every command wsroute sends is non-blocking and none uses WATCH, so one
+/// multiplexed connection (per cluster node) carries all of them, pipelining concurrent requests
+/// on the socket. A pool would check each connection out with a PING round trip of its own,
+/// doubling the cost of a connect. Both kinds reconnect by themselves after a failure; a
+/// request never waits longer than the response timeout.
 #[derive(Clone)]
-pub enum RedisPool {
-    Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+pub struct RedisPool(Arc<Backend>);
+
+enum Backend {
+    Single(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        conn: OnceCell<ClusterConnection>,
+    },
 }
 
-/// A connection taken from a [`RedisPool`].
+/// A handle on the connection (cheap to clone; requests on clones share the socket).
+#[derive(Clone)]
 pub enum RedisConn {
-    Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for RedisConn {
@@ -88,30 +104,32 @@ pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
 }
 
 impl RedisPool {
-    /// A pool of at most `max_size` connections; `timeout` bounds waiting for, creating and
-    /// checking a connection. Nothing is dialled until the first use.
-    pub fn open(url: &str, max_size: usize, timeout: Duration) -> Result<Self, String> {
-        // The two configs build different pool types through the same builder calls.
-        macro_rules! build {
-            ($config:expr) => {
-                $config
-                    .builder()
-                    .map_err(|e| e.to_string())?
-                    .max_size(max_size)
-                    .wait_timeout(Some(timeout))
-                    .create_timeout(Some(timeout))
-                    .recycle_timeout(Some(timeout))
-                    .runtime(deadpool_redis::Runtime::Tokio1)
+    /// A handle on `url`'s server or cluster; `timeout` bounds connecting and each response.
+    /// Nothing is dialled until the first request, so a node can start while Redis is away.
+    pub fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+        let backend = match cluster_seeds(url) {
+            Some(seeds) => Backend::Cluster {
+                client: ClusterClientBuilder::new(seeds?)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
                     .build()
-                    .map_err(|e| e.to_string())?
-            };
-        }
-        Ok(match cluster_seeds(url) {
-            Some(seeds) => {
-                Self::Cluster(build!(deadpool_redis::cluster::Config::from_urls(seeds?)))
+                    .map_err(|e| e.to_string())?,
+                conn: OnceCell::new(),
+            },
+            None => {
+                let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                Backend::Single(
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .map_err(|e| e.to_string())?,
+                )
             }
-            None => Self::Single(build!(deadpool_redis::Config::from_url(url))),
-        })
+        };
+        Ok(Self(Arc::new(backend)))
     }
 
     /// Clients for pub/sub, to be tried in turn: the server, or every seed of a cluster (classic
@@ -127,12 +145,13 @@ impl RedisPool {
     }
 
     pub async fn get(&self) -> Result<RedisConn, RouteError> {
-        match self {
-            Self::Single(p) => Ok(RedisConn::Single(
-                p.get().await.map_err(|e| RouteError::Pool(e.to_string()))?,
-            )),
-            Self::Cluster(p) => Ok(RedisConn::Cluster(
-                p.get().await.map_err(|e| RouteError::Pool(e.to_string()))?,
+        match &*self.0 {
+            Backend::Single(m) => Ok(RedisConn::Single(m.clone())),
+            Backend::Cluster { client, conn } => Ok(RedisConn::Cluster(
+                conn.get_or_try_init(|| client.get_async_connection())
+                    .await
+                    .map_err(|e| RouteError::Pool(e.to_string()))?
+                    .clone(),
             )),
         }
     }
@@ -160,7 +179,7 @@ impl RedisPool {
                             .ignore();
                     }
                     try_join_all(groups.into_values().map(|pipe| {
-                        let mut c = (**c).clone();
+                        let mut c = c.clone();
                         async move { pipe.query_async::<()>(&mut c).await }
                     }))
                     .await?;
@@ -193,7 +212,7 @@ impl RedisPool {
                 Ok(out)
             }
             RedisConn::Cluster(c) => {
-                let c: &redis::cluster_async::ClusterConnection = c;
+                let c: &ClusterConnection = c;
                 Ok(try_join_all(groups.into_iter().map(|group| {
                     let mut c = c.clone();
                     async move {
