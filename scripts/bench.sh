@@ -6,6 +6,9 @@
 #   scripts/bench.sh              everything (about 15 minutes on 2 cores)
 #   scripts/bench.sh throughput   one group: throughput | latency | scaling | connections
 #
+# BIN_DIR=dir uses the binaries there instead of building (to compare two builds in one session)
+# and LABEL=name tags every result line with that build's name.
+#
 # Every process it starts listens on 127.0.0.1 only and is stopped at the end; every run is
 # bounded in users, duration and count.
 set -euo pipefail
@@ -14,8 +17,11 @@ cd "$(dirname "$0")/.."
 groups="${1:-throughput latency scaling connections}"
 runs="${RUNS:-3}"
 bash scripts/install-deps.sh
-cargo build --release --locked -p wsroute-server -p router-cli
-bin=target/release
+bin="${BIN_DIR:-target/release}"
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release --locked -p wsroute-server -p router-cli
+fi
+build="${LABEL:-}"
 out="${OUT:-bench/results-$(date -u +%Y%m%d).jsonl}"
 mkdir -p bench .local/logs
 redis_port=6420
@@ -85,14 +91,15 @@ measure() {
   t1=$(node_ticks)
   rt1=$(redis_ticks)
   r1=$(redis_calls)
-  python3 - "$group" "$label" "$nodes" "$fanout" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((r1 - r0))" \
+  BUILD_TAG="${build:+ [$build]}" python3 - "$group" "$label" "$nodes" "$fanout" "$((t1 - t0))" "$(getconf CLK_TCK)" "$((r1 - r0))" \
     "$(( $(cat .local/redis-b) - $(cat .local/redis-a) ))" "$((rt1 - rt0))" "$*" "$res" >>"$out" <<'PY'
-import json, sys
+import json, os, sys
 group, label, nodes, fanout, ticks, hz, redis, steady, rticks, args, res = sys.argv[1:]
 try:
     r = json.loads(res)
 except ValueError:
     r = {"error": res[-500:]}
+label += os.environ.get("BUILD_TAG", "")
 print(json.dumps({"group": group, "label": label, "nodes": int(nodes), "fanout": fanout,
                   "node_cpu_s": int(ticks) / int(hz), "redis_cpu_s": int(rticks) / int(hz),
                   "redis_calls": int(redis), "redis_calls_steady_5s": int(steady),
@@ -140,7 +147,7 @@ for g in $groups; do
       start 1 route
       res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench connections \
         --url ws://127.0.0.1:9301/ws --count 15000 --hold 5s --pid "${node_pids[0]}" --json || true)
-      python3 -c 'import json,sys; print(json.dumps({"group":"connections","label":"idle-15000","nodes":1,"fanout":"route","result":json.loads(sys.argv[1])}))' "$res" >>"$out"
+      BUILD_TAG="${build:+ [$build]}" python3 -c 'import json,os,sys; print(json.dumps({"group":"connections","label":"idle-15000"+os.environ["BUILD_TAG"],"nodes":1,"fanout":"route","result":json.loads(sys.argv[1])}))' "$res" >>"$out"
       tail -n 1 "$out"
     done
     ;;

@@ -65,3 +65,29 @@ async fn an_inbox_is_bounded_and_says_so() {
     assert_eq!(ack["status"], "rejected", "{ack}");
     assert_eq!(ack["error"]["code"], "inbox_full");
 }
+
+#[tokio::test]
+async fn a_connect_reads_the_inbox_only_when_messages_wait() {
+    let c = Cluster::start(1).await;
+    let metrics = c.node(1).http("/metrics");
+    let fetches = || {
+        wsroute_tests::metric(
+            &metrics,
+            "wsroute_redis_operations_total{op=\"inbox_fetch\"}",
+        )
+    };
+
+    // Nothing waits for erin: registering told the node so, and it does not read her inbox.
+    let mut erin = Client::connect(&c.node(1).ws_user("erin")).await;
+    assert!(erin.frames_until_pong().await.is_empty());
+    assert_eq!(fetches().await, 0.0);
+    erin.close().await;
+
+    // One message waits for frank: his connect reads the inbox and gets it.
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let ack = alice.send_and_ack("frank", json!("hi")).await;
+    assert_eq!(ack["status"], "stored", "{ack}");
+    let mut frank = Client::connect(&c.node(1).ws_user("frank")).await;
+    assert_eq!(frank.expect_type("message").await["id"], ack["id"]);
+    assert_eq!(fetches().await, 1.0);
+}

@@ -29,17 +29,28 @@ impl From<redis::RedisError> for RouteError {
     }
 }
 
-/// Adds a route unless the user is at the limit. KEYS: the user's connections. ARGV: conn, route
-/// value, max per user. Returns 1 added, 0 refused.
+/// Adds a route unless the user is at the limit. KEYS: the user's connections, the user's inbox
+/// ids (same slot). ARGV: conn, route value, max per user. Returns -1 refused, else how many
+/// messages wait in the inbox (so that a connect with an empty inbox skips reading it).
 static REGISTER_NEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
+return redis.call('LLEN', KEYS[2])
 ",
     )
 });
+
+/// What registering a new connection answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The user already holds the maximum number of connections.
+    Refused,
+    /// Registered; `inbox` messages were waiting for the user at that instant (any stored later
+    /// announces itself with an inbox event).
+    Admitted { inbox: u64 },
+}
 
 /// What a node publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,13 +249,18 @@ impl RouteTable {
 
     /// Registers one new connection unless its user already holds `max` connections in the
     /// cluster (checked and written in one script, so that concurrent connects cannot both slip
-    /// under the limit). Returns false when the user is at the limit.
-    pub async fn register_new(&self, reg: &Registration, max: u32) -> Result<bool, RouteError> {
+    /// under the limit).
+    pub async fn register_new(
+        &self,
+        reg: &Registration,
+        max: u32,
+    ) -> Result<Admission, RouteError> {
         let _timer = self.count("register");
         let index = keys::node_conns(&self.node);
         let conn = reg.route.conn.as_str();
         let indexed = Cmd::hset(&index, conn, reg.user.as_str());
         let mut add = REGISTER_NEW.key(keys::user_conns(&reg.user));
+        add.key(keys::inbox_ids(&reg.user));
         add.arg(conn).arg(reg.route.encode_value()).arg(max);
         let mut c = self.conn().await?;
         // The index entry first: a route must never exist without it.
@@ -270,10 +286,13 @@ impl RouteTable {
                 add.invoke_async(&mut c).await?
             }
         };
-        if admitted != 1 {
+        if admitted < 0 {
             let _: Result<(), _> = c.hdel(&index, conn).await;
+            return Ok(Admission::Refused);
         }
-        Ok(admitted == 1)
+        Ok(Admission::Admitted {
+            inbox: admitted.unsigned_abs(),
+        })
     }
 
     /// Adds connections of this node. Each user entry and its index entry are written in one

@@ -16,7 +16,7 @@ use crate::envelope::now_ms;
 use crate::node::NodeState;
 use crate::route::Route;
 use crate::route::events::RouteEvent;
-use crate::route::registry::Registration;
+use crate::route::registry::{Admission, Registration};
 use crate::sessions::SessionHandle;
 
 /// Instructions waiting for one session (drain, close, inbox changed): one is plenty, since a
@@ -106,9 +106,9 @@ pub async fn upgrade(
         },
     };
     let max_per_user = limits.conns_per_user;
-    match state.routes.register_new(&reg, max_per_user).await {
-        Ok(true) => {}
-        Ok(false) => {
+    let inbox_waiting = match state.routes.register_new(&reg, max_per_user).await {
+        Ok(Admission::Admitted { inbox }) => inbox > 0,
+        Ok(Admission::Refused) => {
             state.sessions.remove(&conn);
             tracing::info!(user = %principal.user, max = max_per_user, "refused a connection over the per-user limit");
             return json_error(
@@ -128,7 +128,7 @@ pub async fn upgrade(
                 "route table unavailable; try again",
             );
         }
-    }
+    };
     if let Err(e) = state
         .routes
         .publish(&RouteEvent::Invalidate(principal.user.clone()).encode())
@@ -152,6 +152,7 @@ pub async fn upgrade(
         inbox_sent: std::collections::HashSet::new(),
         recent: std::collections::VecDeque::new(),
         flood: flood::FloodGuard::new(limits.msgs_per_sec),
+        inbox_waiting,
     }
     .run(stream, queue_rx, control_rx)
     .instrument(span);

@@ -57,6 +57,8 @@ pub struct Session {
     pub recent: VecDeque<MsgId>,
     /// Flood control over the frames this client initiates.
     pub flood: super::flood::FloodGuard,
+    /// Whether messages waited in the inbox when the connection registered.
+    pub inbox_waiting: bool,
 }
 
 /// How many recently written live message ids a connection remembers (16 bytes each).
@@ -108,7 +110,11 @@ impl Session {
             if self.ws.text(hello).await.is_err() {
                 break 'session End::Gone;
             }
-            if let Err(e) = self.send_inbox().await {
+            // Registration saw how many messages wait; an empty inbox is not read (anything
+            // stored since then announces itself with an inbox event).
+            if self.inbox_waiting
+                && let Err(e) = self.send_inbox().await
+            {
                 break 'session self.write_failed(e).await;
             }
             loop {
