@@ -31,6 +31,8 @@ use super::registry::RouteError;
 #[derive(Clone)]
 pub struct RedisPool(Arc<Backend>);
 
+// Made once per process and kept behind an Arc: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Single(ConnectionManager),
     Cluster {
