@@ -216,33 +216,39 @@ pub struct Node {
     pub(crate) grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
+/// Connections a listener queues before they are accepted. std and tokio bind with 128: a
+/// reconnect storm (thousands of clients of a node that just died) overflows that, the kernel
+/// drops their SYNs and each waits a full SYN retransmit (1 s, then 3 s) before trying again.
+/// The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (SO_REUSEADDR, as std does) with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Node {
     /// Binds, connects and starts everything. Must run inside an actix `System` driven by a
     /// multi-thread tokio runtime (see `main.rs`).
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let ws_listener =
-            std::net::TcpListener::bind(config.ws_listen).map_err(|source| StartError::Bind {
-                addr: config.ws_listen,
-                source,
-            })?;
+        let bind_error = |addr| move |source| StartError::Bind { addr, source };
+        let ws_listener = listen(config.ws_listen)
+            .and_then(tokio::net::TcpListener::into_std)
+            .map_err(bind_error(config.ws_listen))?;
         let ws_addr = ws_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.ws_listen,
-                source,
-            })?;
-        let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_listen,
-                source,
-            })?;
+            .map_err(bind_error(config.ws_listen))?;
+        let grpc_listener = listen(config.grpc_listen).map_err(bind_error(config.grpc_listen))?;
         let grpc_addr = grpc_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_listen,
-                source,
-            })?;
+            .map_err(bind_error(config.grpc_listen))?;
 
         let public_url = config
             .public_url
