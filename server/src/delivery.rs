@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use wsroute_proto::v1 as pb;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Outgoing};
 use crate::error::RejectCode;
 use crate::fanout::Broadcast;
 use crate::ids::{ConnId, NodeId, UserId};
@@ -71,7 +70,7 @@ pub struct LocalAttempt {
 
 impl LocalAttempt {
     /// Queues the message's frame on each connection, without waiting.
-    pub fn start(sessions: &Sessions, env: &Envelope, conns: &[ConnId]) -> Self {
+    pub fn start(sessions: &Sessions, msg: &Outgoing, conns: &[ConnId]) -> Self {
         let mut attempt = Self {
             waiters: Vec::with_capacity(conns.len()),
             gone: Vec::new(),
@@ -79,14 +78,13 @@ impl LocalAttempt {
         if conns.is_empty() {
             return attempt;
         }
-        let frame = env.frame();
         for conn in conns {
             let (written, waiter) = oneshot::channel();
             let item = Outbound::Message {
-                id: env.id.clone(),
-                frame: frame.clone(),
+                id: msg.id.clone(),
+                frame: msg.frame.clone(),
                 from_inbox: false,
-                accepted_us: env.accepted_us,
+                accepted_us: msg.accepted_us,
                 written: Some(written),
             };
             match sessions.deliver(conn, item) {
@@ -94,7 +92,7 @@ impl LocalAttempt {
                 Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
                 // A slow consumer: not written, but the connection is still there.
                 Err(DeliverError::Full) => {
-                    tracing::warn!(conn_id = %conn, msg_id = %env.id, "connection queue full; not delivered there");
+                    tracing::warn!(conn_id = %conn, msg_id = %msg.id, "connection queue full; not delivered there");
                 }
             }
         }
@@ -325,13 +323,12 @@ impl Delivery {
                 remote.entry(&r.node).or_default().push(r.conn.to_string());
             }
         }
-        let local_attempt = LocalAttempt::start(&self.sessions, env, &local);
+        // Encoded once, for local connections and every peer alike.
+        let msg = env.outgoing();
+        let local_attempt = LocalAttempt::start(&self.sessions, &msg, &local);
         let mut replies = Vec::with_capacity(remote.len());
         for (node, conn_ids) in remote {
-            let item = pb::ForwardItem {
-                envelope: Some(env.to_proto()),
-                conn_ids,
-            };
+            let item = msg.to_item(conn_ids);
             replies.push((node.clone(), self.peers.forward(node, item).await));
         }
         Attempt {

@@ -44,6 +44,8 @@ pub enum EnvelopeError {
     },
     #[error("body is not valid JSON: {0}")]
     Body(#[source] serde_json::Error),
+    #[error("frame is not UTF-8")]
+    Frame,
     #[error("item has no envelope")]
     Missing,
 }
@@ -87,6 +89,58 @@ impl Envelope {
             body_json: self.body.get().as_bytes().to_vec(),
             accepted_us: self.accepted_us,
         }
+    }
+}
+
+/// A message ready to be written: its id, its `message` frame (encoded once, shared by every
+/// connection and peer it goes to) and when the cluster accepted it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: MsgId,
+    pub frame: ByteString,
+    pub accepted_us: i64,
+}
+
+impl Envelope {
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            id: self.id.clone(),
+            frame: self.frame(),
+            accepted_us: self.accepted_us,
+        }
+    }
+}
+
+impl Outgoing {
+    /// The mesh item carrying this message to `conn_ids` on another node.
+    pub fn to_item(&self, conn_ids: Vec<String>) -> pb::ForwardItem {
+        pb::ForwardItem {
+            envelope: None,
+            conn_ids,
+            frame: self.frame.as_bytes().clone(),
+            id: self.id.to_string(),
+            accepted_us: self.accepted_us,
+        }
+    }
+
+    /// The message a mesh item carries: its frame as sent (checked to be UTF-8, as a text frame
+    /// must be), or, from an older sender, built from its envelope.
+    pub fn from_item(item: &mut pb::ForwardItem) -> Result<Self, EnvelopeError> {
+        if item.frame.is_empty() {
+            let env = Envelope::try_from(item.envelope.take().ok_or(EnvelopeError::Missing)?)?;
+            return Ok(env.outgoing());
+        }
+        let id = MsgId::parse(&item.id).map_err(|source| EnvelopeError::Id {
+            field: "id",
+            source,
+        })?;
+        let frame = ByteString::try_from(std::mem::take(&mut item.frame))
+            .map_err(|_| EnvelopeError::Frame)?;
+        Ok(Self {
+            id,
+            frame,
+            accepted_us: item.accepted_us,
+        })
     }
 }
 
@@ -184,5 +238,43 @@ mod tests {
         let mut bad = env().to_proto();
         bad.to = "no spaces".into();
         assert!(Envelope::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn mesh_items_carry_the_frame_through_untouched() {
+        let msg = env().outgoing();
+        let mut item = msg.to_item(vec!["c1".into()]);
+        assert!(item.envelope.is_none());
+        let back = Outgoing::from_item(&mut item).expect("valid item");
+        assert_eq!(back.frame, msg.frame);
+        assert_eq!(back.id, msg.id);
+        assert_eq!(back.accepted_us, 7_000);
+
+        // From an older sender: the envelope, turned into the same frame.
+        let mut legacy = pb::ForwardItem {
+            envelope: Some(env().to_proto()),
+            conn_ids: vec!["c1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            Outgoing::from_item(&mut legacy).expect("valid").frame,
+            msg.frame
+        );
+
+        // A frame that is not UTF-8, or a bad id, is refused; so is an item with neither.
+        let mut bad = msg.to_item(vec![]);
+        bad.frame = vec![0xff, 0xfe].into();
+        assert!(matches!(
+            Outgoing::from_item(&mut bad),
+            Err(EnvelopeError::Frame)
+        ));
+        let mut bad = msg.to_item(vec![]);
+        bad.id = "no spaces".into();
+        assert!(Outgoing::from_item(&mut bad).is_err());
+        let mut empty = pb::ForwardItem::default();
+        assert!(matches!(
+            Outgoing::from_item(&mut empty),
+            Err(EnvelopeError::Missing)
+        ));
     }
 }

@@ -175,6 +175,7 @@ async fn the_mesh_refuses_calls_without_the_secret() {
                 accepted_us: 1_000,
             }),
             conn_ids: vec![bob.conn_id()],
+            ..Default::default()
         }],
     };
     for req in [

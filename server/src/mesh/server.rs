@@ -15,7 +15,7 @@ use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_server::Mesh;
 
 use crate::delivery::LocalAttempt;
-use crate::envelope::Envelope;
+use crate::envelope::Outgoing;
 use crate::ids::{ConnId, NodeId};
 use crate::node::NodeState;
 use crate::sessions::Sessions;
@@ -83,13 +83,9 @@ impl MeshService {
             )));
         }
         let mut attempts = Vec::with_capacity(batch.items.len());
-        for item in batch.items {
-            let env = item
-                .envelope
-                .ok_or(crate::envelope::EnvelopeError::Missing)
-                .and_then(Envelope::try_from);
-            let env = match env {
-                Ok(env) => env,
+        for mut item in batch.items {
+            let msg = match Outgoing::from_item(&mut item) {
+                Ok(msg) => msg,
                 Err(e) => {
                     tracing::warn!(from_node = %batch.from_node, error = %e, "refusing a malformed mesh item");
                     attempts.push(LocalAttempt::gone(item.conn_ids));
@@ -104,7 +100,7 @@ impl MeshService {
                     Err(_) => unreadable.push(c),
                 }
             }
-            let mut attempt = LocalAttempt::start(&self.sessions, &env, &conns);
+            let mut attempt = LocalAttempt::start(&self.sessions, &msg, &conns);
             attempt.gone.extend(unreadable);
             attempts.push(attempt);
         }
