@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::{AsyncCommands, Cmd};
 
 use super::Route;
+use super::events::RouteEvent;
 use super::keys;
 use super::store::{RedisConn, RedisPool, Writes};
 use crate::ids::{ConnId, NodeId, UserId};
@@ -249,7 +250,7 @@ impl RouteTable {
 
     /// Registers one new connection unless its user already holds `max` connections in the
     /// cluster (checked and written in one script, so that concurrent connects cannot both slip
-    /// under the limit).
+    /// under the limit), and tells the other nodes to drop the user from their route caches.
     pub async fn register_new(
         &self,
         reg: &Registration,
@@ -262,13 +263,22 @@ impl RouteTable {
         let mut add = REGISTER_NEW.key(keys::user_conns(&reg.user));
         add.key(keys::inbox_ids(&reg.user));
         add.arg(conn).arg(reg.route.encode_value()).arg(max);
+        let announce = Cmd::publish(
+            keys::events_channel(),
+            RouteEvent::Invalidate(reg.user.clone()).encode(),
+        );
         let mut c = self.conn().await?;
         // The index entry first: a route must never exist without it.
         let admitted: i64 = match c {
             RedisConn::Single(_) => {
-                // One round trip: both in one pipeline (the script loaded first if Redis lost it).
+                // One round trip: all three in one pipeline (the script loaded first if Redis
+                // lost it). A refused connect announces too: harmless, and rare.
                 let mut pipe = redis::pipe();
-                pipe.add_command(indexed).ignore().invoke_script(&add);
+                pipe.add_command(indexed)
+                    .ignore()
+                    .invoke_script(&add)
+                    .add_command(announce)
+                    .ignore();
                 let first: Result<(i64,), _> = pipe.query_async(&mut c).await;
                 match first {
                     Err(e)
@@ -283,7 +293,9 @@ impl RouteTable {
             }
             RedisConn::Cluster(_) => {
                 indexed.query_async::<()>(&mut c).await?;
-                add.invoke_async(&mut c).await?
+                let admitted = add.invoke_async(&mut c).await?;
+                announce.query_async::<()>(&mut c).await?;
+                admitted
             }
         };
         if admitted < 0 {
@@ -295,8 +307,8 @@ impl RouteTable {
         })
     }
 
-    /// Adds connections of this node. Each user entry and its index entry are written in one
-    /// MULTI, so that a route never exists without the index that lets it be cleaned up.
+    /// Adds connections of this node: the index entries first, then the users' entries, so that a
+    /// route never exists without the index entry that lets it be cleaned up.
     pub async fn register(&self, regs: &[Registration]) -> Result<(), RouteError> {
         if regs.is_empty() {
             return Ok(());
@@ -322,16 +334,22 @@ impl RouteTable {
         self.pool.write(w).await
     }
 
-    /// Removes one connection of this node. Entries are keyed by the cluster-unique connection
-    /// id, so this can never remove the entry of a newer connection of the same user.
+    /// Removes one connection of this node and tells the other nodes to drop the user from their
+    /// route caches. Entries are keyed by the cluster-unique connection id, so this can never
+    /// remove the entry of a newer connection of the same user.
     pub async fn unregister(&self, user: &UserId, conn: &ConnId) -> Result<(), RouteError> {
         let _timer = self.count("unregister");
         let (route, index) = (keys::user_conns(user), keys::node_conns(&self.node));
         let mut w = Writes::new();
         // The route first, its index entry after.
+        let channel = keys::events_channel();
         w.add(&route, Cmd::hdel(&route, conn.as_str()))
             .then()
-            .add(&index, Cmd::hdel(&index, conn.as_str()));
+            .add(&index, Cmd::hdel(&index, conn.as_str()))
+            .add(
+                &channel,
+                Cmd::publish(&channel, RouteEvent::Invalidate(user.clone()).encode()),
+            );
         self.pool.write(w).await
     }
 

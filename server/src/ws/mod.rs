@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use crate::envelope::now_ms;
 use crate::node::NodeState;
 use crate::route::Route;
-use crate::route::events::RouteEvent;
 use crate::route::registry::{Admission, Registration};
 use crate::sessions::SessionHandle;
 
@@ -129,13 +128,6 @@ pub async fn upgrade(
             );
         }
     };
-    if let Err(e) = state
-        .routes
-        .publish(&RouteEvent::Invalidate(principal.user.clone()).encode())
-        .await
-    {
-        tracing::warn!(user = %principal.user, error = %e, "cannot announce a new connection");
-    }
     state.metrics.connections.inc();
     tracing::info!(user = %principal.user, conn_id = %conn, "client connected");
 

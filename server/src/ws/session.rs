@@ -26,7 +26,6 @@ use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
 use crate::node::NodeState;
-use crate::route::events::RouteEvent;
 use crate::sessions::{Control, Outbound};
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, String, Outcome)>>>;
@@ -529,14 +528,6 @@ impl Session {
         if let Err(e) = self.state.routes.unregister(&self.user, &self.conn).await {
             tracing::warn!(user = %self.user, conn_id = %self.conn, error = %e, "cannot remove a route; it will be reconciled");
             self.state.request_reconcile();
-        }
-        if let Err(e) = self
-            .state
-            .routes
-            .publish(&RouteEvent::Invalidate(self.user.clone()).encode())
-            .await
-        {
-            tracing::debug!(user = %self.user, error = %e, "cannot announce a disconnect");
         }
         tracing::info!(user = %self.user, conn_id = %self.conn, "client disconnected");
     }
