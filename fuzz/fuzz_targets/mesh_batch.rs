@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             {
                 assert!(wsroute_server::envelope::is_valid_json(&env.frame()));
             }
-            // Whatever the item, turning it into a message must not panic.
+            // Whatever the item, rebuilding an envelope for an older peer and turning it into a
+            // message must not panic.
+            let _ = wsroute_server::envelope::legacy_item(item.clone());
             let _ = Outgoing::from_item(&mut item);
         }
     }

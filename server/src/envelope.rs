@@ -144,6 +144,45 @@ impl Outgoing {
     }
 }
 
+/// The mesh protocol a node announces in its record (`mesh` in `wsr:n:{node}:info`): "2" reads
+/// pass-through frames. A peer that announces nothing predates them and is sent envelopes.
+pub const MESH_FRAMES: &str = "2";
+
+/// The same item as a node from before frame pass-through reads it: the envelope rebuilt from the
+/// frame. An item that has no frame, or whose frame cannot be read back, is returned as it is.
+pub fn legacy_item(mut item: pb::ForwardItem) -> pb::ForwardItem {
+    #[derive(serde::Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        to: std::borrow::Cow<'a, str>,
+        ts: i64,
+        #[serde(borrow)]
+        body: &'a RawValue,
+    }
+    if item.frame.is_empty() {
+        return item;
+    }
+    let Ok(f) = serde_json::from_slice::<Frame<'_>>(&item.frame) else {
+        return item;
+    };
+    let envelope = pb::Envelope {
+        id: f.id.into_owned(),
+        from: f.from.into_owned(),
+        to: f.to.into_owned(),
+        ts_ms: f.ts,
+        body_json: f.body.get().as_bytes().to_vec(),
+        accepted_us: item.accepted_us,
+    };
+    item.envelope = Some(envelope);
+    item.frame = Default::default();
+    item.id = String::new();
+    item
+}
+
 impl TryFrom<pb::Envelope> for Envelope {
     type Error = EnvelopeError;
 
@@ -276,5 +315,16 @@ mod tests {
             Outgoing::from_item(&mut empty),
             Err(EnvelopeError::Missing)
         ));
+    }
+
+    #[test]
+    fn older_peers_get_the_envelope_back_from_the_frame() {
+        let msg = env().outgoing();
+        let legacy = legacy_item(msg.to_item(vec!["c1".into()]));
+        assert!(legacy.frame.is_empty());
+        assert_eq!(legacy.conn_ids, vec!["c1".to_owned()]);
+        let back = Envelope::try_from(legacy.envelope.expect("an envelope")).expect("valid");
+        assert_eq!(back.frame(), msg.frame);
+        assert_eq!(back.accepted_us, 7_000);
     }
 }

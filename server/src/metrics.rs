@@ -55,6 +55,9 @@ pub struct Inner {
     pub draining: IntGauge,
     /// Always 1, labelled with the node id and version (for dashboards' legends).
     pub node_info: IntGaugeVec,
+    /// Messages received from peers, by form: `frame` (passed through) or `envelope` (an older
+    /// sender, or a peer that did not see this node announce frames).
+    pub mesh_items_received: IntCounterVec,
 }
 
 impl Deref for Metrics {
@@ -192,6 +195,14 @@ impl Metrics {
             &["node", "version"],
         )
         .expect("valid metric");
+        let mesh_items_received = IntCounterVec::new(
+            Opts::new(
+                "wsroute_mesh_items_received_total",
+                "Messages received from peer nodes, by form (frame or envelope)",
+            ),
+            &["form"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
@@ -211,6 +222,7 @@ impl Metrics {
             Box::new(delivery_latency.clone()),
             Box::new(draining.clone()),
             Box::new(node_info.clone()),
+            Box::new(mesh_items_received.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -234,6 +246,7 @@ impl Metrics {
             delivery_latency,
             draining,
             node_info,
+            mesh_items_received,
         }))
     }
 

@@ -226,32 +226,34 @@ impl RedisServer {
     }
 
     async fn hlen(&self, key: &str) -> usize {
+        let mut cmd = redis::cmd("HLEN");
+        cmd.arg(key);
+        self.query(&cmd).await.unwrap_or(0)
+    }
+
+    /// Removes a field of a hash (on a cluster, on the master that holds it); panics on failure.
+    pub async fn hdel(&self, key: &str, field: &str) {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(key).arg(field);
+        let removed: Option<u64> = self.query(&cmd).await;
+        assert_eq!(removed, Some(1), "HDEL {key} {field}");
+    }
+
+    /// Runs one command on the server, or on a cluster through a cluster client; `None` when
+    /// Redis is away or the command failed.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         if self.is_cluster() {
             let seeds: Vec<String> = self
                 .ports
                 .iter()
                 .map(|p| format!("redis://127.0.0.1:{p}"))
                 .collect();
-            let Ok(client) = redis::cluster::ClusterClient::new(seeds) else {
-                return 0;
-            };
-            let Ok(mut c) = client.get_async_connection().await else {
-                return 0;
-            };
-            return redis::cmd("HLEN")
-                .arg(key)
-                .query_async::<usize>(&mut c)
-                .await
-                .unwrap_or(0);
+            let client = redis::cluster::ClusterClient::new(seeds).ok()?;
+            let mut c = client.get_async_connection().await.ok()?;
+            return cmd.query_async(&mut c).await.ok();
         }
-        let Some(mut c) = Self::server_conn(self.port).await else {
-            return 0;
-        };
-        redis::cmd("HLEN")
-            .arg(key)
-            .query_async::<usize>(&mut c)
-            .await
-            .unwrap_or(0)
+        let mut c = Self::server_conn(self.port).await?;
+        cmd.query_async(&mut c).await.ok()
     }
 
     /// `INFO commandstats` as command -> calls, summed over every server (of a cluster: every

@@ -190,3 +190,35 @@ async fn the_broadcast_baseline_delivers_through_every_node() {
     assert_eq!(m["body"], "via everyone");
     assert_eq!(m["from"], "alice");
 }
+
+#[tokio::test]
+async fn a_peer_that_does_not_announce_frames_is_sent_envelopes() {
+    let c = Cluster::start(2).await;
+    // node2 registered as a node from before frame pass-through would be: no `mesh` field.
+    c.redis.hdel("wsr:n:{node2}:info", "mesh").await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+
+    let ack = alice.send_and_ack("bob", json!("to an older node")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    let m = bob.expect_type("message").await;
+    assert_eq!(
+        (m["id"].clone(), m["from"].clone()),
+        (ack["id"].clone(), json!("alice"))
+    );
+    assert_eq!(m["body"], "to an older node");
+    // node1 still announces frames, so node2 sends it frames.
+    let ack = bob.send_and_ack("alice", json!("back")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(alice.expect_type("message").await["id"], ack["id"]);
+
+    let received = |node: usize, form: &str| {
+        let url = c.node(node).http("/metrics");
+        let name = format!("wsroute_mesh_items_received_total{{form=\"{form}\"}}");
+        async move { wsroute_tests::metric(&url, &name).await }
+    };
+    assert_eq!(received(2, "envelope").await, 1.0);
+    assert_eq!(received(2, "frame").await, 0.0);
+    assert_eq!(received(1, "frame").await, 1.0);
+    assert_eq!(received(1, "envelope").await, 0.0);
+}

@@ -56,6 +56,8 @@ struct Peer {
     suspect: Arc<AtomicBool>,
     /// Whether the worker holds an open stream to the peer (shown by `Mesh.Stats`).
     stream_up: Arc<AtomicBool>,
+    /// The peer reads pass-through frames; otherwise it is sent envelopes (an older node).
+    frames: bool,
 }
 
 /// What `Mesh.Stats` says about one peer.
@@ -114,12 +116,17 @@ impl PeerPool {
     /// Queues one message for a peer; the receiver resolves when the peer has answered.
     pub async fn forward(&self, node: &NodeId, item: pb::ForwardItem) -> ForwardReply {
         let (reply, rx) = oneshot::channel();
-        let queue = match self.queue_for(node).await {
+        let (queue, frames) = match self.queue_for(node).await {
             Ok(q) => q,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return rx;
             }
+        };
+        let item = if frames {
+            item
+        } else {
+            crate::envelope::legacy_item(item)
         };
         if let Err(mpsc::error::SendError(job)) = queue.send(Job { item, reply }).await {
             let _ = job.reply.send(Err(MeshError::ShuttingDown));
@@ -127,33 +134,35 @@ impl PeerPool {
         rx
     }
 
-    async fn queue_for(&self, node: &NodeId) -> Result<mpsc::Sender<Job>, MeshError> {
+    async fn queue_for(&self, node: &NodeId) -> Result<(mpsc::Sender<Job>, bool), MeshError> {
         if let Some(peer) = self.peers.get(node)
             && !peer.suspect.load(Ordering::Relaxed)
         {
-            return Ok(peer.queue.clone());
+            return Ok((peer.queue.clone(), peer.frames));
         }
-        let addr = self
+        let (addr, frames) = self
             .routes
-            .node_grpc_addr(node)
+            .node_mesh_endpoint(node)
             .await
             .map_err(|e| MeshError::RouteTable(e.to_string()))?
-            .filter(|a| !a.is_empty())
+            .filter(|(a, _)| !a.is_empty())
             .ok_or_else(|| MeshError::UnknownNode(node.clone()))?;
         let mut entry = self
             .peers
             .entry(node.clone())
-            .or_insert_with(|| self.spawn_peer(node, &addr));
+            .or_insert_with(|| self.spawn_peer(node, &addr, frames));
         if entry.addr != addr {
             tracing::info!(peer = %node, old = %entry.addr, new = %addr, "peer moved; new channel");
-            *entry = self.spawn_peer(node, &addr);
+            *entry = self.spawn_peer(node, &addr, frames);
         } else {
+            // A peer restarted in place may have been upgraded: take what it announces now.
+            entry.frames = frames;
             entry.suspect.store(false, Ordering::Relaxed);
         }
-        Ok(entry.queue.clone())
+        Ok((entry.queue.clone(), entry.frames))
     }
 
-    fn spawn_peer(&self, node: &NodeId, addr: &str) -> Peer {
+    fn spawn_peer(&self, node: &NodeId, addr: &str, frames: bool) -> Peer {
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let suspect = Arc::new(AtomicBool::new(false));
         let stream_up = Arc::new(AtomicBool::new(false));
@@ -176,6 +185,7 @@ impl PeerPool {
             queue,
             suspect,
             stream_up,
+            frames,
         }
     }
 

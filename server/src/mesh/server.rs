@@ -84,6 +84,16 @@ impl MeshService {
         }
         let mut attempts = Vec::with_capacity(batch.items.len());
         for mut item in batch.items {
+            let form = if item.frame.is_empty() {
+                "envelope"
+            } else {
+                "frame"
+            };
+            self.state
+                .metrics
+                .mesh_items_received
+                .with_label_values(&[form])
+                .inc();
             let msg = match Outgoing::from_item(&mut item) {
                 Ok(msg) => msg,
                 Err(e) => {

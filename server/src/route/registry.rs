@@ -136,6 +136,7 @@ impl RouteTable {
                     ("conns", record.connections.to_string()),
                     ("draining", u8::from(record.draining).to_string()),
                     ("max_conns", record.max_connections.to_string()),
+                    ("mesh", crate::envelope::MESH_FRAMES.to_owned()),
                 ],
             ),
         )
@@ -237,6 +238,23 @@ impl RouteTable {
         let _timer = self.count("node_addr");
         let mut c = self.conn().await?;
         Ok(c.hget(keys::node_info(node), "grpc").await?)
+    }
+
+    /// Where to dial a node and whether it reads pass-through frames (it announces
+    /// [`crate::envelope::MESH_FRAMES`]); `None` if it is not registered.
+    pub async fn node_mesh_endpoint(
+        &self,
+        node: &NodeId,
+    ) -> Result<Option<(String, bool)>, RouteError> {
+        let _timer = self.count("node_addr");
+        let mut c = self.conn().await?;
+        let (addr, mesh): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::node_info(node))
+            .arg("grpc")
+            .arg("mesh")
+            .query_async(&mut c)
+            .await?;
+        Ok(addr.map(|a| (a, mesh.as_deref() == Some(crate::envelope::MESH_FRAMES))))
     }
 
     /// Whether a node's lease is still held.
