@@ -71,6 +71,10 @@ fn counter(name: &str, help: &str) -> IntCounter {
     IntCounter::new(name, help).expect("valid metric")
 }
 
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
 fn gauge(name: &str, help: &str) -> IntGauge {
     IntGauge::new(name, help).expect("valid metric")
 }
@@ -105,30 +109,21 @@ impl Metrics {
             "wsroute_connections",
             "Live client WebSocket connections on this node",
         );
-        let messages = IntCounterVec::new(
-            Opts::new(
-                "wsroute_messages_total",
-                "Messages sent through this node, by outcome",
-            ),
+        let messages = counter_vec(
+            "wsroute_messages_total",
+            "Messages sent through this node, by outcome",
             &["outcome"],
-        )
-        .expect("valid metric");
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "wsroute_messages_rejected_total",
-                "Messages rejected by this node, by error code",
-            ),
+        );
+        let rejected = counter_vec(
+            "wsroute_messages_rejected_total",
+            "Messages rejected by this node, by error code",
             &["code"],
-        )
-        .expect("valid metric");
-        let frames_refused = IntCounterVec::new(
-            Opts::new(
-                "wsroute_client_frames_refused_total",
-                "Client frames refused, by error code",
-            ),
+        );
+        let frames_refused = counter_vec(
+            "wsroute_client_frames_refused_total",
+            "Client frames refused, by error code",
             &["code"],
-        )
-        .expect("valid metric");
+        );
         let cache_hits = counter(
             "wsroute_route_cache_hits_total",
             "Recipient lookups answered by the local route cache",
@@ -137,14 +132,11 @@ impl Metrics {
             "wsroute_route_cache_misses_total",
             "Recipient lookups that went to Redis",
         );
-        let redis_ops = IntCounterVec::new(
-            Opts::new(
-                "wsroute_redis_operations_total",
-                "Redis operations issued by this node, by operation",
-            ),
+        let redis_ops = counter_vec(
+            "wsroute_redis_operations_total",
+            "Redis operations issued by this node, by operation",
             &["op"],
-        )
-        .expect("valid metric");
+        );
         let mesh_batch_size = histogram(
             "wsroute_mesh_batch_size",
             "Messages per batch forwarded to a peer node",
@@ -195,14 +187,11 @@ impl Metrics {
             &["node", "version"],
         )
         .expect("valid metric");
-        let mesh_items_received = IntCounterVec::new(
-            Opts::new(
-                "wsroute_mesh_items_received_total",
-                "Messages received from peer nodes, by form (frame or envelope)",
-            ),
+        let mesh_items_received = counter_vec(
+            "wsroute_mesh_items_received_total",
+            "Messages received from peer nodes, by form (frame or envelope)",
             &["form"],
-        )
-        .expect("valid metric");
+        );
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),

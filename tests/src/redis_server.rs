@@ -111,6 +111,14 @@ impl RedisServer {
         self.dir.is_some()
     }
 
+    /// Every server as `{scheme}127.0.0.1:PORT`.
+    fn seeds(&self, scheme: &str) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("{scheme}127.0.0.1:{p}"))
+            .collect()
+    }
+
     async fn spawn(&mut self) {
         self.spawn_server(self.port, &[]).await;
     }
@@ -167,12 +175,7 @@ impl RedisServer {
     /// What `--redis-url` takes: `redis://...`, or `redis+cluster://h1:p1,h2:p2,h3:p3`.
     pub fn url(&self) -> String {
         if self.is_cluster() {
-            let seeds: Vec<String> = self
-                .ports
-                .iter()
-                .map(|p| format!("127.0.0.1:{p}"))
-                .collect();
-            format!("redis+cluster://{}", seeds.join(","))
+            format!("redis+cluster://{}", self.seeds("").join(","))
         } else {
             format!("redis://127.0.0.1:{}", self.port)
         }
@@ -243,12 +246,7 @@ impl RedisServer {
     /// Redis is away or the command failed.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         if self.is_cluster() {
-            let seeds: Vec<String> = self
-                .ports
-                .iter()
-                .map(|p| format!("redis://127.0.0.1:{p}"))
-                .collect();
-            let client = redis::cluster::ClusterClient::new(seeds).ok()?;
+            let client = redis::cluster::ClusterClient::new(self.seeds("redis://")).ok()?;
             let mut c = client.get_async_connection().await.ok()?;
             return cmd.query_async(&mut c).await.ok();
         }

@@ -235,9 +235,7 @@ impl RouteTable {
 
     /// The gRPC address a node advertises, if it is registered.
     pub async fn node_grpc_addr(&self, node: &NodeId) -> Result<Option<String>, RouteError> {
-        let _timer = self.count("node_addr");
-        let mut c = self.conn().await?;
-        Ok(c.hget(keys::node_info(node), "grpc").await?)
+        Ok(self.node_mesh_endpoint(node).await?.map(|(addr, _)| addr))
     }
 
     /// Where to dial a node and whether it reads pass-through frames (it announces
