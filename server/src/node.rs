@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing::Instrument;
 
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_web::{App, web};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsroute_proto::v1::mesh_server::MeshServer;
@@ -423,36 +424,41 @@ impl Node {
                 ),
         );
 
-        // HTTP + WebSocket.
+        // HTTP + WebSocket. actix-web serves the HTTP endpoints; a request that asks to upgrade
+        // is handed over with its socket to `ws::upgrade`, which runs the WebSocket itself
+        // (tungstenite on the raw socket): no HTTP/1 buffers stay allocated per connection.
         let app_state = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .route("/ws", web::get().to(crate::ws::upgrade))
-                .route("/healthz", web::get().to(api::probes::healthz))
-                .route("/readyz", web::get().to(api::probes::readyz))
-                .route("/metrics", web::get().to(api::probes::metrics))
-                .route("/gateway", web::get().to(api::probes::gateway))
-                .route("/v1/users/{user}/messages", web::post().to(api::push::push))
-                .configure(api::page::routes)
-        })
-        .on_connect(|conn, _| {
-            // Frames are small and latency matters: no Nagle delay on client sockets.
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-                && let Err(e) = tcp.set_nodelay(true)
-            {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        })
-        .client_request_timeout(limits.handshake_timeout)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(ws_listener)
-        .map_err(|source| StartError::Bind {
-            addr: ws_addr,
-            source,
-        })?
-        .run();
+        let upgrade_state = state.clone();
+        let handshake_timeout = limits.handshake_timeout;
+        let server = actix_server::Server::build()
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen("wsroute-http", ws_listener, move || {
+                let app = App::new()
+                    .app_data(app_state.clone())
+                    .route("/ws", web::get().to(crate::ws::not_an_upgrade))
+                    .route("/healthz", web::get().to(api::probes::healthz))
+                    .route("/readyz", web::get().to(api::probes::readyz))
+                    .route("/metrics", web::get().to(api::probes::metrics))
+                    .route("/gateway", web::get().to(api::probes::gateway))
+                    .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+                    .configure(api::page::routes);
+                let state = upgrade_state.clone();
+                HttpService::build()
+                    .client_request_timeout(handshake_timeout)
+                    .upgrade(actix_service::fn_service(move |(req, framed)| {
+                        crate::ws::upgrade(state.clone(), req, framed)
+                    }))
+                    .finish(actix_service::map_config(app, |_| {
+                        actix_web::dev::AppConfig::default()
+                    }))
+                    .tcp()
+            })
+            .map_err(|source| StartError::Bind {
+                addr: ws_addr,
+                source,
+            })?
+            .run();
         let http = server.handle();
         actix_web::rt::spawn(server);
 

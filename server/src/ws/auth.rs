@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use actix_web::HttpRequest;
+use actix_http::RequestHead;
 use std::path::PathBuf;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -206,11 +206,15 @@ impl Authenticator {
         UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)
     }
 
-    pub fn authenticate(&self, req: &HttpRequest) -> Result<Principal, AuthError> {
+    /// Who the upgrade request `req` speaks for: a bearer token (header or `?token=`) or, with
+    /// dev auth, `?user=`; plus an optional `?device=`.
+    pub fn authenticate(&self, req: &RequestHead) -> Result<Principal, AuthError> {
         let query: HashMap<String, String> =
-            actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string())
-                .map(|q| q.into_inner())
-                .unwrap_or_default();
+            actix_web::web::Query::<HashMap<String, String>>::from_query(
+                req.uri.query().unwrap_or(""),
+            )
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
         let device = match query.get("device") {
             None => None,
             Some(d) if !d.is_empty() && d.len() <= MAX_DEVICE_BYTES && UserId::parse(d).is_ok() => {
@@ -285,13 +289,13 @@ mod tests {
             .uri("/ws?device=phone")
             .insert_header(("Authorization", format!("Bearer {t}")))
             .to_http_request();
-        let p = a.authenticate(&req).expect("valid");
+        let p = a.authenticate(req.head()).expect("valid");
         assert_eq!(p.user.as_str(), "alice");
         assert_eq!(p.device.as_deref(), Some("phone"));
         let req = TestRequest::get()
             .uri(&format!("/ws?token={t}"))
             .to_http_request();
-        assert!(a.authenticate(&req).is_ok());
+        assert!(a.authenticate(req.head()).is_ok());
     }
 
     #[test]
@@ -307,22 +311,31 @@ mod tests {
             let req = TestRequest::get()
                 .uri(&format!("/ws?token={t}"))
                 .to_http_request();
-            assert!(a.authenticate(&req).is_err(), "accepted {t}");
+            assert!(a.authenticate(req.head()).is_err(), "accepted {t}");
         }
         let req = TestRequest::get().uri("/ws?user=alice").to_http_request();
-        assert!(matches!(a.authenticate(&req), Err(AuthError::Missing)));
+        assert!(matches!(
+            a.authenticate(req.head()),
+            Err(AuthError::Missing)
+        ));
     }
 
     #[test]
     fn dev_auth_takes_user_from_query() {
         let a = Authenticator::new(None, &JwtOptions::default(), true).expect("keys");
         let req = TestRequest::get().uri("/ws?user=bob").to_http_request();
-        assert_eq!(a.authenticate(&req).expect("dev").user.as_str(), "bob");
+        assert_eq!(
+            a.authenticate(req.head()).expect("dev").user.as_str(),
+            "bob"
+        );
         let req = TestRequest::get().uri("/ws?user=b%20b").to_http_request();
-        assert!(a.authenticate(&req).is_err());
+        assert!(a.authenticate(req.head()).is_err());
         let req = TestRequest::get()
             .uri("/ws?user=bob&device=a%20b")
             .to_http_request();
-        assert!(matches!(a.authenticate(&req), Err(AuthError::BadDevice)));
+        assert!(matches!(
+            a.authenticate(req.head()),
+            Err(AuthError::BadDevice)
+        ));
     }
 }

@@ -10,12 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use bytes::Bytes;
 use bytestring::ByteString;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
@@ -30,18 +36,36 @@ use crate::sessions::{Control, Outbound};
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, String, Outcome)>>>;
 
+type Ws = WebSocketStream<TcpStream>;
+
 /// Why the loop ended, and how to close.
 enum End {
-    /// The client closed or the socket is gone: nothing more to write.
+    /// The socket is gone: nothing more to write.
     Gone,
-    Close(CloseReason),
+    /// The client sent a close frame: answer it (tungstenite queued the reply) and stop.
+    ClosedByClient,
+    Close(CloseFrame),
+}
+
+/// Frames written in one batch at most: one write syscall for up to this many queued frames.
+const MAX_BATCH: usize = 64;
+
+/// A message frame fed to the socket and waiting for the flush that decides whether it was
+/// written.
+struct Fed {
+    id: MsgId,
+    frame: ByteString,
+    /// From the inbox, or stored by a sender that stopped waiting: remember it as inbox-sent.
+    as_inbox: bool,
+    accepted_us: i64,
+    written: Option<oneshot::Sender<bool>>,
 }
 
 pub struct Session {
     pub state: Arc<NodeState>,
     pub conn: ConnId,
     pub user: UserId,
-    pub ws: actix_ws::Session,
+    pub ws: Ws,
     /// Cancelled by the session table when this connection's queue overflows.
     pub evict: CancellationToken,
     /// Live messages written and not yet acked by the client, oldest first (bounded by
@@ -58,6 +82,43 @@ pub struct Session {
     pub flood: super::flood::FloodGuard,
     /// Whether messages waited in the inbox when the connection registered.
     pub inbox_waiting: bool,
+    /// Message frames fed since the last flush.
+    fed: Vec<Fed>,
+    /// Whether anything was fed since the last flush.
+    dirty: bool,
+}
+
+impl Session {
+    pub fn new(
+        state: Arc<NodeState>,
+        conn: ConnId,
+        user: UserId,
+        ws: Ws,
+        evict: CancellationToken,
+        inbox_waiting: bool,
+    ) -> Self {
+        let flood = super::flood::FloodGuard::new(state.config.limits.msgs_per_sec);
+        Self {
+            state,
+            conn,
+            user,
+            ws,
+            evict,
+            unacked: VecDeque::new(),
+            inbox_sent: HashSet::new(),
+            recent: VecDeque::new(),
+            flood,
+            inbox_waiting,
+            fed: Vec::new(),
+            dirty: false,
+        }
+    }
+}
+
+/// A text frame from bytes that are known to be UTF-8 (they come from a `String` or a
+/// `ByteString`), without checking them again.
+fn text(bytes: impl Into<Bytes>) -> Message {
+    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
 }
 
 /// How many recently written live message ids a connection remembers (16 bytes each).
@@ -72,15 +133,9 @@ enum WriteError {
 impl Session {
     pub async fn run(
         mut self,
-        stream: actix_ws::MessageStream,
         mut queue: mpsc::Receiver<Outbound>,
         mut control: mpsc::Receiver<Control>,
     ) {
-        let max = self.state.config.max_frame_bytes;
-        let mut stream = stream
-            .max_frame_size(max)
-            .aggregate_continuations()
-            .max_continuation_size(max);
         let heartbeat = self.state.config.limits.client_heartbeat;
         let hello = frame::hello(
             self.conn.as_str(),
@@ -106,18 +161,23 @@ impl Session {
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat / 2, heartbeat / 2);
 
         let end = 'session: {
-            if self.ws.text(hello).await.is_err() {
-                break 'session End::Gone;
-            }
             // Registration saw how many messages wait; an empty inbox is not read (anything
             // stored since then announces itself with an inbox event).
-            if self.inbox_waiting
-                && let Err(e) = self.send_inbox().await
-            {
+            let mut first = self.feed(text(hello)).await;
+            if first.is_ok() && self.inbox_waiting {
+                first = self.send_inbox().await;
+            }
+            let written = match first {
+                Ok(()) => self.flush().await,
+                failed => failed,
+            };
+            if let Err(e) = written {
                 break 'session self.write_failed(e).await;
             }
             loop {
-                tokio::select! {
+                // Each branch only feeds frames; whatever else is ready is fed after it and
+                // the lot goes out in one write, below.
+                let fed = tokio::select! {
                     biased;
                     _ = &mut stopping => {
                         break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
@@ -125,43 +185,32 @@ impl Session {
                     _ = &mut evicted => break 'session self.write_failed(WriteError::Evicted).await,
                     Some(ctl) = control.recv() => match ctl {
                         Control::Reconnect { url, reason: why } => {
-                            let _ = self.ws.text(frame::reconnect(&url, &why)).await;
+                            let _ = self.feed(text(frame::reconnect(&url, &why))).await;
                             break 'session End::Close(reason(close::GOING_AWAY, &why));
                         }
                         Control::Close { code, reason: why } => {
                             break 'session End::Close(reason(code, &why));
                         }
-                        Control::InboxChanged => {
-                            if let Err(e) = self.send_inbox().await {
-                                break 'session self.write_failed(e).await;
-                            }
-                        }
+                        Control::InboxChanged => self.send_inbox().await,
                     },
-                    Some(out) = queue.recv() => {
-                        if let Err(e) = self.write(out).await {
-                            break 'session self.write_failed(e).await;
-                        }
-                    }
+                    Some(out) = queue.recv() => self.feed_message(out).await,
                     Some((reference, id, outcome)) = pending.next(), if !pending.is_empty() => {
-                        let ack = ack_frame(reference.as_deref(), &id, &outcome);
-                        if self.ws.text(ack).await.is_err() {
-                            break 'session End::Gone;
-                        }
+                        self.feed(text(ack_frame(reference.as_deref(), &id, &outcome))).await
                     }
                     permit = admission.clone().acquire_owned(), if parked.is_some() => {
                         if let (Ok(permit), Some((send, to))) = (permit, parked.take()) {
                             self.dispatch(send, to, permit, &mut pending).await;
                         }
+                        Ok(())
                     }
-                    msg = stream.recv(), if parked.is_none() && pending.len() < max_pending => {
+                    msg = self.ws.next(), if parked.is_none() && pending.len() < max_pending => {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
-                            Some(Ok(msg)) => {
-                                if let Some(end) = self.on_message(msg, &mut pending, &mut parked).await {
-                                    break 'session end;
-                                }
-                            }
+                            Some(Ok(msg)) => match self.on_message(msg, &mut pending, &mut parked).await {
+                                Some(end) => break 'session end,
+                                None => Ok(()),
+                            },
                             Some(Err(e)) => break 'session self.on_protocol_error(e).await,
                         }
                     }
@@ -170,10 +219,11 @@ impl Session {
                             tracing::info!(user = %self.user, conn_id = %self.conn, "client silent for two heartbeats; closing");
                             break 'session End::Close(reason(close::GOING_AWAY, "heartbeat timeout"));
                         }
-                        if self.ws.ping(b"").await.is_err() {
-                            break 'session End::Gone;
-                        }
+                        self.feed(Message::Ping(Bytes::new())).await
                     }
+                };
+                if let Err(e) = self.coalesce(fed, &mut queue, &mut pending).await {
+                    break 'session self.write_failed(e).await;
                 }
             }
         };
@@ -181,25 +231,62 @@ impl Session {
         self.leave(end, queue, pending).await;
     }
 
+    /// Feeds whatever else is ready now (queued messages, finished acks, up to [`MAX_BATCH`]
+    /// frames) after what the loop turn fed, and writes it all with one flush.
+    async fn coalesce(
+        &mut self,
+        fed: Result<(), WriteError>,
+        queue: &mut mpsc::Receiver<Outbound>,
+        pending: &mut FuturesUnordered<PendingAck>,
+    ) -> Result<(), WriteError> {
+        let mut result = fed;
+        let mut budget = MAX_BATCH;
+        while result.is_ok() && budget > 0 {
+            match queue.try_recv() {
+                Ok(out) => result = self.feed_message(out).await,
+                Err(_) => break,
+            }
+            budget -= 1;
+        }
+        while result.is_ok() && budget > 0 {
+            match pending.next().now_or_never() {
+                Some(Some((reference, id, outcome))) => {
+                    result = self
+                        .feed(text(ack_frame(reference.as_deref(), &id, &outcome)))
+                        .await;
+                }
+                _ => break,
+            }
+            budget -= 1;
+        }
+        if result.is_ok() && self.dirty {
+            result = self.flush().await;
+        }
+        self.settle(result.is_ok());
+        result
+    }
+
     /// Handles one client message; `Some` ends the session.
     async fn on_message(
         &mut self,
-        msg: AggregatedMessage,
+        msg: Message,
         pending: &mut FuturesUnordered<PendingAck>,
         parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
         let parsed = match msg {
-            AggregatedMessage::Text(text) => frame::parse(&text),
-            AggregatedMessage::Binary(_) => Err(FrameError {
+            Message::Text(text) => frame::parse(text.as_str()),
+            Message::Binary(_) => Err(FrameError {
                 code: FrameErrorCode::BadFrame,
                 message: "binary frames are not accepted; send JSON text frames".into(),
                 reference: None,
             }),
-            AggregatedMessage::Ping(bytes) => {
-                return self.ws.pong(&bytes).await.err().map(|_| End::Gone);
+            // tungstenite queued the pong; it goes out with this turn's flush.
+            Message::Ping(_) => {
+                self.dirty = true;
+                return None;
             }
-            AggregatedMessage::Pong(_) => return None,
-            AggregatedMessage::Close(_) => return Some(End::Close(reason(1000, "bye"))),
+            Message::Pong(_) | Message::Frame(_) => return None,
+            Message::Close(_) => return Some(End::ClosedByClient),
         };
         // Acks answer the server's own traffic and cost nothing; everything else a client
         // starts is counted against its rate.
@@ -227,7 +314,7 @@ impl Session {
                 self.on_ack(&id).await;
                 None
             }
-            Ok(ClientFrame::Ping) => self.ws.text(frame::pong()).await.err().map(|_| End::Gone),
+            Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
             Err(e) => self.refuse(&e).await,
         }
     }
@@ -256,7 +343,7 @@ impl Session {
                     .rejected
                     .with_label_values(&[RejectCode::BadRecipient.as_str()])
                     .inc();
-                return self.ws.text(ack).await.err().map(|_| End::Gone);
+                return self.reply(ack).await;
             }
         };
         match self.state.admission.clone().try_acquire_owned() {
@@ -318,7 +405,7 @@ impl Session {
                 reference: None,
             }),
         };
-        self.ws.text(text).await.err().map(|_| End::Gone)
+        self.reply(text).await
     }
 
     /// The client has a message and it may be forgotten. Live messages are forgotten locally;
@@ -344,12 +431,12 @@ impl Session {
             .with_label_values(&[e.code.as_str()])
             .inc();
         tracing::debug!(user = %self.user, conn_id = %self.conn, code = e.code.as_str(), "refused a frame");
-        self.ws.text(frame::error(e)).await.err().map(|_| End::Gone)
+        self.reply(frame::error(e)).await
     }
 
-    async fn on_protocol_error(&mut self, e: actix_ws::ProtocolError) -> End {
+    async fn on_protocol_error(&mut self, e: WsError) -> End {
         let (code, close_code, message) = match &e {
-            actix_ws::ProtocolError::Overflow => (
+            WsError::Capacity(_) => (
                 FrameErrorCode::TooLarge,
                 close::TOO_BIG,
                 format!(
@@ -357,11 +444,14 @@ impl Session {
                     self.state.config.max_frame_bytes
                 ),
             ),
-            other => (
+            WsError::Utf8(_) => (
                 FrameErrorCode::BadFrame,
                 1007,
-                format!("bad frame: {other}"),
+                "a text frame that is not UTF-8".to_owned(),
             ),
+            WsError::Protocol(p) => (FrameErrorCode::BadFrame, 1002, format!("bad frame: {p}")),
+            // The socket failed or closed: nobody to tell.
+            _ => return End::Gone,
         };
         self.state
             .metrics
@@ -370,27 +460,40 @@ impl Session {
             .inc();
         tracing::info!(user = %self.user, conn_id = %self.conn, error = %e, "closing after a protocol error");
         let _ = self
-            .ws
-            .text(frame::error(&FrameError {
+            .feed(text(frame::error(&FrameError {
                 code,
                 message: message.clone(),
                 reference: None,
-            }))
+            })))
             .await;
         End::Close(reason(close_code, &message))
     }
 
-    /// Writes a frame unless the connection is evicted meanwhile.
-    async fn write_text(&mut self, text: ByteString) -> Result<(), WriteError> {
-        tokio::select! {
-            biased;
-            r = self.ws.text(text) => r.map_err(|_| WriteError::Gone),
-            _ = self.evict.cancelled() => Err(WriteError::Evicted),
+    /// Feeds a reply frame (written with this turn's flush); `Some` ends the session.
+    async fn reply(&mut self, frame: String) -> Option<End> {
+        match self.feed(text(frame)).await {
+            Ok(()) => None,
+            Err(e) => Some(self.write_failed(e).await),
         }
     }
 
-    /// Writes one queued message and tells its sender whether it was written.
-    async fn write(&mut self, out: Outbound) -> Result<(), WriteError> {
+    /// Buffers a frame for the socket (tungstenite writes early only past `WRITE_BUFFER`);
+    /// [`Session::flush`] writes it. Gives up if the connection is evicted meanwhile.
+    async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
+        self.dirty = true;
+        evictable(&self.evict, self.ws.feed(msg)).await
+    }
+
+    /// Writes everything fed so far, unless the connection is evicted meanwhile.
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let r = evictable(&self.evict, self.ws.flush()).await;
+        self.dirty = false;
+        r
+    }
+
+    /// Feeds one queued message; its sender hears whether it was written after the flush
+    /// ([`Session::settle`]).
+    async fn feed_message(&mut self, out: Outbound) -> Result<(), WriteError> {
         let Outbound::Message {
             id,
             frame,
@@ -398,7 +501,9 @@ impl Session {
             accepted_us,
             written,
         } = out;
-        if from_inbox && self.inbox_sent.contains(&id) {
+        if from_inbox
+            && (self.inbox_sent.contains(&id) || self.fed.iter().any(|f| f.as_inbox && f.id == id))
+        {
             if let Some(w) = written {
                 let _ = w.send(true);
             }
@@ -407,22 +512,40 @@ impl Session {
         // A sender that stopped waiting stores the message to the inbox: remember that this
         // connection has it, so that the inbox does not send it here again.
         let sender_gave_up = written.as_ref().is_some_and(|w| w.is_closed());
-        let result = self.write_text(frame.clone()).await;
-        if let Some(w) = written {
-            let _ = w.send(result.is_ok());
-        }
-        result?;
-        self.state.metrics.observe_delivery(accepted_us);
-        if from_inbox || sender_gave_up {
-            self.inbox_sent.insert(id);
-        } else {
-            if self.recent.len() >= RECENT_IDS {
-                self.recent.pop_front();
+        let result = self.feed(text(frame.clone().into_bytes())).await;
+        self.fed.push(Fed {
+            id,
+            frame,
+            as_inbox: from_inbox || sender_gave_up,
+            accepted_us,
+            written,
+        });
+        result
+    }
+
+    /// After a flush: tells each fed message's sender whether it was written, and remembers
+    /// the written ones (recent ids, unacked frames, inbox ids).
+    fn settle(&mut self, written: bool) {
+        let mut fed = std::mem::take(&mut self.fed);
+        for f in fed.drain(..) {
+            if let Some(w) = f.written {
+                let _ = w.send(written);
             }
-            self.recent.push_back(id.clone());
-            self.remember_unacked(id, frame);
+            if !written {
+                continue;
+            }
+            self.state.metrics.observe_delivery(f.accepted_us);
+            if f.as_inbox {
+                self.inbox_sent.insert(f.id);
+            } else {
+                if self.recent.len() >= RECENT_IDS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(f.id.clone());
+                self.remember_unacked(f.id, f.frame);
+            }
         }
-        Ok(())
+        self.fed = fed;
     }
 
     fn remember_unacked(&mut self, id: MsgId, frame: ByteString) {
@@ -443,7 +566,7 @@ impl Session {
                 return Ok(());
             }
         };
-        for (id, text) in messages {
+        for (id, frame_text) in messages {
             if self.inbox_sent.contains(&id) {
                 continue;
             }
@@ -457,7 +580,7 @@ impl Session {
                 self.inbox_sent.insert(id);
                 continue;
             }
-            self.write_text(ByteString::from(text)).await?;
+            self.feed(text(frame_text)).await?;
             self.state.metrics.inbox_replayed.inc();
             self.inbox_sent.insert(id);
         }
@@ -476,7 +599,8 @@ impl Session {
                     message: "you are not reading fast enough; reconnect to get the rest".into(),
                     reference: None,
                 });
-                let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.text(err)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), self.ws.send(text(err))).await;
                 End::Close(reason(close::TRY_AGAIN_LATER, "slow consumer"))
             }
         }
@@ -491,30 +615,34 @@ impl Session {
         mut queue: mpsc::Receiver<Outbound>,
         mut pending: FuturesUnordered<PendingAck>,
     ) {
+        self.settle(false);
         self.state.sessions.remove(&self.conn);
         queue.close();
         // Unwritten messages: their senders learn "not written" and re-route or store them.
         while let Ok(out) = queue.try_recv() {
             drop(out);
         }
-        if let End::Close(r) = &end {
-            // Acks still owed: the client is still there to read them if we close politely.
-            while let Ok(Some((reference, id, outcome))) =
-                tokio::time::timeout(Duration::from_secs(2), pending.next()).await
-            {
-                let ack = ack_frame(reference.as_deref(), &id, &outcome);
-                if tokio::time::timeout(Duration::from_millis(500), self.ws.text(ack))
-                    .await
-                    .map_or(true, |r| r.is_err())
+        match end {
+            End::Close(frame) => {
+                // Acks still owed: the client is still there to read them if we close politely.
+                while let Ok(Some((reference, id, outcome))) =
+                    tokio::time::timeout(Duration::from_secs(2), pending.next()).await
                 {
-                    break;
+                    let ack = ack_frame(reference.as_deref(), &id, &outcome);
+                    if tokio::time::timeout(Duration::from_millis(500), self.ws.send(text(ack)))
+                        .await
+                        .map_or(true, |r| r.is_err())
+                    {
+                        break;
+                    }
                 }
+                self.close(frame).await;
             }
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                self.ws.clone().close(Some(r.clone())),
-            )
-            .await;
+            // The reply to the client's close frame is queued: write it.
+            End::ClosedByClient => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
+            }
+            End::Gone => {}
         }
         // Sends whose ack can no longer be written still finish (a failed delivery must still
         // reach the inbox), in the background.
@@ -530,6 +658,19 @@ impl Session {
             self.state.request_reconcile();
         }
         tracing::info!(user = %self.user, conn_id = %self.conn, "client disconnected");
+    }
+
+    /// Sends the close frame and waits (briefly) for the client's answer, reading and dropping
+    /// whatever it still sends: closing a socket with unread data would reset it, and the client
+    /// could lose the frames just written, the close frame included.
+    async fn close(&mut self, frame: CloseFrame) {
+        let closing = async {
+            if self.ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = self.ws.next().await {}
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
 
     /// Messages written here but never acked may not have reached the client: keep them.
@@ -554,15 +695,32 @@ impl Session {
     }
 }
 
-fn reason(code: u16, description: &str) -> CloseReason {
+fn reason(code: u16, description: &str) -> CloseFrame {
     // A close reason must fit a control frame (123 bytes).
     let mut d = description.to_owned();
     while d.len() > 120 {
         d.pop();
     }
-    CloseReason {
+    CloseFrame {
         code: CloseCode::from(code),
-        description: Some(d),
+        reason: d.into(),
+    }
+}
+
+/// Runs a socket write unless the connection is evicted first. The write usually completes at
+/// once; only one that waits on a full socket also watches the eviction token.
+async fn evictable<F>(evict: &CancellationToken, write: F) -> Result<(), WriteError>
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    tokio::pin!(write);
+    if let Some(r) = (&mut write).now_or_never() {
+        return r.map_err(|_| WriteError::Gone);
+    }
+    tokio::select! {
+        biased;
+        r = write => r.map_err(|_| WriteError::Gone),
+        _ = evict.cancelled() => Err(WriteError::Evicted),
     }
 }
 
