@@ -70,15 +70,20 @@ def main(path):
             per_k = (hi[0] - lo[0]) * 1000.0 / (hi[1] - lo[1]) * 1000.0
             print(f"| {nodes} | {fanout} | {fmt(lo[0], 2)} | {fmt(hi[0], 2)} | {fmt(per_k, 1)} |")
 
-    conns = [r["result"] for r in rows if r["group"] == "connections"]
+    # One row per label: a file with two builds (LABEL=...) shows each build on its own row.
+    conns = defaultdict(list)
+    for r in rows:
+        if r["group"] == "connections":
+            conns[r["label"]].append(r["result"])
     if conns:
         print()
-        print("| idle connections | runs | opened (median) | connect rate /s | node RSS bytes per connection |")
-        print("|---|---|---|---|---|")
-        print(f"| {conns[0].get('requested')} | {len(conns)} "
-              f"| {fmt(med([c.get('connections') for c in conns]))} "
-              f"| {fmt(med([c.get('connect', {}).get('per_second') for c in conns]))} "
-              f"| {fmt(med([c.get('rss_per_connection_bytes') for c in conns]))} |")
+        print("| label | idle connections | runs | opened (median) | connect rate /s | node RSS bytes per connection |")
+        print("|---|---|---|---|---|---|")
+        for label, cs in conns.items():
+            print(f"| {label} | {cs[0].get('requested')} | {len(cs)} "
+                  f"| {fmt(med([c.get('connections') for c in cs]))} "
+                  f"| {fmt(med([c.get('connect', {}).get('per_second') for c in cs]))} "
+                  f"| {fmt(med([c.get('rss_per_connection_bytes') for c in cs]))} |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 //! The local session table: the connections this node holds, by connection id and by user, each
 //! with a bounded outbound queue that its session task drains into the socket.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytestring::ByteString;
 use dashmap::DashMap;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{ConnId, MsgId, UserId};
@@ -43,14 +44,132 @@ pub struct SessionHandle {
     pub user: UserId,
     pub device: Option<Arc<str>>,
     pub connected_at_ms: i64,
-    /// Bounded (`Limits::session_queue`); when full the client is a slow consumer and
-    /// [`Sessions::deliver`] says so instead of waiting.
-    pub queue: mpsc::Sender<Outbound>,
-    /// Small and bounded; a full control queue means an instruction is already pending.
-    pub control: mpsc::Sender<Control>,
+    /// What waits for the session task: message frames (bounded by `Limits::session_queue`;
+    /// when full the client is a slow consumer and [`Sessions::deliver`] says so instead of
+    /// waiting) and control instructions.
+    pub mailbox: Arc<Mailbox>,
     /// Cancelled when the connection's queue overflows: the session stops whatever write it is
     /// blocked in and closes with 1013, so that one slow reader cannot hold memory or senders.
     pub evict: CancellationToken,
+}
+
+/// Control instructions that may wait for one session; more means one is already pending.
+const CONTROL_MAX: usize = 4;
+/// A drained queue that grew past this many slots gives its memory back.
+const SHRINK_ABOVE: usize = 64;
+
+/// One session's mailbox: its queued message frames (bounded) and control instructions, behind
+/// one short lock, and a wake-up for the session task. Nothing is allocated until something is
+/// queued, and a queue that a burst grew gives its memory back once drained: an idle connection
+/// costs no queue memory. (A pair of tokio mpsc channels allocated ~4 KiB per connection up
+/// front, a block of 32 slots each.)
+#[derive(Debug)]
+pub struct Mailbox {
+    slots: Mutex<Slots>,
+    ready: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    messages: VecDeque<Outbound>,
+    control: VecDeque<Control>,
+    closed: bool,
+}
+
+/// What a session takes from its mailbox: instructions first.
+#[derive(Debug)]
+pub enum Mail {
+    Control(Control),
+    Message(Outbound),
+}
+
+impl Mailbox {
+    /// A mailbox that holds at most `capacity` message frames.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: Mutex::new(Slots::default()),
+            ready: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        // Nothing panics while holding the lock; if something did, the queues are still whole.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a message frame without waiting.
+    fn push(&self, item: Outbound) -> Result<(), DeliverError> {
+        {
+            let mut slots = self.slots();
+            if slots.closed {
+                return Err(DeliverError::Gone);
+            }
+            if slots.messages.len() >= self.capacity {
+                return Err(DeliverError::Full);
+            }
+            slots.messages.push_back(item);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues an instruction; false if the session is gone or already has enough pending.
+    fn control(&self, msg: Control) -> bool {
+        {
+            let mut slots = self.slots();
+            if slots.closed || slots.control.len() >= CONTROL_MAX {
+                return false;
+            }
+            slots.control.push_back(msg);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Waits for the next instruction or message frame. Cancel-safe: nothing is taken unless
+    /// it is returned.
+    pub async fn recv(&self) -> Mail {
+        loop {
+            if let Some(mail) = self.try_recv() {
+                return mail;
+            }
+            // A wake-up sent after the check above is kept as a permit, so none is missed.
+            self.ready.notified().await;
+        }
+    }
+
+    fn try_recv(&self) -> Option<Mail> {
+        let mut slots = self.slots();
+        if let Some(c) = slots.control.pop_front() {
+            return Some(Mail::Control(c));
+        }
+        let m = slots.messages.pop_front()?;
+        if slots.messages.is_empty() && slots.messages.capacity() > SHRINK_ABOVE {
+            slots.messages = VecDeque::new();
+        }
+        Some(Mail::Message(m))
+    }
+
+    /// The next queued message frame, if one is there now.
+    pub fn try_message(&self) -> Option<Outbound> {
+        let mut slots = self.slots();
+        let m = slots.messages.pop_front()?;
+        if slots.messages.is_empty() && slots.messages.capacity() > SHRINK_ABOVE {
+            slots.messages = VecDeque::new();
+        }
+        Some(m)
+    }
+
+    /// Refuses everything from now on and hands back what was queued (dropping a message's
+    /// `written` tells its sender "not written").
+    pub fn close(&self) -> VecDeque<Outbound> {
+        let mut slots = self.slots();
+        slots.closed = true;
+        slots.control.clear();
+        std::mem::take(&mut slots.messages)
+    }
 }
 
 /// Why a frame could not be handed to a connection.
@@ -132,26 +251,22 @@ impl Sessions {
 
     /// Queues a frame for one connection without waiting.
     pub fn deliver(&self, conn: &ConnId, item: Outbound) -> Result<(), DeliverError> {
-        // try_send never waits, so holding the shard's read guard across it is fine.
+        // push never waits, so holding the shard's read guard across it is fine.
         let Some(handle) = self.by_conn.get(conn) else {
             return Err(DeliverError::Gone);
         };
-        handle.queue.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                if !handle.evict.is_cancelled() {
-                    tracing::warn!(user = %handle.user, conn_id = %conn, "slow consumer: queue full; closing the connection");
-                    handle.evict.cancel();
-                }
-                DeliverError::Full
+        handle.mailbox.push(item).inspect_err(|e| {
+            if *e == DeliverError::Full && !handle.evict.is_cancelled() {
+                tracing::warn!(user = %handle.user, conn_id = %conn, "slow consumer: queue full; closing the connection");
+                handle.evict.cancel();
             }
-            mpsc::error::TrySendError::Closed(_) => DeliverError::Gone,
         })
     }
 
     /// Sends an instruction to one connection; false if it is gone or already has one pending.
     pub fn control(&self, conn: &ConnId, msg: Control) -> bool {
         match self.by_conn.get(conn) {
-            Some(h) => h.control.try_send(msg).is_ok(),
+            Some(h) => h.mailbox.control(msg),
             None => false,
         }
     }
@@ -177,19 +292,17 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn handle(user: &str, cap: usize) -> (SessionHandle, mpsc::Receiver<Outbound>) {
-        let (queue, rx) = mpsc::channel(cap);
-        let (control, _) = mpsc::channel(1);
+    fn handle(user: &str, cap: usize) -> (SessionHandle, Arc<Mailbox>) {
+        let mailbox = Arc::new(Mailbox::new(cap));
         (
             SessionHandle {
                 user: UserId::parse(user).expect("valid"),
                 device: None,
                 connected_at_ms: 0,
-                queue,
-                control,
+                mailbox: mailbox.clone(),
                 evict: CancellationToken::new(),
             },
-            rx,
+            mailbox,
         )
     }
 
@@ -223,5 +336,43 @@ mod tests {
         s.remove(&c2);
         assert!(s.conns_of(&bob).is_empty());
         assert!(s.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_gives_instructions_first_and_refuses_everything_once_closed() {
+        let m = Mailbox::new(2);
+        assert_eq!(m.push(msg()), Ok(()));
+        assert!(m.control(Control::InboxChanged));
+        assert_eq!(m.push(msg()), Ok(()));
+        assert_eq!(m.push(msg()), Err(DeliverError::Full));
+        assert!(matches!(
+            m.recv().await,
+            Mail::Control(Control::InboxChanged)
+        ));
+        assert!(matches!(m.recv().await, Mail::Message(_)));
+        assert!(m.try_message().is_some());
+        assert!(m.try_message().is_none());
+        // A wake-up sent before anyone waits is not lost.
+        assert_eq!(m.push(msg()), Ok(()));
+        assert!(matches!(m.recv().await, Mail::Message(_)));
+        for _ in 0..CONTROL_MAX {
+            assert!(m.control(Control::InboxChanged));
+        }
+        assert!(!m.control(Control::InboxChanged), "bounded");
+        assert_eq!(m.push(msg()), Ok(()));
+        let (tx, rx) = oneshot::channel();
+        let mut written = msg();
+        let Outbound::Message { written: w, .. } = &mut written;
+        *w = Some(tx);
+        assert_eq!(m.push(written), Ok(()));
+        let left = m.close();
+        assert_eq!(left.len(), 2);
+        drop(left);
+        assert!(
+            rx.await.is_err(),
+            "a frame dropped unsent tells its sender it was not written"
+        );
+        assert_eq!(m.push(msg()), Err(DeliverError::Gone));
+        assert!(!m.control(Control::InboxChanged));
     }
 }

@@ -222,3 +222,84 @@ async fn a_handshake_that_never_finishes_is_dropped() {
     );
     assert_eq!(c.redis.routes_of_user("slowloris").await, 0);
 }
+
+/// Reads what the node writes on a raw socket until `want` appears in it or the node closes.
+async fn read_until(tcp: &mut tokio::net::TcpStream, want: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(wsroute_tests::patience(), async {
+        while !String::from_utf8_lossy(&got).contains(want) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn requests_that_are_not_a_websocket_handshake_get_a_clear_http_error() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(1).await;
+    let n = c.node(1);
+
+    // A browser tab or curl on /ws: no upgrade asked for.
+    let r = reqwest::get(n.http("/ws?user=tab")).await.expect("GET /ws");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "bad_request", "{body}");
+
+    // An upgrade asked of another path, and a handshake with a version this server lacks.
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    for (path, version, status, error) in [
+        ("/metrics", "13", "404", "not_found"),
+        ("/ws?user=old", "8", "400", "bad_request"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.ws_port))
+            .await
+            .expect("tcp connects");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let reply = read_until(&mut tcp, "}").await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {reply}"
+        );
+        assert!(reply.contains(&format!(r#""error":"{error}""#)), "{reply}");
+    }
+    assert_eq!(c.redis.routes_of_user("old").await, 0);
+}
+
+#[tokio::test]
+async fn a_frame_sent_right_behind_the_handshake_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(1).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(1).ws_port))
+        .await
+        .expect("tcp connects");
+    // The handshake and a masked `ping` frame (mask key 0) in one write, before the 101.
+    let mut bytes = b"GET /ws?user=eager HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let payload = br#"{"type":"ping"}"#;
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0]);
+    bytes.extend_from_slice(payload);
+    tcp.write_all(&bytes).await.expect("write");
+    let got = read_until(&mut tcp, r#""type":"pong""#).await;
+    assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{got}"
+    );
+    assert!(got.contains(r#""type":"hello""#), "{got}");
+    assert!(got.contains(r#""type":"pong""#), "{got}");
+}

@@ -31,13 +31,16 @@ async fn a_silent_client_is_closed_and_its_route_removed() {
     let mut alive = Client::connect(&c.node(1).ws_user("alive")).await;
     let silent_since = std::time::Instant::now();
     let deadline = silent_since + wsroute_tests::patience();
+    // Polled every 50 ms: often enough to keep `alive` alive (heartbeat 300 ms), rarely enough
+    // to stay far under the flood limit (a ping's round trip alone is well under 1 ms).
+    let mut every = tokio::time::interval(Duration::from_millis(50));
     while routes_of_user(&c, "ghost").await != 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the silent client was never closed"
         );
+        every.tick().await;
         alive.send_json(json!({"type":"ping"})).await;
-        // The ping's round trip paces this loop.
         alive.expect_type("pong").await;
     }
     let took = silent_since.elapsed();

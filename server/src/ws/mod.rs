@@ -18,7 +18,6 @@ use actix_http::{HttpMessage, Request, StatusCode, h1};
 use actix_web::HttpResponse;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -26,11 +25,7 @@ use crate::envelope::now_ms;
 use crate::node::NodeState;
 use crate::route::Route;
 use crate::route::registry::{Admission, Registration};
-use crate::sessions::SessionHandle;
-
-/// Instructions waiting for one session (drain, close, inbox changed): one is plenty, since a
-/// session acts on each before reading the next.
-const CONTROL_QUEUE: usize = 4;
+use crate::sessions::{Mailbox, SessionHandle};
 
 /// Bytes read from a client socket per read. Client frames are small; a connection that sends
 /// a bigger frame grows its buffer for that frame. Eagerly allocated, so it is most of an idle
@@ -130,8 +125,7 @@ struct Admitted {
     user: crate::ids::UserId,
     evict: tokio_util::sync::CancellationToken,
     inbox_waiting: bool,
-    queue_rx: mpsc::Receiver<crate::sessions::Outbound>,
-    control_rx: mpsc::Receiver<crate::sessions::Control>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Admitted {
@@ -145,7 +139,7 @@ impl Admitted {
             self.evict,
             self.inbox_waiting,
         )
-        .run(self.queue_rx, self.control_rx)
+        .run(self.mailbox)
         .instrument(self.span);
         actix_web::rt::spawn(tracker.track_future(task));
     }
@@ -238,8 +232,7 @@ async fn accept(state: &Arc<NodeState>, req: &Request) -> Result<(String, Admitt
 
     let conn = state.ids.conn();
     let limits = &state.config.limits;
-    let (queue, queue_rx) = mpsc::channel(limits.session_queue);
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let mailbox = Arc::new(Mailbox::new(limits.session_queue));
     let device: Option<Arc<str>> = principal.device.as_deref().map(Arc::from);
     let evict = tokio_util::sync::CancellationToken::new();
     let connected_at_ms = now_ms();
@@ -249,8 +242,7 @@ async fn accept(state: &Arc<NodeState>, req: &Request) -> Result<(String, Admitt
             user: principal.user.clone(),
             device: device.clone(),
             connected_at_ms,
-            queue,
-            control,
+            mailbox: mailbox.clone(),
             evict: evict.clone(),
         },
     );
@@ -305,8 +297,7 @@ async fn accept(state: &Arc<NodeState>, req: &Request) -> Result<(String, Admitt
             user: principal.user,
             evict,
             inbox_waiting,
-            queue_rx,
-            control_rx,
+            mailbox,
         },
     ))
 }

@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,7 +32,7 @@ use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
 use crate::node::NodeState;
-use crate::sessions::{Control, Outbound};
+use crate::sessions::{Control, Mail, Mailbox, Outbound};
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, String, Outcome)>>>;
 
@@ -131,11 +131,7 @@ enum WriteError {
 }
 
 impl Session {
-    pub async fn run(
-        mut self,
-        mut queue: mpsc::Receiver<Outbound>,
-        mut control: mpsc::Receiver<Control>,
-    ) {
+    pub async fn run(mut self, mailbox: Arc<Mailbox>) {
         let heartbeat = self.state.config.limits.client_heartbeat;
         let hello = frame::hello(
             self.conn.as_str(),
@@ -165,14 +161,14 @@ impl Session {
             // stored since then announces itself with an inbox event).
             let mut first = self.feed(text(hello)).await;
             if first.is_ok() && self.inbox_waiting {
-                first = self.send_inbox().await;
+                first = Box::pin(self.send_inbox()).await;
             }
             let written = match first {
                 Ok(()) => self.flush().await,
                 failed => failed,
             };
             if let Err(e) = written {
-                break 'session self.write_failed(e).await;
+                break 'session Box::pin(self.write_failed(e)).await;
             }
             loop {
                 // Each branch only feeds frames; whatever else is ready is fed after it and
@@ -182,24 +178,24 @@ impl Session {
                     _ = &mut stopping => {
                         break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
                     }
-                    _ = &mut evicted => break 'session self.write_failed(WriteError::Evicted).await,
-                    Some(ctl) = control.recv() => match ctl {
-                        Control::Reconnect { url, reason: why } => {
+                    _ = &mut evicted => break 'session Box::pin(self.write_failed(WriteError::Evicted)).await,
+                    mail = mailbox.recv() => match mail {
+                        Mail::Control(Control::Reconnect { url, reason: why }) => {
                             let _ = self.feed(text(frame::reconnect(&url, &why))).await;
                             break 'session End::Close(reason(close::GOING_AWAY, &why));
                         }
-                        Control::Close { code, reason: why } => {
+                        Mail::Control(Control::Close { code, reason: why }) => {
                             break 'session End::Close(reason(code, &why));
                         }
-                        Control::InboxChanged => self.send_inbox().await,
+                        Mail::Control(Control::InboxChanged) => Box::pin(self.send_inbox()).await,
+                        Mail::Message(out) => self.feed_message(out).await,
                     },
-                    Some(out) = queue.recv() => self.feed_message(out).await,
                     Some((reference, id, outcome)) = pending.next(), if !pending.is_empty() => {
                         self.feed(text(ack_frame(reference.as_deref(), &id, &outcome))).await
                     }
                     permit = admission.clone().acquire_owned(), if parked.is_some() => {
                         if let (Ok(permit), Some((send, to))) = (permit, parked.take()) {
-                            self.dispatch(send, to, permit, &mut pending).await;
+                            Box::pin(self.dispatch(send, to, permit, &mut pending)).await;
                         }
                         Ok(())
                     }
@@ -207,11 +203,11 @@ impl Session {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
-                            Some(Ok(msg)) => match self.on_message(msg, &mut pending, &mut parked).await {
+                            Some(Ok(msg)) => match Box::pin(self.on_message(msg, &mut pending, &mut parked)).await {
                                 Some(end) => break 'session end,
                                 None => Ok(()),
                             },
-                            Some(Err(e)) => break 'session self.on_protocol_error(e).await,
+                            Some(Err(e)) => break 'session Box::pin(self.on_protocol_error(e)).await,
                         }
                     }
                     _ = ticker.tick() => {
@@ -222,13 +218,13 @@ impl Session {
                         self.feed(Message::Ping(Bytes::new())).await
                     }
                 };
-                if let Err(e) = self.coalesce(fed, &mut queue, &mut pending).await {
-                    break 'session self.write_failed(e).await;
+                if let Err(e) = self.coalesce(fed, &mailbox, &mut pending).await {
+                    break 'session Box::pin(self.write_failed(e)).await;
                 }
             }
         };
 
-        self.leave(end, queue, pending).await;
+        Box::pin(self.leave(end, &mailbox, pending)).await;
     }
 
     /// Feeds whatever else is ready now (queued messages, finished acks, up to [`MAX_BATCH`]
@@ -236,15 +232,15 @@ impl Session {
     async fn coalesce(
         &mut self,
         fed: Result<(), WriteError>,
-        queue: &mut mpsc::Receiver<Outbound>,
+        mailbox: &Mailbox,
         pending: &mut FuturesUnordered<PendingAck>,
     ) -> Result<(), WriteError> {
         let mut result = fed;
         let mut budget = MAX_BATCH;
         while result.is_ok() && budget > 0 {
-            match queue.try_recv() {
-                Ok(out) => result = self.feed_message(out).await,
-                Err(_) => break,
+            match mailbox.try_message() {
+                Some(out) => result = self.feed_message(out).await,
+                None => break,
             }
             budget -= 1;
         }
@@ -612,16 +608,13 @@ impl Session {
     async fn leave(
         mut self,
         end: End,
-        mut queue: mpsc::Receiver<Outbound>,
+        mailbox: &Mailbox,
         mut pending: FuturesUnordered<PendingAck>,
     ) {
         self.settle(false);
         self.state.sessions.remove(&self.conn);
-        queue.close();
         // Unwritten messages: their senders learn "not written" and re-route or store them.
-        while let Ok(out) = queue.try_recv() {
-            drop(out);
-        }
+        drop(mailbox.close());
         match end {
             End::Close(frame) => {
                 // Acks still owed: the client is still there to read them if we close politely.
