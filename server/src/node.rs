@@ -430,7 +430,11 @@ impl Node {
         let app_state = web::Data::new(state.clone());
         let upgrade_state = state.clone();
         let handshake_timeout = limits.handshake_timeout;
-        let server = actix_server::Server::build()
+        let builder = actix_server::Server::build();
+        // When the server stops, idle keep-alive connections are closed at once instead of
+        // holding the stop up to its timeout (what actix-web's HttpServer wires the same way).
+        let stopping = builder.graceful_shutdown_signal();
+        let server = builder
             .disable_signals()
             .shutdown_timeout(5)
             .listen("wsroute-http", ws_listener, move || {
@@ -444,8 +448,14 @@ impl Node {
                     .route("/v1/users/{user}/messages", web::post().to(api::push::push))
                     .configure(api::page::routes);
                 let state = upgrade_state.clone();
+                let stopping = stopping.clone();
                 HttpService::build()
                     .client_request_timeout(handshake_timeout)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .graceful_shutdown_signal(move || {
+                        let stopping = stopping.clone();
+                        async move { stopping.notified().await }
+                    })
                     .upgrade(actix_service::fn_service(move |(req, framed)| {
                         crate::ws::upgrade(state.clone(), req, framed)
                     }))
