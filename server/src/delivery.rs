@@ -2,7 +2,6 @@
 //! local ones, forward the rest to exactly the nodes that hold them, repair a stale route once,
 //! and fall back to the inbox. The sender always gets an honest [`Outcome`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,7 +174,7 @@ impl Delivery {
     /// concurrently.
     pub async fn dispatch(&self, env: Envelope) -> InFlight {
         if let Some(b) = &self.broadcast {
-            let outcome = match b.publish(&env).await {
+            let outcome = match Box::pin(b.publish(&env)).await {
                 Ok(nodes) => Outcome::Delivered { devices: nodes },
                 Err(e) => Outcome::rejected(RejectCode::Unavailable, e.to_string()),
             };
@@ -184,7 +183,14 @@ impl Delivery {
                 state: State::Decided(outcome),
             };
         }
-        let routes = match self.resolve(&env.to).await {
+        // A cache hit is synchronous; only a miss (rare in steady state) waits on Redis, in a
+        // boxed future so that every send's future stays small.
+        let cached = self.cache.get(&env.to);
+        let resolved = match cached {
+            Some(r) => Ok(r),
+            None => Box::pin(self.resolve(&env.to)).await,
+        };
+        let routes = match resolved {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "cannot resolve recipient");
@@ -315,12 +321,17 @@ impl Delivery {
 
     async fn hand_out(&self, env: &Envelope, routes: &[Route]) -> Attempt {
         let mut local = Vec::new();
-        let mut remote: HashMap<&NodeId, Vec<String>> = HashMap::new();
+        // A user is on one or a few nodes: a short list beats a hash map (and its allocation).
+        let mut remote: Vec<(&NodeId, Vec<String>)> = Vec::new();
         for r in routes {
             if r.node == self.node {
                 local.push(r.conn.clone());
             } else {
-                remote.entry(&r.node).or_default().push(r.conn.to_string());
+                let conn = r.conn.to_string();
+                match remote.iter_mut().find(|(n, _)| **n == r.node) {
+                    Some((_, conns)) => conns.push(conn),
+                    None => remote.push((&r.node, vec![conn])),
+                }
             }
         }
         // Encoded once, for local connections and every peer alike.

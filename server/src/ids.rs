@@ -97,17 +97,30 @@ impl IdGen {
         }
     }
 
-    fn next_hex(&self, tag: &str) -> String {
+    /// `tag`, the prefix (16 hex digits) and the counter (hex), built on the stack so that the
+    /// id costs one allocation (its `Arc<str>`): one id per message.
+    fn next_hex(&self, tag: u8) -> Arc<str> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{tag}{:016x}{n:x}", self.prefix)
+        let mut buf = [0u8; 33];
+        buf[0] = tag;
+        for i in 0..16 {
+            buf[1 + i] = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        let text = std::str::from_utf8(&buf[..17 + digits]).expect("hex digits are ASCII");
+        Arc::from(text)
     }
 
     pub fn msg(&self) -> MsgId {
-        MsgId(Arc::from(self.next_hex("m")))
+        MsgId(self.next_hex(b'm'))
     }
 
     pub fn conn(&self) -> ConnId {
-        ConnId(Arc::from(self.next_hex("c")))
+        ConnId(self.next_hex(b'c'))
     }
 }
 
@@ -120,6 +133,22 @@ impl Default for IdGen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_are_tag_prefix_and_counter_in_hex() {
+        let g = IdGen {
+            prefix: 0x0123_4567_89ab_cdef,
+            next: AtomicU64::new(1),
+        };
+        assert_eq!(g.msg().as_str(), "m0123456789abcdef1");
+        assert_eq!(g.conn().as_str(), "c0123456789abcdef2");
+        g.next.store(0xfff, Ordering::Relaxed);
+        assert_eq!(g.msg().as_str(), "m0123456789abcdeffff");
+        g.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(g.msg().as_str(), "m0123456789abcdefffffffffffffffff");
+        let parsed = MsgId::parse(g.msg().as_str());
+        assert!(parsed.is_ok(), "a generated id parses: {parsed:?}");
+    }
 
     #[test]
     fn user_id_rules() {

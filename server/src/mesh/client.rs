@@ -116,7 +116,14 @@ impl PeerPool {
     /// Queues one message for a peer; the receiver resolves when the peer has answered.
     pub async fn forward(&self, node: &NodeId, item: pb::ForwardItem) -> ForwardReply {
         let (reply, rx) = oneshot::channel();
-        let (queue, frames) = match self.queue_for(node).await {
+        // The known peer is found without waiting; only a new or suspect one reads Redis, in a
+        // boxed future so that every send's future stays small.
+        let known = self.known_queue(node);
+        let found = match known {
+            Some(q) => Ok(q),
+            None => Box::pin(self.queue_for(node)).await,
+        };
+        let (queue, frames) = match found {
             Ok(q) => q,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -134,11 +141,14 @@ impl PeerPool {
         rx
     }
 
+    fn known_queue(&self, node: &NodeId) -> Option<(mpsc::Sender<Job>, bool)> {
+        let peer = self.peers.get(node)?;
+        (!peer.suspect.load(Ordering::Relaxed)).then(|| (peer.queue.clone(), peer.frames))
+    }
+
     async fn queue_for(&self, node: &NodeId) -> Result<(mpsc::Sender<Job>, bool), MeshError> {
-        if let Some(peer) = self.peers.get(node)
-            && !peer.suspect.load(Ordering::Relaxed)
-        {
-            return Ok((peer.queue.clone(), peer.frames));
+        if let Some(known) = self.known_queue(node) {
+            return Ok(known);
         }
         let (addr, frames) = self
             .routes

@@ -34,7 +34,7 @@ use crate::inbox::StoreOutcome;
 use crate::node::NodeState;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
 
-type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, String, Outcome)>>>;
+type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)>>>;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -203,7 +203,7 @@ impl Session {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
-                            Some(Ok(msg)) => match Box::pin(self.on_message(msg, &mut pending, &mut parked)).await {
+                            Some(Ok(msg)) => match self.on_message(msg, &mut pending, &mut parked).await {
                                 Some(end) => break 'session end,
                                 None => Ok(()),
                             },
@@ -343,7 +343,9 @@ impl Session {
             }
         };
         match self.state.admission.clone().try_acquire_owned() {
-            Ok(permit) => self.dispatch(send, to, permit, pending).await,
+            // Boxed: the send path holds delivery's futures, and inline they would double every
+            // idle connection's task (the session future is allocated for the connection's life).
+            Ok(permit) => Box::pin(self.dispatch(send, to, permit, pending)).await,
             // The node is at capacity: hold this send (and stop reading) until a permit frees.
             Err(_) => *parked = Some((send, to)),
         }
@@ -359,7 +361,7 @@ impl Session {
         pending: &mut FuturesUnordered<PendingAck>,
     ) {
         let env = Envelope::new(self.state.ids.msg(), self.user.clone(), to, send.body);
-        let id = env.id.to_string();
+        let id = env.id.clone();
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
         let span = tracing::debug_span!("msg", msg_id = %id, to = %env.to);
@@ -414,7 +416,7 @@ impl Session {
             self.unacked.remove(i);
         }
         if self.inbox_sent.contains(&id)
-            && let Err(e) = self.state.inbox.ack(&self.user, &id).await
+            && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
         {
             tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
         }
@@ -717,7 +719,8 @@ where
     }
 }
 
-fn ack_frame(reference: Option<&str>, id: &str, outcome: &Outcome) -> String {
+fn ack_frame(reference: Option<&str>, id: &MsgId, outcome: &Outcome) -> String {
+    let id = id.as_str();
     match outcome {
         Outcome::Rejected { code, message } => {
             frame::ack(reference, Some(id), "rejected", 0, Some((*code, message)))
