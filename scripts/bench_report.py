@@ -55,20 +55,22 @@ def main(path):
     for (group, label, nodes, fanout), rs in groups.items():
         if group != "scaling":
             continue
-        marginal[(nodes, fanout)][label] = (
+        # "rate-1000 [build]": the rate, and the build tag (if any) that keeps builds apart.
+        rate, _, tag = label.partition(" ")
+        marginal[(tag, nodes, fanout)][rate] = (
             med([r["node_cpu_s"] + r.get("redis_cpu_s", 0) for r in rs]),
             med([r["result"].get("received") for r in rs]),
         )
     if marginal:
         print()
-        print("| nodes | fanout | CPU s at 1000 msg/s | CPU s at 5000 msg/s | marginal CPU ms per 1000 messages (nodes + Redis) |")
-        print("|---|---|---|---|---|")
-        for (nodes, fanout), m in sorted(marginal.items()):
+        print("| build | nodes | fanout | CPU s at 1000 msg/s | CPU s at 5000 msg/s | marginal CPU ms per 1000 messages (nodes + Redis) |")
+        print("|---|---|---|---|---|---|")
+        for (tag, nodes, fanout), m in sorted(marginal.items()):
             lo, hi = m.get("rate-1000"), m.get("rate-5000")
             if not lo or not hi or not hi[1] or not lo[1] or hi[1] == lo[1]:
                 continue
             per_k = (hi[0] - lo[0]) * 1000.0 / (hi[1] - lo[1]) * 1000.0
-            print(f"| {nodes} | {fanout} | {fmt(lo[0], 2)} | {fmt(hi[0], 2)} | {fmt(per_k, 1)} |")
+            print(f"| {tag or '-'} | {nodes} | {fanout} | {fmt(lo[0], 2)} | {fmt(hi[0], 2)} | {fmt(per_k, 1)} |")
 
     # One row per label: a file with two builds (LABEL=...) shows each build on its own row.
     conns = defaultdict(list)
