@@ -233,13 +233,16 @@ impl Delivery {
         outcome
     }
 
+    /// The common path (the routes we knew took the message) waits inline; the inbox and the
+    /// repair path run in boxed futures, so that every send's future stays small (it is
+    /// allocated per send, and under ~1 KiB an allocation stays in the allocator's fast path).
     async fn settle(&self, env: &Envelope, state: State) -> Outcome {
-        let attempt = match state {
+        let mut attempt = match state {
             State::Decided(o) => return o,
-            State::Offline => return self.store(env).await,
+            State::Offline => return Box::pin(self.store(env)).await,
             State::Sent(a) => a,
         };
-        let mut tried = attempt.tried.clone();
+        let tried = std::mem::take(&mut attempt.tried);
         let (written, stale) = self.wait(attempt).await;
         if stale {
             self.cache.invalidate(&env.to);
@@ -247,7 +250,11 @@ impl Delivery {
         if written.total() > 0 {
             return self.delivered(written);
         }
-        // Repair: every route we knew failed. Read the truth once and try what is new.
+        Box::pin(self.repair(env, tried)).await
+    }
+
+    /// Every route we knew failed: read the truth once and try what is new, else store.
+    async fn repair(&self, env: &Envelope, mut tried: Vec<ConnId>) -> Outcome {
         let fresh = match self.routes.lookup(&env.to).await {
             Ok(r) => self.cache.live_only(r),
             Err(e) => return self.store_or_unavailable(env, e).await,
@@ -364,7 +371,7 @@ impl Delivery {
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %node, error = %e, "forward failed");
                     stale = true;
-                    self.check_peer(&node).await;
+                    Box::pin(self.check_peer(&node)).await;
                 }
                 Err(_) => stale = true,
             }

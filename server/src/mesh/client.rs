@@ -135,7 +135,16 @@ impl PeerPool {
         } else {
             crate::envelope::legacy_item(item)
         };
-        if let Err(mpsc::error::SendError(job)) = queue.send(Job { item, reply }).await {
+        // The peer's queue usually has room; waiting for room (backpressure) is the rare path,
+        // boxed so that every send's future stays small.
+        let closed = match queue.try_send(Job { item, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(job)) => Some(job),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                Box::pin(queue.send(job)).await.err().map(|e| e.0)
+            }
+        };
+        if let Some(job) = closed {
             let _ = job.reply.send(Err(MeshError::ShuttingDown));
         }
         rx
