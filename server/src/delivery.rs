@@ -188,7 +188,7 @@ impl Delivery {
         let cached = self.cache.get(&env.to);
         let resolved = match cached {
             Some(r) => Ok(r),
-            None => Box::pin(self.resolve(&env.to)).await,
+            None => Box::pin(self.read_routes(&env.to)).await,
         };
         let routes = match resolved {
             Ok(r) => r,
@@ -316,10 +316,9 @@ impl Delivery {
         }
     }
 
-    async fn resolve(&self, user: &UserId) -> Result<Arc<[Route]>, RouteError> {
-        if let Some(r) = self.cache.get(user) {
-            return Ok(r);
-        }
+    /// A cache miss: read the user's routes from Redis and cache them (unless an invalidation
+    /// raced with the read).
+    async fn read_routes(&self, user: &UserId) -> Result<Arc<[Route]>, RouteError> {
         let epoch = self.cache.epoch(user);
         let routes: Arc<[Route]> = self.cache.live_only(self.routes.lookup(user).await?).into();
         self.cache.insert(user.clone(), Arc::clone(&routes), epoch);

@@ -65,6 +65,10 @@ pub struct NodeState {
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     pub(crate) in_table: AtomicBool,
+    /// True while this node hears the route events (cache invalidations, inbox changes).
+    /// Until then a node would cache routes it cannot keep fresh, and every (re)subscription
+    /// drops the cache anyway: it takes no clients before.
+    pub(crate) subscribed: Arc<AtomicBool>,
     pub(crate) draining: AtomicBool,
     /// Set when a route could not be removed; the lease loop then reconciles Redis with the
     /// connections this node really holds.
@@ -82,7 +86,9 @@ pub struct NodeState {
 impl NodeState {
     /// Whether new clients may connect (`/readyz`).
     pub fn accepting(&self) -> bool {
-        self.in_table.load(Ordering::Acquire) && !self.is_draining()
+        self.in_table.load(Ordering::Acquire)
+            && self.subscribed.load(Ordering::Acquire)
+            && !self.is_draining()
     }
 
     /// Whether this node may take another client (`--max-connections`).
@@ -345,6 +351,7 @@ impl Node {
             delivery,
             metrics,
             in_table: AtomicBool::new(false),
+            subscribed: Arc::new(AtomicBool::new(false)),
             draining: AtomicBool::new(false),
             reconcile_needed: AtomicBool::new(false),
             drain_requested: CancellationToken::new(),
@@ -387,6 +394,7 @@ impl Node {
                 pubsub_clients,
                 state.cache.clone(),
                 state.sessions.clone(),
+                state.subscribed.clone(),
                 state.shutdown.clone(),
             )
             .instrument(span),

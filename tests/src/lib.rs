@@ -67,12 +67,27 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again soon).
+/// Ports handed out by [`free_port`]: 20000-31999, below the kernel's ephemeral range
+/// (32768-60999 on Linux by default).
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 for a server a test starts. Taken below the ephemeral range, so
+/// that no outgoing connection (the tests make thousands) can take it as its source port between
+/// this check and the server binding it; and never the same twice in one test process. (A port
+/// from binding port 0 is an ephemeral one: a node once lost its port that way.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    // Test processes started one after another begin at different places.
+    let offset = (std::process::id() * 7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (PORTS.start + (offset + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// The workspace's build output directory (`target/`, or `CARGO_TARGET_DIR`).

@@ -38,6 +38,19 @@ impl RedisServer {
         r
     }
 
+    /// One server started with extra `redis-server` arguments (always a single server).
+    pub async fn start_with_args(extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut r = Self {
+            port,
+            ports: vec![port],
+            children: Vec::new(),
+            dir: None,
+        };
+        r.spawn_server(port, extra).await;
+        r
+    }
+
     /// A Redis Cluster of `masters` masters (no replicas), every slot assigned, state ok.
     pub async fn start_cluster(masters: usize) -> Self {
         let ports: Vec<u16> = (0..masters).map(|_| free_port()).collect();

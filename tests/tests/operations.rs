@@ -138,6 +138,33 @@ async fn get_json(url: &str) -> (u16, Value) {
 }
 
 #[tokio::test]
+async fn a_node_that_cannot_hear_route_events_takes_no_clients() {
+    // A Redis that refuses SUBSCRIBE: the node registers (its lease is there) but can never
+    // listen for cache invalidations, so it must not say it is ready or accept a client.
+    let redis =
+        wsroute_tests::RedisServer::start_with_args(&["--rename-command", "SUBSCRIBE", ""]).await;
+    let node = wsroute_tests::Node::spawn(&redis, &wsroute_tests::NodeOpts::new("deaf"));
+    let readyz = node.http("/readyz");
+    let (status, body) = eventually("readyz names the missing subscription", || {
+        let url = readyz.clone();
+        async move {
+            // Not listening yet is not an answer: poll until the node says why it is not ready.
+            let r = reqwest::get(url).await.ok()?;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.ok()?;
+            (body["reason"] == "not subscribed to route events").then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    match Client::try_connect(&node.ws_user("alice")).await {
+        Ok(_) => panic!("a node without route events accepted a client"),
+        Err(r) => assert_eq!(r.status, 503, "{:?}", r.body),
+    }
+    assert_eq!(redis.routes_of_user("alice").await, 0);
+}
+
+#[tokio::test]
 async fn gateway_names_the_live_node_with_fewest_connections() {
     let c = Cluster::start(3).await;
     let mut held = Vec::new();

@@ -20,8 +20,10 @@ pub async fn readyz(state: web::Data<Arc<NodeState>>) -> HttpResponse {
     } else {
         let why = if state.is_draining() {
             "draining"
-        } else {
+        } else if !state.in_table.load(std::sync::atomic::Ordering::Acquire) {
             "not registered in the route table"
+        } else {
+            "not subscribed to route events"
         };
         HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "status": "unavailable", "reason": why }))

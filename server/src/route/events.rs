@@ -4,6 +4,7 @@
 //! Events are published on connect, disconnect and inbox writes, never per delivered message.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -48,11 +49,13 @@ impl RouteEvent {
 /// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
 /// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
 /// dropped and every local session re-checks its inbox. `clients` are tried in turn (the seeds of a
-/// Redis Cluster: a subscriber on any node hears every publish).
+/// Redis Cluster: a subscriber on any node hears every publish). `subscribed` says whether it
+/// listens now (`/readyz` waits for it).
 pub async fn listen(
     clients: Vec<redis::Client>,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
+    subscribed: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -86,6 +89,7 @@ pub async fn listen(
         };
         backoff = Duration::from_millis(100);
         cache.clear();
+        subscribed.store(true, Ordering::Release);
         for (conn, _) in sessions.snapshot() {
             sessions.control(&conn, Control::InboxChanged);
         }
@@ -97,6 +101,7 @@ pub async fn listen(
                 m = stream.next() => m,
             };
             let Some(msg) = msg else {
+                subscribed.store(false, Ordering::Release);
                 tracing::warn!("route events: subscription lost; resubscribing");
                 break;
             };
