@@ -58,6 +58,7 @@ pub struct Inner {
     /// Messages received from peers, by form: `frame` (passed through) or `envelope` (an older
     /// sender, or a peer that did not see this node announce frames).
     pub mesh_items_received: IntCounterVec,
+    pub route_events: IntCounterVec,
 }
 
 impl Deref for Metrics {
@@ -192,6 +193,11 @@ impl Metrics {
             "Messages received from peer nodes, by form (frame or envelope)",
             &["form"],
         );
+        let route_events = counter_vec(
+            "wsroute_route_events_total",
+            "Route events heard on the event channel, by kind (invalidate, inbox, node_up)",
+            &["kind"],
+        );
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
@@ -212,6 +218,7 @@ impl Metrics {
             Box::new(draining.clone()),
             Box::new(node_info.clone()),
             Box::new(mesh_items_received.clone()),
+            Box::new(route_events.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -236,6 +243,7 @@ impl Metrics {
             draining,
             node_info,
             mesh_items_received,
+            route_events,
         }))
     }
 

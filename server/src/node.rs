@@ -395,6 +395,7 @@ impl Node {
                 state.cache.clone(),
                 state.sessions.clone(),
                 state.subscribed.clone(),
+                state.metrics.route_events.clone(),
                 state.shutdown.clone(),
             )
             .instrument(span),

@@ -2,7 +2,7 @@
 //! a user who moves, and the route cache doing its job without Redis.
 
 use serde_json::json;
-use wsroute_tests::{Client, Cluster};
+use wsroute_tests::{Client, Cluster, eventually};
 
 #[tokio::test]
 async fn cross_node_and_same_node_messages_are_delivered_with_the_authenticated_sender() {
@@ -105,9 +105,22 @@ async fn steady_state_sends_make_no_redis_calls() {
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
     let mut carol = Client::connect(&c.node(3).ws_user("carol")).await;
+    // The three connects each announced themselves (a cache invalidation): wait until node1 has
+    // heard all three. On Redis Cluster an event travels over the cluster bus and can arrive
+    // after a warm-up read, dropping the entry it cached.
+    let metrics = c.node(1).http("/metrics");
+    eventually("node1 heard the three connects", || {
+        let url = metrics.clone();
+        async move {
+            let heard =
+                wsroute_tests::metric(&url, r#"wsroute_route_events_total{kind="invalidate"}"#)
+                    .await;
+            (heard >= 3.0).then_some(())
+        }
+    })
+    .await;
     // Warm the caches: the first send to each user reads its route once (again if a connect
     // event raced with that read). Warm until a round of sends misses the cache no more.
-    let metrics = c.node(1).http("/metrics");
     let misses = || wsroute_tests::metric(&metrics, "wsroute_route_cache_misses_total");
     let deadline = tokio::time::Instant::now() + wsroute_tests::patience();
     let mut warm_sent = 0;

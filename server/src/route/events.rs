@@ -56,6 +56,7 @@ pub async fn listen(
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
     subscribed: Arc<AtomicBool>,
+    heard: prometheus::IntCounterVec,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -109,13 +110,20 @@ pub async fn listen(
                 continue;
             };
             match RouteEvent::decode(&payload) {
-                Some(RouteEvent::Invalidate(user)) => cache.invalidate(&user),
+                Some(RouteEvent::Invalidate(user)) => {
+                    heard.with_label_values(&["invalidate"]).inc();
+                    cache.invalidate(&user);
+                }
                 Some(RouteEvent::Inbox(user)) => {
+                    heard.with_label_values(&["inbox"]).inc();
                     for conn in sessions.conns_of(&user) {
                         sessions.control(&conn, Control::InboxChanged);
                     }
                 }
-                Some(RouteEvent::NodeUp(node)) => cache.node_up(&node),
+                Some(RouteEvent::NodeUp(node)) => {
+                    heard.with_label_values(&["node_up"]).inc();
+                    cache.node_up(&node);
+                }
                 None => tracing::debug!(payload = %payload, "route events: ignoring unknown event"),
             }
         }
