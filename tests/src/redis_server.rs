@@ -27,15 +27,7 @@ impl RedisServer {
         if std::env::var("WSROUTE_TEST_REDIS").as_deref() == Ok("cluster") {
             return Self::start_cluster(3).await;
         }
-        let port = free_port();
-        let mut r = Self {
-            port,
-            ports: vec![port],
-            children: Vec::new(),
-            dir: None,
-        };
-        r.spawn().await;
-        r
+        Self::start_with_args(&[]).await
     }
 
     /// One server started with extra `redis-server` arguments (always a single server).
