@@ -77,6 +77,17 @@ struct Slots {
     closed: bool,
 }
 
+impl Slots {
+    /// The oldest message; a queue that a burst grew gives its memory back once drained.
+    fn pop_message(&mut self) -> Option<Outbound> {
+        let m = self.messages.pop_front()?;
+        if self.messages.is_empty() && self.messages.capacity() > SHRINK_ABOVE {
+            self.messages = VecDeque::new();
+        }
+        Some(m)
+    }
+}
+
 /// What a session takes from its mailbox: instructions first.
 #[derive(Debug)]
 pub enum Mail {
@@ -145,21 +156,12 @@ impl Mailbox {
         if let Some(c) = slots.control.pop_front() {
             return Some(Mail::Control(c));
         }
-        let m = slots.messages.pop_front()?;
-        if slots.messages.is_empty() && slots.messages.capacity() > SHRINK_ABOVE {
-            slots.messages = VecDeque::new();
-        }
-        Some(Mail::Message(m))
+        slots.pop_message().map(Mail::Message)
     }
 
     /// The next queued message frame, if one is there now.
     pub fn try_message(&self) -> Option<Outbound> {
-        let mut slots = self.slots();
-        let m = slots.messages.pop_front()?;
-        if slots.messages.is_empty() && slots.messages.capacity() > SHRINK_ABOVE {
-            slots.messages = VecDeque::new();
-        }
-        Some(m)
+        self.slots().pop_message()
     }
 
     /// Refuses everything from now on and hands back what was queued (dropping a message's

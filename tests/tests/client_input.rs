@@ -199,9 +199,7 @@ async fn invalid_utf8_and_a_10_mib_frame_are_refused_and_others_keep_working() {
 async fn a_handshake_that_never_finishes_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let c = Cluster::start(1).await;
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(1).ws_port))
-        .await
-        .expect("tcp connects");
+    let mut tcp = raw_socket(c.node(1).ws_port).await;
     // Half a request, then silence.
     tcp.write_all(b"GET /ws?user=slowloris HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -221,6 +219,13 @@ async fn a_handshake_that_never_finishes_is_dropped() {
         "the node kept a half-open handshake forever"
     );
     assert_eq!(c.redis.routes_of_user("slowloris").await, 0);
+}
+
+/// A plain TCP connection to a node's client port, for requests no WebSocket client would send.
+async fn raw_socket(port: u16) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp connects")
 }
 
 /// Reads what the node writes on a raw socket until `want` appears in it or the node closes.
@@ -258,9 +263,7 @@ async fn requests_that_are_not_a_websocket_handshake_get_a_clear_http_error() {
         ("/metrics", "13", "404", "not_found"),
         ("/ws?user=old", "8", "400", "bad_request"),
     ] {
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", n.ws_port))
-            .await
-            .expect("tcp connects");
+        let mut tcp = raw_socket(n.ws_port).await;
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
@@ -280,9 +283,7 @@ async fn requests_that_are_not_a_websocket_handshake_get_a_clear_http_error() {
 async fn a_frame_sent_right_behind_the_handshake_is_read() {
     use tokio::io::AsyncWriteExt;
     let c = Cluster::start(1).await;
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(1).ws_port))
-        .await
-        .expect("tcp connects");
+    let mut tcp = raw_socket(c.node(1).ws_port).await;
     // The handshake and a masked `ping` frame (mask key 0) in one write, before the 101.
     let mut bytes = b"GET /ws?user=eager HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\

@@ -35,8 +35,13 @@ const READ_BUFFER: usize = 2048;
 /// Frames buffered before they are written without waiting for the batch to end.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+/// The body of every HTTP error this node answers: `{"error": code, "message": text}`.
+fn error_body(error: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": error, "message": message })
+}
+
 pub fn json_error(status: actix_web::http::StatusCode, error: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": error, "message": message }))
+    HttpResponse::build(status).json(error_body(error, message))
 }
 
 /// `GET /ws` without the upgrade headers (a browser tab, curl): say what the endpoint wants.
@@ -66,7 +71,7 @@ impl Refusal {
     }
 
     fn to_http(&self) -> Vec<u8> {
-        let body = serde_json::json!({ "error": self.error, "message": self.message }).to_string();
+        let body = error_body(self.error, &self.message).to_string();
         format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             self.status.as_u16(),
@@ -91,14 +96,15 @@ pub async fn upgrade(
     drop((parts.codec, parts.read_buf, parts.write_buf));
     match accept(&state, &req).await {
         Ok((response, session)) => {
+            // Frames are small and latency matters: no Nagle delay on client sockets. Set
+            // before the 101, or the `hello` right behind it could wait for the 101's ACK.
+            if let Err(e) = io.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
             if let Err(e) = io.write_all(response.as_bytes()).await {
                 tracing::debug!(error = %e, "client left during the handshake");
                 session.abandon().await;
                 return Ok(());
-            }
-            if let Err(e) = io.set_nodelay(true) {
-                // Frames are small and latency matters: no Nagle delay on client sockets.
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
