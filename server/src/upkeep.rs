@@ -71,7 +71,8 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     }
 }
 
-/// Removes the routes of nodes whose lease ran out (one survivor per dead node, by lock).
+/// Removes the routes of nodes whose lease ran out: one node per interval looks (by turn), and
+/// one survivor cleans each dead node (by lock).
 pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
     loop {
         tokio::select! {
@@ -81,7 +82,7 @@ pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
         if !state.in_table.load(Ordering::Acquire) {
             continue;
         }
-        match state.routes.sweep_dead_nodes().await {
+        match state.routes.sweep_dead_nodes(SWEEP_INTERVAL).await {
             Ok(cleaned) => {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);

@@ -258,3 +258,48 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
         assert_eq!(code, 1013);
     }
 }
+
+/// Looking for dead nodes is one node's job per interval (the `wsr:sweep` turn), not every
+/// node's: otherwise each node reads the node list and every lease every 2 s, and Redis's
+/// background load grows with the square of the cluster. With three nodes, about one attempt in
+/// three takes the turn and reads the node list; every attempt reading it would mean no turns.
+#[tokio::test]
+async fn one_node_at_a_time_looks_for_dead_nodes() {
+    let c = Cluster::start(3).await;
+    let attempts = || async {
+        let mut sum = 0.0;
+        for n in &c.nodes {
+            sum += wsroute_tests::metric(
+                &n.http("/metrics"),
+                r#"wsroute_redis_operations_total{op="sweep"}"#,
+            )
+            .await;
+        }
+        sum
+    };
+    let tried_before = attempts().await;
+    let calls_before = c.redis.command_calls().await;
+    // Each node tries every 2 s: wait for fifteen attempts over the three (about 10 s).
+    eventually("fifteen sweep attempts", || async {
+        (attempts().await >= tried_before + 15.0).then_some(())
+    })
+    .await;
+    let tried = attempts().await - tried_before;
+    let calls_after = c.redis.command_calls().await;
+    let delta = |cmd: &str| {
+        calls_after.get(cmd).copied().unwrap_or(0) - calls_before.get(cmd).copied().unwrap_or(0)
+    };
+    // Only a sweep with the turn reads the node list (nothing else runs SMEMBERS here).
+    let swept = delta("smembers") as f64;
+    assert!(swept >= 1.0, "no node took the turn in {tried} attempts");
+    assert!(
+        swept <= tried * 0.6,
+        "{swept} of {tried} sweep attempts read the node list: the nodes do not take turns"
+    );
+    // And the lease reads are those of the turns only: two other nodes' leases per sweep.
+    assert!(
+        (delta("exists") as f64) <= swept * 2.0,
+        "{} lease reads for {swept} sweeps",
+        delta("exists")
+    );
+}

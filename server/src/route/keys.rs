@@ -48,6 +48,12 @@ pub fn node_cleanup_lock(node: &NodeId) -> String {
     format!("{PREFIX}:n:{{{node}}}:cleanup")
 }
 
+/// Held (briefly, with a TTL) by the node whose turn it is to look for dead nodes: one sweep
+/// per interval for the whole cluster, not one per node.
+pub fn sweep_turn() -> String {
+    format!("{PREFIX}:sweep")
+}
+
 /// Pub/sub channel of route events (`inv USER`, `inbox USER`).
 pub fn events_channel() -> String {
     format!("{PREFIX}:events")

@@ -469,9 +469,26 @@ impl RouteTable {
 
     /// Finds nodes whose lease ran out and removes their routes. A per-node lock makes sure
     /// one survivor does the work, not all of them. Returns the nodes cleaned and their users.
-    pub async fn sweep_dead_nodes(&self) -> Result<Vec<(NodeId, Vec<UserId>)>, RouteError> {
+    pub async fn sweep_dead_nodes(
+        &self,
+        turn: Duration,
+    ) -> Result<Vec<(NodeId, Vec<UserId>)>, RouteError> {
         let _timer = self.count("sweep");
         let mut c = self.conn().await?;
+        // One node per `turn` looks: every node looking would cost Redis (nodes x nodes)
+        // lease reads per interval, growing with the square of the cluster. A sweeper that dies
+        // holds the turn no longer than its TTL.
+        let mine: Option<String> = redis::cmd("SET")
+            .arg(keys::sweep_turn())
+            .arg(self.node.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(turn.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await?;
+        if mine.is_none() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<String> = c.smembers(keys::nodes()).await?;
         let mut cleaned = Vec::new();
         for id in ids {
