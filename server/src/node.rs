@@ -81,6 +81,10 @@ pub struct NodeState {
     pub shutdown: CancellationToken,
     /// Every task the node spawns, so that stopping can wait for them.
     pub tracker: TaskTracker,
+    /// The node's multi-thread runtime: client sessions run here, beside the mesh, not on the
+    /// HTTP server's worker threads (a message crossing a node then wakes tasks on the threads
+    /// it already runs on).
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl NodeState {
@@ -358,6 +362,7 @@ impl Node {
             admission: Arc::new(tokio::sync::Semaphore::new(limits.node_sends_in_flight)),
             shutdown,
             tracker,
+            runtime: tokio::runtime::Handle::current(),
             config,
         });
         if state.config.dev_auth {

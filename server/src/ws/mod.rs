@@ -106,6 +106,21 @@ pub async fn upgrade(
                 session.abandon().await;
                 return Ok(());
             }
+            // Sessions run on the node's multi-thread runtime, beside the mesh: a message then
+            // wakes tasks on the threads it already runs on, not another thread's. The socket
+            // moves off this HTTP worker's reactor onto the runtime's.
+            let moved = io.into_std().and_then(|io| {
+                let _runtime = state.runtime.enter();
+                TcpStream::from_std(io)
+            });
+            let io = match moved {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand a client socket to its session");
+                    session.abandon().await;
+                    return Ok(());
+                }
+            };
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(WRITE_BUFFER)
@@ -137,6 +152,7 @@ struct Admitted {
 impl Admitted {
     fn start(self, ws: WebSocketStream<TcpStream>) {
         let tracker = self.state.tracker.clone();
+        let runtime = self.state.runtime.clone();
         let task = session::Session::new(
             self.state,
             self.conn,
@@ -147,7 +163,7 @@ impl Admitted {
         )
         .run(self.mailbox)
         .instrument(self.span);
-        actix_web::rt::spawn(tracker.track_future(task));
+        runtime.spawn(tracker.track_future(task));
     }
 
     /// The 101 could not be written: undo the registration, as a session that ended would.

@@ -34,7 +34,7 @@ use crate::inbox::StoreOutcome;
 use crate::node::NodeState;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
 
-type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)>>>;
+type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)> + Send>>;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -644,7 +644,9 @@ impl Session {
         if !pending.is_empty() {
             let drive = async move { while pending.next().await.is_some() {} }
                 .instrument(tracing::Span::current());
-            actix_web::rt::spawn(self.state.tracker.track_future(drive));
+            self.state
+                .runtime
+                .spawn(self.state.tracker.track_future(drive));
         }
         self.keep_unacked().await;
         self.state.metrics.connections.dec();
