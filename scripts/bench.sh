@@ -121,7 +121,7 @@ for g in $groups; do
   latency)
     for fanout in route broadcast; do
       start 3 $fanout
-      for rate in 10000 20000; do
+      for rate in 10000 20000 30000; do
         for r in $(seq "$runs"); do
           measure latency "rate-$rate" 3 $fanout --users 3000 --rate $rate --duration 10s --warmup 2s
         done
