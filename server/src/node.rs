@@ -303,6 +303,9 @@ impl Node {
         let inbox = Inbox::new(pool, limits.inbox_max, limits.inbox_ttl, metrics.clone());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // The runtime this runs on (the multi-thread one, see `main.rs`): peer workers and client
+        // sessions are spawned on it.
+        let runtime = tokio::runtime::Handle::current();
         let peers = Arc::new(PeerPool::new(
             node.clone(),
             routes.clone(),
@@ -311,7 +314,7 @@ impl Node {
             limits.mesh_batch,
             limits.mesh_timeout,
             metrics.clone(),
-            tokio::runtime::Handle::current(),
+            runtime.clone(),
             tracker.clone(),
             shutdown.clone(),
         ));
@@ -362,7 +365,7 @@ impl Node {
             admission: Arc::new(tokio::sync::Semaphore::new(limits.node_sends_in_flight)),
             shutdown,
             tracker,
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
             config,
         });
         if state.config.dev_auth {
