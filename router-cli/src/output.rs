@@ -30,7 +30,8 @@ pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
 }
 
 fn redis_pool(url: &str) -> anyhow::Result<RedisPool> {
-    RedisPool::open(url, Duration::from_secs(3))
+    // No held connections: every command checks out of the pool (router-cli runs a few).
+    RedisPool::open(url, Duration::from_secs(3), 0)
         .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))
 }
 

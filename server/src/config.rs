@@ -290,7 +290,9 @@ pub enum ConfigError {
     FrameBytes(usize),
     #[error("--{0} must not be empty")]
     EmptySecret(&'static str),
-    #[error("--redis-url {0:?} must start with redis://, rediss:// or redis+cluster://")]
+    #[error(
+        "--redis-url must start with redis://, rediss://, redis+cluster:// or redis+sentinel:// (it starts {0:?})"
+    )]
     RedisUrl(String),
     #[error("--grpc-tls-cert and --grpc-tls-key go together")]
     TlsPair,
@@ -336,11 +338,22 @@ impl Config {
             .redis_url
             .or(file.redis_url)
             .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-        if !["redis://", "rediss://", "redis+cluster://"]
-            .iter()
-            .any(|p| redis_url.starts_with(p))
+        if ![
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|p| redis_url.starts_with(p))
         {
-            return Err(ConfigError::RedisUrl(redis_url));
+            // Only the start: the rest may carry a password.
+            let start: String = redis_url
+                .chars()
+                .take_while(|c| *c != ':')
+                .take(20)
+                .collect();
+            return Err(ConfigError::RedisUrl(start));
         }
 
         let jwt_secret = args.jwt_secret.or(file.jwt_secret);

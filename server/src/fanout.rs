@@ -17,6 +17,7 @@ use wsroute_proto::v1 as pb;
 use crate::envelope::Envelope;
 use crate::route::keys::PREFIX;
 use crate::route::registry::RouteError;
+use crate::route::store::{RedisPool, Subscriptions};
 use crate::sessions::{Outbound, Sessions};
 
 /// How messages travel between nodes.
@@ -34,37 +35,37 @@ fn channel() -> String {
     format!("{PREFIX}:broadcast")
 }
 
-/// The publishing side: one multiplexed connection, so that messages from one connection are
-/// published in the order they were sent.
+/// The publishing side: through the pool's first held connection, so that messages from one
+/// connection are published in the order they were sent; on a cluster to the node the listeners
+/// subscribe on, whose receiver count is the one that means "nodes reached".
 pub struct Broadcast {
-    publisher: redis::aio::MultiplexedConnection,
+    pool: RedisPool,
+    subs: Subscriptions,
 }
 
 impl Broadcast {
-    pub async fn connect(client: &redis::Client) -> Result<Self, RouteError> {
-        Ok(Self {
-            publisher: client.get_multiplexed_async_connection().await?,
-        })
+    pub fn new(pool: RedisPool, subs: Subscriptions) -> Self {
+        Self { pool, subs }
     }
 
     /// Publishes a message to every node; returns how many nodes received it.
     pub async fn publish(&self, env: &Envelope) -> Result<u32, RouteError> {
         let payload = env.to_proto().encode_to_vec();
-        let mut c = self.publisher.clone();
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg(channel())
-            .arg(payload)
-            .query_async(&mut c)
+        let mut c = self.pool.ordered().await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(channel()).arg(payload);
+        let receivers: i64 = c
+            .query_at(publish, self.subs.fixed_server(0).as_ref())
             .await?;
         Ok(u32::try_from(receivers).unwrap_or(0))
     }
 }
 
 /// Receives every published message and delivers the ones whose recipient this node holds.
-pub async fn listen(client: redis::Client, sessions: Arc<Sessions>, cancel: CancellationToken) {
+pub async fn listen(subs: Subscriptions, sessions: Arc<Sessions>, cancel: CancellationToken) {
     loop {
         let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = subs.server(0).await?.get_async_pubsub().await?;
             pubsub.subscribe(channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -93,7 +93,7 @@ impl Inbox {
         frame: &str,
     ) -> Result<StoreOutcome, RouteError> {
         let _timer = self.metrics.redis_op("inbox_store");
-        let mut c = self.pool.get().await?;
+        let mut c = self.pool.hot().await?;
         let stored: i64 = STORE
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
@@ -116,7 +116,7 @@ impl Inbox {
     /// The user's inbox, oldest first, as `(id, message frame)`.
     pub async fn fetch(&self, user: &UserId) -> Result<Vec<(MsgId, String)>, RouteError> {
         let _timer = self.metrics.redis_op("inbox_fetch");
-        let mut c = self.pool.get().await?;
+        let mut c = self.pool.hot().await?;
         let flat: Vec<String> = FETCH
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
@@ -136,7 +136,7 @@ impl Inbox {
     /// Forgets one message the client acked; false if it was not (or no longer) there.
     pub async fn ack(&self, user: &UserId, id: &MsgId) -> Result<bool, RouteError> {
         let _timer = self.metrics.redis_op("inbox_ack");
-        let mut c = self.pool.get().await?;
+        let mut c = self.pool.hot().await?;
         let removed: i64 = ACK
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
@@ -148,7 +148,7 @@ impl Inbox {
 
     /// How many messages wait for a user.
     pub async fn depth(&self, user: &UserId) -> Result<usize, RouteError> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.pool.hot().await?;
         let n: usize = redis::cmd("LLEN")
             .arg(keys::inbox_ids(user))
             .query_async(&mut c)

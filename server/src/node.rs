@@ -270,14 +270,13 @@ impl Node {
             .clone()
             .unwrap_or_else(|| dialable(grpc_addr));
 
-        let pool = RedisPool::open(&config.redis_url, Duration::from_secs(2))
-            .map_err(StartError::Redis)?;
-        let pubsub_clients =
-            RedisPool::pubsub_clients(&config.redis_url).map_err(StartError::Redis)?;
-        let pubsub_client = pubsub_clients
-            .first()
-            .cloned()
-            .ok_or_else(|| StartError::Redis("no Redis server named".into()))?;
+        let pool = RedisPool::open(
+            &config.redis_url,
+            Duration::from_secs(2),
+            crate::route::store::NODE_HELD_CONNECTIONS,
+        )
+        .map_err(StartError::Redis)?;
+        let subscriptions = pool.subscriptions().map_err(StartError::Redis)?;
 
         let tls = match &config.grpc_tls {
             Some(t) => Some(
@@ -300,7 +299,12 @@ impl Node {
         );
         let sessions = Arc::new(Sessions::default());
         let cache = Arc::new(RouteCache::new(metrics.clone()));
-        let inbox = Inbox::new(pool, limits.inbox_max, limits.inbox_ttl, metrics.clone());
+        let inbox = Inbox::new(
+            pool.clone(),
+            limits.inbox_max,
+            limits.inbox_ttl,
+            metrics.clone(),
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         // The runtime this runs on (the multi-thread one, see `main.rs`): peer workers and client
@@ -336,11 +340,7 @@ impl Node {
                 tracing::warn!(
                     "--fanout broadcast: every message goes to every node (a benchmark baseline, not for production)"
                 );
-                delivery.with_broadcast(
-                    Broadcast::connect(&pubsub_client)
-                        .await
-                        .map_err(|e| StartError::Redis(e.to_string()))?,
-                )
+                delivery.with_broadcast(Broadcast::new(pool, subscriptions.clone()))
             }
         });
         let state = Arc::new(NodeState {
@@ -390,7 +390,7 @@ impl Node {
         if state.config.fanout == Fanout::Broadcast {
             state.tracker.spawn(
                 crate::fanout::listen(
-                    pubsub_client.clone(),
+                    subscriptions.clone(),
                     state.sessions.clone(),
                     state.shutdown.clone(),
                 )
@@ -399,7 +399,7 @@ impl Node {
         }
         state.tracker.spawn(
             events::listen(
-                pubsub_clients,
+                subscriptions,
                 state.cache.clone(),
                 state.sessions.clone(),
                 state.subscribed.clone(),

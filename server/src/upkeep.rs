@@ -12,12 +12,24 @@ use crate::route::events::RouteEvent;
 /// How often a node looks for dead nodes to clean up.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Keeps the lease; puts everything back when Redis lost it; tells `/readyz` the truth.
+/// Keeps the lease; puts everything back when Redis lost it or the primary moved (a failover
+/// keeps the lease but may have lost the writes just before it); tells `/readyz` the truth.
 pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     let interval = state.config.limits.heartbeat_interval;
     let mut first = true;
+    // The primary moves seen when everything was last registered.
+    let mut registered_on = state.routes.primary_moves();
     loop {
-        let result = if state.in_table.load(Ordering::Acquire) {
+        let moves = state.routes.primary_moves();
+        let result = if state.in_table.load(Ordering::Acquire) && moves != registered_on {
+            tracing::warn!(
+                "the Redis primary moved (failover); registering this node's routes again"
+            );
+            state.register_everything().await.map(|n| {
+                registered_on = moves;
+                tracing::info!(routes = n, "routes put back on the new primary");
+            })
+        } else if state.in_table.load(Ordering::Acquire) {
             match state
                 .routes
                 .renew_lease(state.sessions.len() as u64, state.is_draining())
@@ -29,6 +41,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
                         "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"
                     );
                     state.register_everything().await.map(|n| {
+                        registered_on = moves;
                         tracing::info!(routes = n, "routes put back");
                     })
                 }
@@ -45,6 +58,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
                 Ok(()) => {
                     first = false;
                     state.register_everything().await.map(|n| {
+                        registered_on = moves;
                         tracing::info!(routes = n, "registered in the route table");
                     })
                 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::RouteCache;
 use super::keys;
+use super::store::Subscriptions;
 use crate::ids::{NodeId, UserId};
 use crate::sessions::{Control, Sessions};
 
@@ -46,13 +47,18 @@ impl RouteEvent {
     }
 }
 
+/// How often a subscriber behind Sentinel asks whether its server is still the primary.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
+
 /// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
 /// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
-/// dropped and every local session re-checks its inbox. `clients` are tried in turn (the seeds of a
-/// Redis Cluster: a subscriber on any node hears every publish). `subscribed` says whether it
-/// listens now (`/readyz` waits for it).
+/// dropped and every local session re-checks its inbox. `subs` names the server for each attempt:
+/// the seeds of a Redis Cluster in turn (a subscriber on any node hears every publish), or the
+/// primary the sentinels name at that moment; behind Sentinel the subscription is also moved when
+/// they name another primary (a demoted one keeps it open as a replica). `subscribed` says
+/// whether it listens now (`/readyz` waits for it).
 pub async fn listen(
-    clients: Vec<redis::Client>,
+    subs: Subscriptions,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
     subscribed: Arc<AtomicBool>,
@@ -62,21 +68,19 @@ pub async fn listen(
     let mut backoff = Duration::from_millis(100);
     let mut turn = 0usize;
     loop {
-        let Some(client) = clients.get(turn % clients.len().max(1)) else {
-            tracing::error!("route events: no Redis to subscribe to");
-            return;
+        let this_turn = turn;
+        let attempt = async {
+            let server = subs.server(this_turn).await?;
+            let mut pubsub = server.get_async_pubsub().await?;
+            pubsub.subscribe(keys::events_channel()).await?;
+            Ok::<_, redis::RedisError>((server, pubsub))
         };
         turn = turn.wrapping_add(1);
-        let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(keys::events_channel()).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
         let pubsub = tokio::select! {
             _ = cancel.cancelled() => return,
             r = attempt => r,
         };
-        let mut pubsub = match pubsub {
+        let (server, mut pubsub) = match pubsub {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "route events: cannot subscribe");
@@ -89,6 +93,7 @@ pub async fn listen(
             }
         };
         backoff = Duration::from_millis(100);
+        subs.subscribed_on(&server);
         cache.clear();
         subscribed.store(true, Ordering::Release);
         for (conn, _) in sessions.snapshot() {
@@ -96,10 +101,20 @@ pub async fn listen(
         }
         tracing::info!("route events: subscribed");
         let mut stream = pubsub.on_message();
+        let mut check = tokio::time::interval(PRIMARY_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return,
                 m = stream.next() => m,
+                _ = check.tick(), if subs.follows_sentinels() => {
+                    if subs.still_primary(&server).await {
+                        continue;
+                    }
+                    subscribed.store(false, Ordering::Release);
+                    tracing::warn!("route events: the sentinels name another primary; resubscribing there");
+                    break;
+                }
             };
             let Some(msg) = msg else {
                 subscribed.store(false, Ordering::Release);

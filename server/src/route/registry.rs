@@ -109,8 +109,22 @@ impl RouteTable {
         &self.node
     }
 
-    async fn conn(&self) -> Result<RedisConn, RouteError> {
-        self.pool.get().await
+    /// A held connection, for what runs per client: connects, disconnects, cache misses,
+    /// events (see `store`).
+    async fn hot(&self) -> Result<RedisConn, RouteError> {
+        self.pool.hot().await
+    }
+
+    /// A connection checked out for this use, for what runs per interval or per operator:
+    /// leases, sweeps, bulk writes, node lists.
+    async fn cold(&self) -> Result<RedisConn, RouteError> {
+        self.pool.cold().await
+    }
+
+    /// How many times the Redis primary moved (a Sentinel failover) since the node started:
+    /// when it changes, the node puts its routes back.
+    pub fn primary_moves(&self) -> u64 {
+        self.pool.primary_moves()
     }
 
     /// Counts and times one Redis operation (until the returned timer drops).
@@ -143,7 +157,7 @@ impl RouteTable {
         .add(&lease, Cmd::pset_ex(&lease, "1", self.lease_ttl_ms()))
         .then()
         .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
-        self.pool.write(w).await
+        self.cold().await?.write(w).await
     }
 
     fn lease_ttl_ms(&self) -> u64 {
@@ -170,7 +184,8 @@ impl RouteTable {
         );
         let listed = Cmd::sadd(keys::nodes(), self.node.as_str());
         let replies = self
-            .pool
+            .cold()
+            .await?
             .read_groups(vec![vec![renew, info], vec![listed]])
             .await?;
         let renewed = replies
@@ -183,7 +198,8 @@ impl RouteTable {
     /// Every registered node with its record and lease, sorted by id.
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, RouteError> {
         let _timer = self.count("list_nodes");
-        let mut ids: Vec<String> = self.conn().await?.smembers(keys::nodes()).await?;
+        let mut c = self.cold().await?;
+        let mut ids: Vec<String> = c.smembers(keys::nodes()).await?;
         ids.sort();
         let mut groups = Vec::with_capacity(ids.len());
         let mut valid = Vec::with_capacity(ids.len());
@@ -201,7 +217,7 @@ impl RouteTable {
         if valid.is_empty() {
             return Ok(Vec::new());
         }
-        let replies = self.pool.read_groups(groups).await?;
+        let replies = c.read_groups(groups).await?;
         let mut out = Vec::with_capacity(valid.len());
         for (node, pair) in valid.into_iter().zip(replies) {
             let mut pair = pair.into_iter();
@@ -245,7 +261,7 @@ impl RouteTable {
         node: &NodeId,
     ) -> Result<Option<(String, bool)>, RouteError> {
         let _timer = self.count("node_addr");
-        let mut c = self.conn().await?;
+        let mut c = self.hot().await?;
         let (addr, mesh): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(keys::node_info(node))
             .arg("grpc")
@@ -258,7 +274,7 @@ impl RouteTable {
     /// Whether a node's lease is still held.
     pub async fn node_alive(&self, node: &NodeId) -> Result<bool, RouteError> {
         let _timer = self.count("node_alive");
-        let mut c = self.conn().await?;
+        let mut c = self.hot().await?;
         Ok(c.exists(keys::node_lease(node)).await?)
     }
 
@@ -283,35 +299,31 @@ impl RouteTable {
             keys::events_channel(),
             RouteEvent::Invalidate(reg.user.clone()).encode(),
         );
-        let mut c = self.conn().await?;
+        let mut c = self.hot().await?;
         // The index entry first: a route must never exist without it.
-        let admitted: i64 = match c {
-            RedisConn::Single(_) => {
-                // One round trip: all three in one pipeline (the script loaded first if Redis
-                // lost it). A refused connect announces too: harmless, and rare.
-                let mut pipe = redis::pipe();
-                pipe.add_command(indexed)
-                    .ignore()
-                    .invoke_script(&add)
-                    .add_command(announce)
-                    .ignore();
-                let first: Result<(i64,), _> = pipe.query_async(&mut c).await;
-                match first {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        add.load_async(&mut c).await?;
-                        pipe.query_async::<(i64,)>(&mut c).await?.0
-                    }
-                    r => r?.0,
+        let admitted: i64 = if c.is_cluster() {
+            indexed.query_async::<()>(&mut c).await?;
+            let admitted = add.invoke_async(&mut c).await?;
+            announce.query_async::<()>(&mut c).await?;
+            admitted
+        } else {
+            // One round trip: all three in one pipeline (the script loaded first if Redis
+            // lost it). A refused connect announces too: harmless, and rare.
+            let mut pipe = redis::pipe();
+            pipe.add_command(indexed)
+                .ignore()
+                .invoke_script(&add)
+                .add_command(announce)
+                .ignore();
+            let first: Result<(i64,), _> = pipe.query_async(&mut c).await;
+            match first {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    add.load_async(&mut c).await?;
+                    pipe.query_async::<(i64,)>(&mut c).await?.0
                 }
-            }
-            RedisConn::Cluster(_) => {
-                indexed.query_async::<()>(&mut c).await?;
-                let admitted = add.invoke_async(&mut c).await?;
-                announce.query_async::<()>(&mut c).await?;
-                admitted
+                r => r?.0,
             }
         };
         if admitted < 0 {
@@ -347,7 +359,7 @@ impl RouteTable {
                 Cmd::hset(&key, r.route.conn.as_str(), r.route.encode_value()),
             );
         }
-        self.pool.write(w).await
+        self.cold().await?.write(w).await
     }
 
     /// Removes one connection of this node and tells the other nodes to drop the user from their
@@ -366,13 +378,13 @@ impl RouteTable {
                 &channel,
                 Cmd::publish(&channel, RouteEvent::Invalidate(user.clone()).encode()),
             );
-        self.pool.write(w).await
+        self.hot().await?.write(w).await
     }
 
     /// A user's live connections, straight from Redis.
     pub async fn lookup(&self, user: &UserId) -> Result<Vec<Route>, RouteError> {
         let _timer = self.count("lookup");
-        let mut c = self.conn().await?;
+        let mut c = self.hot().await?;
         let entries: HashMap<String, String> = c.hgetall(keys::user_conns(user)).await?;
         let mut routes: Vec<Route> = entries
             .iter()
@@ -393,7 +405,7 @@ impl RouteTable {
     /// The connections a node's index holds, as `(conn, user)` pairs.
     pub async fn node_routes(&self, node: &NodeId) -> Result<Vec<(String, String)>, RouteError> {
         let _timer = self.count("node_routes");
-        let mut c = self.conn().await?;
+        let mut c = self.cold().await?;
         let mut entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
         entries.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         Ok(entries)
@@ -403,15 +415,12 @@ impl RouteTable {
     /// holds: what a failed unregister left behind. Returns the users whose routes changed.
     pub async fn reconcile(&self, holds: impl Fn(&str) -> bool) -> Result<Vec<UserId>, RouteError> {
         let _timer = self.count("reconcile");
-        let entries: Vec<(String, String)> = self
-            .conn()
-            .await?
-            .hgetall(keys::node_conns(&self.node))
-            .await?;
+        let mut c = self.cold().await?;
+        let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(&self.node)).await?;
         let stale = entries.iter().filter(|(conn, _)| !holds(conn));
         let (w, users) = self.removal(&self.node, stale);
         if !w.is_empty() {
-            self.pool.write(w).await?;
+            c.write(w).await?;
         }
         Ok(users)
     }
@@ -421,8 +430,8 @@ impl RouteTable {
     /// routes changed.
     pub async fn remove_node(&self, node: &NodeId) -> Result<Vec<UserId>, RouteError> {
         let _timer = self.count("remove_node");
-        let entries: Vec<(String, String)> =
-            self.conn().await?.hgetall(keys::node_conns(node)).await?;
+        let mut c = self.cold().await?;
+        let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
         let (mut w, mut users) = self.removal(node, entries.iter());
         let info = keys::node_info(node);
         w.add(&keys::nodes(), Cmd::srem(keys::nodes(), node.as_str()))
@@ -431,7 +440,7 @@ impl RouteTable {
             let lease = keys::node_lease(node);
             w.add(&lease, Cmd::del(&lease));
         }
-        self.pool.write(w).await?;
+        c.write(w).await?;
         users.sort();
         users.dedup();
         Ok(users)
@@ -474,7 +483,7 @@ impl RouteTable {
         turn: Duration,
     ) -> Result<Vec<(NodeId, Vec<UserId>)>, RouteError> {
         let _timer = self.count("sweep");
-        let mut c = self.conn().await?;
+        let mut c = self.cold().await?;
         // One node per `turn` looks: every node looking would cost Redis (nodes x nodes)
         // lease reads per interval, growing with the square of the cluster. A sweeper that dies
         // holds the turn no longer than its TTL.
@@ -526,7 +535,7 @@ impl RouteTable {
     /// Publishes an event for the other nodes (cache invalidation, inbox changes).
     pub async fn publish(&self, payload: &str) -> Result<(), RouteError> {
         let _timer = self.count("publish");
-        let mut c = self.conn().await?;
+        let mut c = self.hot().await?;
         let _: i64 = c.publish(keys::events_channel(), payload).await?;
         Ok(())
     }
