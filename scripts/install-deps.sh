@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what wsroute needs on a fresh Debian/Ubuntu machine and is missing: redis-server
 # (tests and the local cluster start private instances of it), curl (readiness checks). With
-# --for-tests also what the test suite needs: for the deployment checks (tests/tests/deploy.rs) docker-compose (checks docker-compose.yml without
+# --for-tests also what the test suite needs: redis-sentinel (the failover test,
+# tests/tests/redis_sentinel.rs); for the deployment checks (tests/tests/deploy.rs) docker-compose (checks docker-compose.yml without
 # a container engine) and, with pip, PyYAML, kubernetes-validate (Kubernetes schemas) and
 # promql-parser (the dashboard's queries); for the browser test (tests/tests/browser.rs) Debian's
 # chromium, Node.js and npm, and the npm packages of tests/browser (playwright-core, which drives
@@ -18,6 +19,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
 if ((for_tests)); then
+  command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi

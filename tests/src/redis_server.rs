@@ -1,6 +1,7 @@
 //! A private `redis-server` on a free loopback port, without persistence, killed on drop; or a
 //! private three-master Redis Cluster (`redis-server --cluster-enabled yes` x3 joined by
-//! `redis-cli --cluster create`).
+//! `redis-cli --cluster create`); or a primary, one replica and three `redis-sentinel` processes
+//! watching them.
 //!
 //! `WSROUTE_TEST_REDIS=cluster` makes [`RedisServer::start`] start a cluster, so that any suite
 //! that does not stop Redis itself can run unchanged against Redis Cluster.
@@ -19,7 +20,20 @@ pub struct RedisServer {
     children: Vec<Child>,
     /// A cluster's working directory (its nodes-*.conf files), removed on drop.
     dir: Option<PathBuf>,
+    /// The sentinels watching `ports` (a primary and its replica), if any.
+    sentinels: Option<Sentinels>,
 }
+
+/// Three `redis-sentinel` processes and their working directory (their config files, which
+/// Sentinel rewrites), removed on drop.
+struct Sentinels {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+/// The name the test sentinels monitor their primary under.
+pub const SENTINEL_MASTER: &str = "wsroute";
 
 impl RedisServer {
     /// One server, or a cluster when `WSROUTE_TEST_REDIS=cluster`.
@@ -38,9 +52,175 @@ impl RedisServer {
             ports: vec![port],
             children: Vec::new(),
             dir: None,
+            sentinels: None,
         };
         r.spawn_server(port, extra).await;
         r
+    }
+
+    /// A primary, one replica of it, and three sentinels that watch them (quorum 2, a server is
+    /// down after 1 s without answers), on loopback ports; `url()` is `redis+sentinel://`.
+    /// Returns once every sentinel knows the replica and the other two sentinels, so that a
+    /// failover can happen. Fails clearly when `redis-sentinel` is not installed.
+    pub async fn start_sentinel() -> Self {
+        let installed = Command::new("redis-sentinel")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            installed,
+            "redis-sentinel is not installed: run scripts/install-deps.sh --for-tests \
+             (apt-get install -y redis-sentinel)"
+        );
+        let (primary, replica) = (free_port(), free_port());
+        let mut r = Self {
+            port: primary,
+            ports: vec![primary, replica],
+            children: Vec::new(),
+            dir: None,
+            sentinels: None,
+        };
+        r.spawn_server(primary, &[]).await;
+        let primary_arg = primary.to_string();
+        r.spawn_server(replica, &["--replicaof", "127.0.0.1", &primary_arg])
+            .await;
+        eventually("the replica is in sync with the primary", || async move {
+            let mut c = Self::server_conn(replica).await?;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            info.contains("master_link_status:up").then_some(())
+        })
+        .await;
+
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "wsroute-test-sentinel-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let mut children = Vec::new();
+        for &port in &ports {
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {m} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {m} 1000\n\
+                 sentinel failover-timeout {m} 5000\n\
+                 sentinel parallel-syncs {m} 1\n",
+                dir = dir.display(),
+                m = SENTINEL_MASTER,
+            );
+            std::fs::write(&conf, text).expect("sentinel config");
+            children.push(
+                Command::new("redis-sentinel")
+                    .arg(&conf)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-sentinel starts"),
+            );
+        }
+        r.sentinels = Some(Sentinels {
+            ports: ports.clone(),
+            children,
+            dir,
+        });
+        for &port in &ports {
+            eventually(
+                "every sentinel knows the primary, its replica and the other sentinels",
+                || async move {
+                    let mut c = Self::server_conn(port).await?;
+                    let named = Self::ask_sentinel(&mut c).await?;
+                    let mut known = Vec::new();
+                    for what in ["REPLICAS", "SENTINELS"] {
+                        let list: Vec<redis::Value> = redis::cmd("SENTINEL")
+                            .arg(what)
+                            .arg(SENTINEL_MASTER)
+                            .query_async(&mut c)
+                            .await
+                            .ok()?;
+                        known.push(list.len());
+                    }
+                    (named == primary && known == [1, 2]).then_some(())
+                },
+            )
+            .await;
+        }
+        r
+    }
+
+    /// The port of the primary a sentinel names.
+    async fn ask_sentinel(c: &mut redis::aio::MultiplexedConnection) -> Option<u16> {
+        let (_, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(SENTINEL_MASTER)
+            .query_async(c)
+            .await
+            .ok()?;
+        Some(port)
+    }
+
+    /// The port of the primary: behind Sentinel, the one the first answering sentinel names.
+    pub async fn primary_port(&self) -> Option<u16> {
+        let Some(s) = &self.sentinels else {
+            return Some(self.port);
+        };
+        for &port in &s.ports {
+            if let Some(mut c) = Self::server_conn(port).await
+                && let Some(primary) = Self::ask_sentinel(&mut c).await
+            {
+                return Some(primary);
+            }
+        }
+        None
+    }
+
+    /// Behind Sentinel: the port every sentinel names as primary, if they agree.
+    pub async fn primary_all_sentinels_name(&self) -> Option<u16> {
+        let s = self.sentinels.as_ref()?;
+        let mut named = Vec::new();
+        for &port in &s.ports {
+            let mut c = Self::server_conn(port).await?;
+            named.push(Self::ask_sentinel(&mut c).await?);
+        }
+        named.dedup();
+        (named.len() == 1).then(|| named[0])
+    }
+
+    /// Behind Sentinel: the servers' ports, the primary first at the start.
+    pub fn server_ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// Kills the server on `port` with SIGKILL (a primary or replica behind Sentinel).
+    pub fn kill_server(&mut self, port: u16) {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a server of this set");
+        let c = &mut self.children[i];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// `ROLE` of the server on `port`: "master", "slave", or None when it does not answer.
+    pub async fn role(port: u16) -> Option<String> {
+        let mut c = Self::server_conn(port).await?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
+        redis::from_redis_value(role.into_iter().next()?).ok()
+    }
+
+    /// A connection to the server on `port`.
+    pub async fn conn_to(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+        Self::server_conn(port).await
     }
 
     /// A Redis Cluster of `masters` masters (no replicas), every slot assigned, state ok.
@@ -57,6 +237,7 @@ impl RedisServer {
             ports: ports.clone(),
             children: Vec::new(),
             dir: Some(dir.clone()),
+            sentinels: None,
         };
         for &port in &ports {
             // The bus port is chosen too: port + 10000 may be taken or out of range.
@@ -162,7 +343,7 @@ impl RedisServer {
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
         assert!(
-            !self.is_cluster(),
+            !self.is_cluster() && self.sentinels.is_none(),
             "stop/start_again are for a single server"
         );
         for mut c in self.children.drain(..) {
@@ -177,9 +358,13 @@ impl RedisServer {
         self.spawn().await;
     }
 
-    /// What `--redis-url` takes: `redis://...`, or `redis+cluster://h1:p1,h2:p2,h3:p3`.
+    /// What `--redis-url` takes: `redis://...`, `redis+cluster://h1:p1,h2:p2,h3:p3`, or
+    /// `redis+sentinel://s1,s2,s3/wsroute`.
     pub fn url(&self) -> String {
-        if self.is_cluster() {
+        if let Some(s) = &self.sentinels {
+            let hosts: Vec<String> = s.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","))
+        } else if self.is_cluster() {
             format!("redis+cluster://{}", self.seeds("").join(","))
         } else {
             format!("redis://127.0.0.1:{}", self.port)
@@ -218,9 +403,10 @@ impl RedisServer {
         panic!("no master holds {key}");
     }
 
-    /// A connection to the (first) server.
+    /// A connection to the (first) server; behind Sentinel, to the primary.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        Self::server_conn(self.port).await.expect("redis reachable")
+        let port = self.primary_port().await.expect("a sentinel answers");
+        Self::server_conn(port).await.expect("redis reachable")
     }
 
     /// How many connections the route table lists for a node (its index), 0 if Redis is away.
@@ -255,7 +441,7 @@ impl RedisServer {
             let mut c = client.get_async_connection().await.ok()?;
             return cmd.query_async(&mut c).await.ok();
         }
-        let mut c = Self::server_conn(self.port).await?;
+        let mut c = Self::server_conn(self.primary_port().await?).await?;
         cmd.query_async(&mut c).await.ok()
     }
 
@@ -295,6 +481,13 @@ impl Drop for RedisServer {
         }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(s) = &mut self.sentinels {
+            for mut c in s.children.drain(..) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir_all(&s.dir);
         }
     }
 }
