@@ -32,7 +32,8 @@ pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
 fn redis_pool(url: &str) -> anyhow::Result<RedisPool> {
     // No held connections: every command checks out of the pool (router-cli runs a few).
     RedisPool::open(url, Duration::from_secs(3), 0)
-        .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))
+        // The URL is not repeated: it may carry a password.
+        .map_err(|e| anyhow::anyhow!("bad --redis-url: {e}"))
 }
 
 /// Prints rows as left-aligned columns under a header.

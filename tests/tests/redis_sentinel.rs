@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use wsroute_tests::router_cli::{cli, cli_json};
 use wsroute_tests::{Client, Cluster, RedisServer, eventually, metric, poll_until};
 
 /// How soon after the promotion the nodes must be back in business.
@@ -181,4 +182,22 @@ async fn nodes_follow_a_failover_without_clients_reconnecting() {
     for n in &c.nodes {
         n.wait_ready().await;
     }
+
+    // router-cli reads the route table through the sentinels too.
+    let url = c.redis.url();
+    let routes = cli_json(&url, &["routes", "get", "bob"]);
+    assert_eq!(routes["connections"][0]["node"], "node2", "{routes}");
+    let nodes = cli_json(&url, &["nodes", "list"]);
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{nodes}");
+}
+
+#[test]
+fn a_bad_sentinel_url_is_a_clear_error() {
+    let (code, _, err) = cli(
+        "redis+sentinel://:secret@127.0.0.1:1",
+        &["routes", "get", "bob"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("master"), "{err}");
+    assert!(!err.contains("secret"), "the password is not echoed: {err}");
 }
