@@ -54,6 +54,12 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             } else {
                 Ok(())
             };
+            // The hot paths' connections are checked out before this node says it is ready,
+            // so that a first burst of connects does not check out a connection each.
+            let cleanup = match cleanup {
+                Ok(()) => state.routes.hold_connections().await,
+                e => e,
+            };
             match cleanup {
                 Ok(()) => {
                     first = false;

@@ -121,6 +121,11 @@ impl RouteTable {
         self.pool.cold().await
     }
 
+    /// Checks out the connections the hot paths hold (see `store`), before clients come.
+    pub async fn hold_connections(&self) -> Result<(), RouteError> {
+        self.pool.hold().await
+    }
+
     /// How many times the Redis primary moved (a Sentinel failover) since the node started:
     /// when it changes, the node puts its routes back.
     pub fn primary_moves(&self) -> u64 {

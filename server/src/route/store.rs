@@ -422,6 +422,15 @@ impl RedisPool {
         self.held_at(index).await
     }
 
+    /// Checks out every held connection that is not held yet, so that the first burst of hot
+    /// requests finds them (until then concurrent hot requests check out for themselves).
+    pub async fn hold(&self) -> Result<(), RouteError> {
+        for index in 0..self.0.held.len() {
+            self.held_at(index).await?;
+        }
+        Ok(())
+    }
+
     /// The first held connection: requests made one after another on it reach Redis in that
     /// order (the broadcast baseline publishes through it).
     pub async fn ordered(&self) -> Result<RedisConn, RouteError> {
