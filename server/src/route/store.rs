@@ -20,7 +20,8 @@
 //! - [`RedisPool::hot`]: one of a few pooled connections that the node holds checked out, taken
 //!   in turn. No checkout and no PING per command. Used by the paths that run per client: a
 //!   connect's registration and a disconnect's removal, a route-cache miss, the inbox, events.
-//!   A held connection that fails (I/O error, timeout, dropped connection, or a `READONLY` /
+//!   They are checked out before the node says it is ready ([`RedisPool::hold`]). A held
+//!   connection that fails (I/O error, timeout, dropped connection, or a `READONLY` /
 //!   `MASTERDOWN` answer: a primary demoted by a failover) is taken out of its pool and replaced
 //!   by a fresh checkout at its next use.
 //! - [`RedisPool::cold`]: a checkout per use, returned to the pool afterwards (or taken out of it
