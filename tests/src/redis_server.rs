@@ -22,6 +22,8 @@ pub struct RedisServer {
     dir: Option<PathBuf>,
     /// The sentinels watching `ports` (a primary and its replica), if any.
     sentinels: Option<Sentinels>,
+    /// The server's TLS port, if it has one: `url()` is then `rediss://localhost:PORT`.
+    tls_port: Option<u16>,
 }
 
 /// Three `redis-sentinel` processes and their working directory (their config files, which
@@ -53,8 +55,32 @@ impl RedisServer {
             children: Vec::new(),
             dir: None,
             sentinels: None,
+            tls_port: None,
         };
         r.spawn_server(port, extra).await;
+        r
+    }
+
+    /// One server that also listens with TLS (certificate `node.pem`, for localhost, from the test
+    /// CA `ca.pem` in `tests/fixtures`); `url()` is its `rediss://` URL, and a client trusts it
+    /// with `SSL_CERT_FILE` pointing at the CA. The harness itself uses the plain port.
+    pub async fn start_tls(fixtures: &std::path::Path) -> Self {
+        let tls_port = free_port();
+        let file = |f: &str| fixtures.join(f).display().to_string();
+        let mut r = Self::start_with_args(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("node.pem"),
+            "--tls-key-file",
+            &file("node-key.pem"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .await;
+        r.tls_port = Some(tls_port);
         r
     }
 
@@ -81,6 +107,7 @@ impl RedisServer {
             children: Vec::new(),
             dir: None,
             sentinels: None,
+            tls_port: None,
         };
         r.spawn_server(primary, &[]).await;
         let primary_arg = primary.to_string();
@@ -238,6 +265,7 @@ impl RedisServer {
             children: Vec::new(),
             dir: Some(dir.clone()),
             sentinels: None,
+            tls_port: None,
         };
         for &port in &ports {
             // The bus port is chosen too: port + 10000 may be taken or out of range.
@@ -366,6 +394,8 @@ impl RedisServer {
             format!("redis+sentinel://{}/{SENTINEL_MASTER}", hosts.join(","))
         } else if self.is_cluster() {
             format!("redis+cluster://{}", self.seeds("").join(","))
+        } else if let Some(tls) = self.tls_port {
+            format!("rediss://localhost:{tls}")
         } else {
             format!("redis://127.0.0.1:{}", self.port)
         }

@@ -17,6 +17,17 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs router-cli as `cmd` says and checks that it succeeded.
+fn cli_succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("router-cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn tls_opts(o: &mut wsroute_tests::NodeOpts) {
     for (flag, file) in [
         ("--grpc-tls-cert", "node.pem"),
@@ -91,16 +102,11 @@ async fn the_mesh_runs_over_mutual_tls() {
     );
 
     // router-cli speaks TLS too.
-    let out = Command::new(binary("router-cli"))
-        .args(["--redis-url", &c.redis.url()])
-        .args(["--grpc-tls-ca", &fixture("ca.pem").display().to_string()])
-        .args(["send", "bob", r#"{"via":"cli"}"#, "--api-key", API_KEY])
-        .output()
-        .expect("router-cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_succeeds(
+        Command::new(binary("router-cli"))
+            .args(["--redis-url", &c.redis.url()])
+            .args(["--grpc-tls-ca", &fixture("ca.pem").display().to_string()])
+            .args(["send", "bob", r#"{"via":"cli"}"#, "--api-key", API_KEY]),
     );
     assert_eq!(bob.expect_type("message").await["body"]["via"], "cli");
 
@@ -140,4 +146,61 @@ fn mesh_mtls_without_a_ca_refuses_to_start() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--grpc-tls-ca"));
+}
+
+/// `rediss://`: nodes and router-cli reach Redis over TLS (the server's certificate checked
+/// against the CA in `SSL_CERT_FILE`), and a node that does not trust the certificate never
+/// becomes ready.
+#[tokio::test]
+async fn nodes_reach_redis_over_tls() {
+    let redis = wsroute_tests::RedisServer::start_tls(&fixture("")).await;
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let ca = fixture("ca.pem").display().to_string();
+    let c = Cluster::start_on(redis, 2, |o| {
+        o.env.push(("SSL_CERT_FILE".into(), ca.clone()));
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let ack = alice.send_and_ack("bob", json!("over TLS to Redis")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(
+        bob.expect_type("message").await["body"],
+        "over TLS to Redis"
+    );
+    assert_eq!(c.redis.routes_of_user("bob").await, 1);
+
+    let out = cli_succeeds(
+        Command::new(binary("router-cli"))
+            .args([
+                "--json",
+                "--redis-url",
+                &c.redis.url(),
+                "routes",
+                "get",
+                "bob",
+            ])
+            .env("SSL_CERT_FILE", &ca),
+    );
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(routes["connections"][0]["node"], "node2", "{routes}");
+
+    // Without the CA the certificate is refused: not ready, and why is in the log.
+    let mut o = wsroute_tests::NodeOpts::new("node3");
+    // A certificate that is not the CA: the server's chain does not lead to it.
+    o.env.push((
+        "SSL_CERT_FILE".into(),
+        fixture("node.pem").display().to_string(),
+    ));
+    let untrusting = wsroute_tests::Node::spawn(&c.redis, &o);
+    let readyz = untrusting.http("/readyz");
+    wsroute_tests::eventually("the untrusting node says why it is not ready", || {
+        let readyz = readyz.clone();
+        let log = untrusting.log_text();
+        async move {
+            let status = reqwest::get(readyz).await.ok()?.status();
+            (status == 503 && log.contains("certificate")).then_some(())
+        }
+    })
+    .await;
 }
