@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::node::{Node, NodeState};
+use crate::node::Node;
+use crate::state::NodeState;
 use crate::route::events::RouteEvent;
 use crate::sessions::Control;
 

@@ -83,6 +83,10 @@ impl fmt::Display for RejectCode {
 pub mod close {
     /// Reconnect now, elsewhere: the node is going away (drain).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks RFC 6455 (unmasked, a bad opcode, ...).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Do not reconnect the same way: the client broke a policy (sustained flooding).
     pub const POLICY: u16 = 1008;
     /// Do not resend the same frame: it was too large.

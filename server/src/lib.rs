@@ -4,7 +4,8 @@
 //! Where things live: `ws/` (client endpoint and sessions), `sessions` (local connections),
 //! `route/` (Redis table, cache, events), `delivery` (resolve, deliver, forward, store),
 //! `mesh/` (node to node), `inbox` (offline users), `api/` (push API, Router, probes),
-//! `node` (wiring, lease, drain), `stats` (what `Mesh.Stats` answers).
+//! `state` (what the parts share), `node` (wiring only), `upkeep` (lease, sweeps),
+//! `drain`, `stats` (what `Mesh.Stats` answers).
 
 pub mod api;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod sessions;
+pub mod state;
 pub mod stats;
 pub mod upkeep;
 pub mod ws;

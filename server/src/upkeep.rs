@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::route::events::RouteEvent;
 
 /// How often a node looks for dead nodes to clean up.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::ws::json_error;
 
 pub async fn healthz() -> HttpResponse {
@@ -53,4 +53,13 @@ pub async fn gateway(state: web::Data<Arc<NodeState>>) -> HttpResponse {
             &format!("route table unavailable: {e}"),
         ),
     }
+}
+
+/// Any path this node does not serve.
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    json_error(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("this node serves no {} {}", req.method(), req.path()),
+    )
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::envelope::Envelope;
 use crate::ids::UserId;
 use crate::mesh::secret_matches;
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::ws::json_error;
 
 /// `from` when the caller gives none.

@@ -13,7 +13,7 @@ use crate::envelope::Envelope;
 use crate::error::RejectCode;
 use crate::ids::UserId;
 use crate::mesh::check_bearer;
-use crate::node::NodeState;
+use crate::state::NodeState;
 
 /// Largest `SendToUsers` batch.
 const MAX_BATCH: usize = 1000;

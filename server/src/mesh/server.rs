@@ -17,7 +17,7 @@ use wsroute_proto::v1::mesh_server::Mesh;
 use crate::delivery::LocalAttempt;
 use crate::envelope::Outgoing;
 use crate::ids::{ConnId, NodeId};
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::sessions::Sessions;
 use tokio_util::sync::CancellationToken;
 

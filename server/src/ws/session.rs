@@ -10,18 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-use bytes::Bytes;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
@@ -31,35 +24,31 @@ use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
-use crate::node::NodeState;
+use crate::state::NodeState;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)> + Send>>;
 
-type Ws = WebSocketStream<TcpStream>;
+/// The sending half of the client's WebSocket (actix-ws): a frame handed to it is queued for
+/// the connection's writer (a channel of 32 frames that the HTTP dispatcher drains into the
+/// socket); a full channel makes the next frame wait, which is how a slow reader pushes back.
+type Ws = actix_ws::Session;
+
+/// The frames the client sends, continuation frames already joined into messages.
+pub type Inbound = AggregatedMessageStream;
 
 /// Why the loop ended, and how to close.
 enum End {
     /// The socket is gone: nothing more to write.
     Gone,
-    /// The client sent a close frame: answer it (tungstenite queued the reply) and stop.
-    ClosedByClient,
-    Close(CloseFrame),
+    /// The client sent a close frame: answer it with the same code and stop.
+    ClosedByClient(Option<CloseReason>),
+    Close(CloseReason),
 }
 
-/// Frames written in one batch at most: one write syscall for up to this many queued frames.
+/// Frames taken in one loop turn at most after the one that woke it (queued messages, finished
+/// acks), before the loop looks at the client's frames and the clock again.
 const MAX_BATCH: usize = 64;
-
-/// A message frame fed to the socket and waiting for the flush that decides whether it was
-/// written.
-struct Fed {
-    id: MsgId,
-    frame: ByteString,
-    /// From the inbox, or stored by a sender that stopped waiting: remember it as inbox-sent.
-    as_inbox: bool,
-    accepted_us: i64,
-    written: Option<oneshot::Sender<bool>>,
-}
 
 pub struct Session {
     pub state: Arc<NodeState>,
@@ -82,10 +71,6 @@ pub struct Session {
     pub flood: super::flood::FloodGuard,
     /// Whether messages waited in the inbox when the connection registered.
     pub inbox_waiting: bool,
-    /// Message frames fed since the last flush.
-    fed: Vec<Fed>,
-    /// Whether anything was fed since the last flush.
-    dirty: bool,
 }
 
 impl Session {
@@ -109,16 +94,8 @@ impl Session {
             recent: VecDeque::new(),
             flood,
             inbox_waiting,
-            fed: Vec::new(),
-            dirty: false,
         }
     }
-}
-
-/// A text frame from bytes that are known to be UTF-8 (they come from a `String` or a
-/// `ByteString`), without checking them again.
-fn text(bytes: impl Into<Bytes>) -> Message {
-    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
 }
 
 /// How many recently written live message ids a connection remembers (16 bytes each).
@@ -131,7 +108,7 @@ enum WriteError {
 }
 
 impl Session {
-    pub async fn run(mut self, mailbox: Arc<Mailbox>) {
+    pub async fn run(mut self, mut inbound: Inbound, mailbox: Arc<Mailbox>) {
         let heartbeat = self.state.config.limits.client_heartbeat;
         let hello = frame::hello(
             self.conn.as_str(),
@@ -159,15 +136,11 @@ impl Session {
         let end = 'session: {
             // Registration saw how many messages wait; an empty inbox is not read (anything
             // stored since then announces itself with an inbox event).
-            let mut first = self.feed(text(hello)).await;
+            let mut first = self.send(hello).await;
             if first.is_ok() && self.inbox_waiting {
                 first = Box::pin(self.send_inbox()).await;
             }
-            let written = match first {
-                Ok(()) => self.flush().await,
-                failed => failed,
-            };
-            if let Err(e) = written {
+            if let Err(e) = first {
                 break 'session Box::pin(self.write_failed(e)).await;
             }
             loop {
@@ -181,7 +154,7 @@ impl Session {
                     _ = &mut evicted => break 'session Box::pin(self.write_failed(WriteError::Evicted)).await,
                     mail = mailbox.recv() => match mail {
                         Mail::Control(Control::Reconnect { url, reason: why }) => {
-                            let _ = self.feed(text(frame::reconnect(&url, &why))).await;
+                            let _ = self.send(frame::reconnect(&url, &why)).await;
                             break 'session End::Close(reason(close::GOING_AWAY, &why));
                         }
                         Mail::Control(Control::Close { code, reason: why }) => {
@@ -191,7 +164,7 @@ impl Session {
                         Mail::Message(out) => self.feed_message(out).await,
                     },
                     Some((reference, id, outcome)) = pending.next(), if !pending.is_empty() => {
-                        self.feed(text(ack_frame(reference.as_deref(), &id, &outcome))).await
+                        self.send(ack_frame(reference.as_deref(), &id, &outcome)).await
                     }
                     permit = admission.clone().acquire_owned(), if parked.is_some() => {
                         if let (Ok(permit), Some((send, to))) = (permit, parked.take()) {
@@ -199,7 +172,7 @@ impl Session {
                         }
                         Ok(())
                     }
-                    msg = self.ws.next(), if parked.is_none() && pending.len() < max_pending => {
+                    msg = inbound.next(), if parked.is_none() && pending.len() < max_pending => {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
@@ -215,7 +188,7 @@ impl Session {
                             tracing::info!(user = %self.user, conn_id = %self.conn, "client silent for two heartbeats; closing");
                             break 'session End::Close(reason(close::GOING_AWAY, "heartbeat timeout"));
                         }
-                        self.feed(Message::Ping(Bytes::new())).await
+                        evictable(&self.evict, self.ws.ping(b"")).await
                     }
                 };
                 if let Err(e) = self.coalesce(fed, &mailbox, &mut pending).await {
@@ -224,11 +197,12 @@ impl Session {
             }
         };
 
-        Box::pin(self.leave(end, &mailbox, pending)).await;
+        Box::pin(self.leave(end, &mut inbound, &mailbox, pending)).await;
     }
 
-    /// Feeds whatever else is ready now (queued messages, finished acks, up to [`MAX_BATCH`]
-    /// frames) after what the loop turn fed, and writes it all with one flush.
+    /// Hands over whatever else is ready now (queued messages, finished acks, up to
+    /// [`MAX_BATCH`] frames) after what the loop turn sent; the connection's writer takes them
+    /// all in one write when it next runs.
     async fn coalesce(
         &mut self,
         fed: Result<(), WriteError>,
@@ -248,41 +222,38 @@ impl Session {
             match pending.next().now_or_never() {
                 Some(Some((reference, id, outcome))) => {
                     result = self
-                        .feed(text(ack_frame(reference.as_deref(), &id, &outcome)))
+                        .send(ack_frame(reference.as_deref(), &id, &outcome))
                         .await;
                 }
                 _ => break,
             }
             budget -= 1;
         }
-        if result.is_ok() && self.dirty {
-            result = self.flush().await;
-        }
-        self.settle(result.is_ok());
         result
     }
 
     /// Handles one client message; `Some` ends the session.
     async fn on_message(
         &mut self,
-        msg: Message,
+        msg: AggregatedMessage,
         pending: &mut FuturesUnordered<PendingAck>,
         parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
         let parsed = match msg {
-            Message::Text(text) => frame::parse(text.as_str()),
-            Message::Binary(_) => Err(FrameError {
+            AggregatedMessage::Text(text) => frame::parse(&text),
+            AggregatedMessage::Binary(_) => Err(FrameError {
                 code: FrameErrorCode::BadFrame,
                 message: "binary frames are not accepted; send JSON text frames".into(),
                 reference: None,
             }),
-            // tungstenite queued the pong; it goes out with this turn's flush.
-            Message::Ping(_) => {
-                self.dirty = true;
-                return None;
+            AggregatedMessage::Ping(payload) => {
+                return match evictable(&self.evict, self.ws.pong(&payload)).await {
+                    Ok(()) => None,
+                    Err(e) => Some(self.write_failed(e).await),
+                };
             }
-            Message::Pong(_) | Message::Frame(_) => return None,
-            Message::Close(_) => return Some(End::ClosedByClient),
+            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Close(why) => return Some(End::ClosedByClient(why)),
         };
         // Acks answer the server's own traffic and cost nothing; everything else a client
         // starts is counted against its rate.
@@ -432,24 +403,42 @@ impl Session {
         self.reply(frame::error(e)).await
     }
 
-    async fn on_protocol_error(&mut self, e: WsError) -> End {
-        let (code, close_code, message) = match &e {
-            WsError::Capacity(_) => (
+    async fn on_protocol_error(&mut self, e: ProtocolError) -> End {
+        let too_large = || {
+            (
                 FrameErrorCode::TooLarge,
                 close::TOO_BIG,
                 format!(
                     "frame larger than {} bytes",
                     self.state.config.max_frame_bytes
                 ),
-            ),
-            WsError::Utf8(_) => (
+            )
+        };
+        let (code, close_code, message) = match &e {
+            // Refused from the frame's header, before its payload is read.
+            ProtocolError::Overflow => too_large(),
+            ProtocolError::Io(io) => match io.kind() {
+                std::io::ErrorKind::InvalidData => (
+                    FrameErrorCode::BadFrame,
+                    close::INVALID_PAYLOAD,
+                    "a text frame that is not UTF-8".to_owned(),
+                ),
+                // The socket failed or closed (actix-http's payload error): nobody to tell.
+                _ if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<actix_web::error::PayloadError>()) =>
+                {
+                    return End::Gone;
+                }
+                // The one other I/O error the stream makes: a fragmented message that grew
+                // past the limit.
+                _ => too_large(),
+            },
+            p => (
                 FrameErrorCode::BadFrame,
-                1007,
-                "a text frame that is not UTF-8".to_owned(),
+                close::PROTOCOL,
+                format!("bad frame: {p}"),
             ),
-            WsError::Protocol(p) => (FrameErrorCode::BadFrame, 1002, format!("bad frame: {p}")),
-            // The socket failed or closed: nobody to tell.
-            _ => return End::Gone,
         };
         self.state
             .metrics
@@ -458,39 +447,31 @@ impl Session {
             .inc();
         tracing::info!(user = %self.user, conn_id = %self.conn, error = %e, "closing after a protocol error");
         let _ = self
-            .feed(text(frame::error(&FrameError {
+            .send(frame::error(&FrameError {
                 code,
                 message: message.clone(),
                 reference: None,
-            })))
+            }))
             .await;
         End::Close(reason(close_code, &message))
     }
 
-    /// Feeds a reply frame (written with this turn's flush); `Some` ends the session.
+    /// Sends a reply frame; `Some` ends the session.
     async fn reply(&mut self, frame: String) -> Option<End> {
-        match self.feed(text(frame)).await {
+        match self.send(frame).await {
             Ok(()) => None,
             Err(e) => Some(self.write_failed(e).await),
         }
     }
 
-    /// Buffers a frame for the socket (tungstenite writes early only past `WRITE_BUFFER`);
-    /// [`Session::flush`] writes it. Gives up if the connection is evicted meanwhile.
-    async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
-        self.dirty = true;
-        evictable(&self.evict, self.ws.feed(msg)).await
+    /// Hands a text frame to the connection's writer. The frame is valid UTF-8 (it comes from a
+    /// `String` or a `ByteString`) and is not checked again. Waits while the writer's queue is
+    /// full, unless the connection is evicted meanwhile.
+    async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), WriteError> {
+        evictable(&self.evict, self.ws.text(frame)).await
     }
 
-    /// Writes everything fed so far, unless the connection is evicted meanwhile.
-    async fn flush(&mut self) -> Result<(), WriteError> {
-        let r = evictable(&self.evict, self.ws.flush()).await;
-        self.dirty = false;
-        r
-    }
-
-    /// Feeds one queued message; its sender hears whether it was written after the flush
-    /// ([`Session::settle`]).
+    /// Sends one queued message; its sender hears whether the connection's writer took it.
     async fn feed_message(&mut self, out: Outbound) -> Result<(), WriteError> {
         let Outbound::Message {
             id,
@@ -499,9 +480,7 @@ impl Session {
             accepted_us,
             written,
         } = out;
-        if from_inbox
-            && (self.inbox_sent.contains(&id) || self.fed.iter().any(|f| f.as_inbox && f.id == id))
-        {
+        if from_inbox && self.inbox_sent.contains(&id) {
             if let Some(w) = written {
                 let _ = w.send(true);
             }
@@ -509,41 +488,24 @@ impl Session {
         }
         // A sender that stopped waiting stores the message to the inbox: remember that this
         // connection has it, so that the inbox does not send it here again.
-        let sender_gave_up = written.as_ref().is_some_and(|w| w.is_closed());
-        let result = self.feed(text(frame.clone().into_bytes())).await;
-        self.fed.push(Fed {
-            id,
-            frame,
-            as_inbox: from_inbox || sender_gave_up,
-            accepted_us,
-            written,
-        });
-        result
-    }
-
-    /// After a flush: tells each fed message's sender whether it was written, and remembers
-    /// the written ones (recent ids, unacked frames, inbox ids).
-    fn settle(&mut self, written: bool) {
-        let mut fed = std::mem::take(&mut self.fed);
-        for f in fed.drain(..) {
-            if let Some(w) = f.written {
-                let _ = w.send(written);
-            }
-            if !written {
-                continue;
-            }
-            self.state.metrics.observe_delivery(f.accepted_us);
-            if f.as_inbox {
-                self.inbox_sent.insert(f.id);
+        let as_inbox = from_inbox || written.as_ref().is_some_and(|w| w.is_closed());
+        let result = self.send(frame.clone()).await;
+        if let Some(w) = written {
+            let _ = w.send(result.is_ok());
+        }
+        if result.is_ok() {
+            self.state.metrics.observe_delivery(accepted_us);
+            if as_inbox {
+                self.inbox_sent.insert(id);
             } else {
                 if self.recent.len() >= RECENT_IDS {
                     self.recent.pop_front();
                 }
-                self.recent.push_back(f.id.clone());
-                self.remember_unacked(f.id, f.frame);
+                self.recent.push_back(id.clone());
+                self.remember_unacked(id, frame);
             }
         }
-        self.fed = fed;
+        result
     }
 
     fn remember_unacked(&mut self, id: MsgId, frame: ByteString) {
@@ -578,7 +540,7 @@ impl Session {
                 self.inbox_sent.insert(id);
                 continue;
             }
-            self.feed(text(frame_text)).await?;
+            self.send(frame_text).await?;
             self.state.metrics.inbox_replayed.inc();
             self.inbox_sent.insert(id);
         }
@@ -597,8 +559,7 @@ impl Session {
                     message: "you are not reading fast enough; reconnect to get the rest".into(),
                     reference: None,
                 });
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), self.ws.send(text(err))).await;
+                let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.text(err)).await;
                 End::Close(reason(close::TRY_AGAIN_LATER, "slow consumer"))
             }
         }
@@ -610,10 +571,10 @@ impl Session {
     async fn leave(
         mut self,
         end: End,
+        inbound: &mut Inbound,
         mailbox: &Mailbox,
         mut pending: FuturesUnordered<PendingAck>,
     ) {
-        self.settle(false);
         self.state.sessions.remove(&self.conn);
         // Unwritten messages: their senders learn "not written" and re-route or store them.
         drop(mailbox.close());
@@ -624,18 +585,19 @@ impl Session {
                     tokio::time::timeout(Duration::from_secs(2), pending.next()).await
                 {
                     let ack = ack_frame(reference.as_deref(), &id, &outcome);
-                    if tokio::time::timeout(Duration::from_millis(500), self.ws.send(text(ack)))
+                    if tokio::time::timeout(Duration::from_millis(500), self.ws.text(ack))
                         .await
                         .map_or(true, |r| r.is_err())
                     {
                         break;
                     }
                 }
-                self.close(frame).await;
+                self.close(frame, inbound).await;
             }
-            // The reply to the client's close frame is queued: write it.
-            End::ClosedByClient => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
+            // Answer the client's close frame with its own code, as RFC 6455 asks.
+            End::ClosedByClient(why) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), self.ws.clone().close(why)).await;
             }
             End::Gone => {}
         }
@@ -660,12 +622,16 @@ impl Session {
     /// Sends the close frame and waits (briefly) for the client's answer, reading and dropping
     /// whatever it still sends: closing a socket with unread data would reset it, and the client
     /// could lose the frames just written, the close frame included.
-    async fn close(&mut self, frame: CloseFrame) {
+    async fn close(&mut self, frame: CloseReason, inbound: &mut Inbound) {
         let closing = async {
-            if self.ws.close(Some(frame)).await.is_err() {
+            if self.ws.clone().close(Some(frame)).await.is_err() {
                 return;
             }
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while let Some(Ok(msg)) = inbound.next().await {
+                if matches!(msg, AggregatedMessage::Close(_)) {
+                    break;
+                }
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
@@ -692,15 +658,15 @@ impl Session {
     }
 }
 
-fn reason(code: u16, description: &str) -> CloseFrame {
+fn reason(code: u16, description: &str) -> CloseReason {
     // A close reason must fit a control frame (123 bytes).
     let mut d = description.to_owned();
     while d.len() > 120 {
         d.pop();
     }
-    CloseFrame {
+    CloseReason {
         code: CloseCode::from(code),
-        reason: d.into(),
+        description: Some(d),
     }
 }
 
@@ -708,7 +674,7 @@ fn reason(code: u16, description: &str) -> CloseFrame {
 /// once; only one that waits on a full socket also watches the eviction token.
 async fn evictable<F>(evict: &CancellationToken, write: F) -> Result<(), WriteError>
 where
-    F: Future<Output = Result<(), WsError>>,
+    F: Future<Output = Result<(), actix_ws::Closed>>,
 {
     tokio::pin!(write);
     if let Some(r) = (&mut write).now_or_never() {
