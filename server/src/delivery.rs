@@ -345,8 +345,7 @@ impl Delivery {
         let local_attempt = LocalAttempt::start(&self.sessions, &msg, &local);
         let mut replies = Vec::with_capacity(remote.len());
         for (node, conn_ids) in remote {
-            let item = msg.to_item(conn_ids);
-            replies.push((node.clone(), self.peers.forward(node, item).await));
+            replies.push((node.clone(), self.peers.forward(node, &msg, conn_ids).await));
         }
         Attempt {
             tried: routes.iter().map(|r| r.conn.clone()).collect(),

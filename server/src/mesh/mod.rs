@@ -1,9 +1,11 @@
 //! The gRPC mesh between nodes: `client` keeps one long-lived channel and one batching queue per
-//! peer; `server` receives forwarded batches and writes them to local connections.
+//! peer; `server` receives forwarded batches and writes them to local connections; `wire` turns
+//! messages into their protobuf form and back.
 
 pub mod client;
 pub mod server;
 pub mod tls;
+pub mod wire;
 
 /// Metadata key carrying the mesh secret (and the API key on the Router service).
 pub const AUTH_HEADER: &str = "authorization";

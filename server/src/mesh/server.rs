@@ -14,11 +14,11 @@ use tonic::{Request, Response, Status, Streaming};
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_server::Mesh;
 
+use super::wire;
 use crate::delivery::LocalAttempt;
-use crate::envelope::Outgoing;
 use crate::ids::{ConnId, NodeId};
-use crate::state::NodeState;
 use crate::sessions::Sessions;
+use crate::state::NodeState;
 use tokio_util::sync::CancellationToken;
 
 /// Largest batch accepted from a peer; a bigger one is refused whole (peers send at most
@@ -94,7 +94,7 @@ impl MeshService {
                 .mesh_items_received
                 .with_label_values(&[form])
                 .inc();
-            let msg = match Outgoing::from_item(&mut item) {
+            let msg = match wire::from_item(&mut item) {
                 Ok(msg) => msg,
                 Err(e) => {
                     tracing::warn!(from_node = %batch.from_node, error = %e, "refusing a malformed mesh item");

@@ -136,7 +136,7 @@ impl RouteTable {
                     ("conns", record.connections.to_string()),
                     ("draining", u8::from(record.draining).to_string()),
                     ("max_conns", record.max_connections.to_string()),
-                    ("mesh", crate::envelope::MESH_FRAMES.to_owned()),
+                    ("mesh", crate::mesh::wire::MESH_PROTOCOL.to_owned()),
                 ],
             ),
         )
@@ -239,7 +239,7 @@ impl RouteTable {
     }
 
     /// Where to dial a node and whether it reads pass-through frames (it announces
-    /// [`crate::envelope::MESH_FRAMES`]); `None` if it is not registered.
+    /// [`crate::mesh::wire::MESH_PROTOCOL`]); `None` if it is not registered.
     pub async fn node_mesh_endpoint(
         &self,
         node: &NodeId,
@@ -252,7 +252,7 @@ impl RouteTable {
             .arg("mesh")
             .query_async(&mut c)
             .await?;
-        Ok(addr.map(|a| (a, mesh.as_deref() == Some(crate::envelope::MESH_FRAMES))))
+        Ok(addr.map(|a| (a, mesh.as_deref() == Some(crate::mesh::wire::MESH_PROTOCOL))))
     }
 
     /// Whether a node's lease is still held.
