@@ -16,6 +16,7 @@ pub mod error;
 pub mod fanout;
 pub mod ids;
 pub mod inbox;
+pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

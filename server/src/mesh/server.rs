@@ -15,8 +15,8 @@ use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_server::Mesh;
 
 use super::wire;
-use crate::delivery::LocalAttempt;
 use crate::ids::{ConnId, NodeId};
+use crate::local::LocalAttempt;
 use crate::sessions::Sessions;
 use crate::state::NodeState;
 use tokio_util::sync::CancellationToken;
