@@ -8,6 +8,7 @@
 //! `drain`, `stats` (what `Mesh.Stats` answers).
 
 pub mod api;
+pub mod bearer;
 pub mod config;
 pub mod delivery;
 pub mod drain;

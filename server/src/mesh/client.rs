@@ -250,7 +250,8 @@ pub struct BearerInterceptor(Option<tonic::metadata::MetadataValue<tonic::metada
 impl tonic::service::Interceptor for BearerInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
-            req.metadata_mut().insert(super::AUTH_HEADER, v.clone());
+            req.metadata_mut()
+                .insert(crate::bearer::AUTH_HEADER, v.clone());
         }
         Ok(req)
     }

@@ -14,19 +14,14 @@ pub mod session;
 use std::sync::Arc;
 use tracing::Instrument;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::envelope::now_ms;
-use crate::state::NodeState;
+use crate::error::Refusal;
 use crate::route::Route;
 use crate::route::registry::{Admission, Registration};
 use crate::sessions::{Mailbox, SessionHandle};
-
-/// The body of every HTTP error this node answers: `{"error": code, "message": text}`.
-pub fn json_error(status: StatusCode, error: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": error, "message": message }))
-}
+use crate::state::NodeState;
 
 /// `GET /ws`: checks and registers the request, then upgrades it and starts the session.
 pub async fn endpoint(
@@ -40,14 +35,10 @@ pub async fn endpoint(
     let (response, ws, stream) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
         Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!(
-                    "GET /ws is a WebSocket endpoint; not a WebSocket handshake: {e} \
+            return Refusal::BadRequest.http(&format!(
+                "GET /ws is a WebSocket endpoint; not a WebSocket handshake: {e} \
                      (send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)"
-                ),
-            );
+            ));
         }
     };
     match accept(state, &req).await {
@@ -68,15 +59,8 @@ pub async fn endpoint(
 /// Any other path asked to switch protocols: only `/ws` upgrades (answered before routing, so
 /// that `/metrics` with upgrade headers is not served as if it had none).
 pub fn upgrade_elsewhere(req: &actix_web::dev::ServiceRequest) -> Option<HttpResponse> {
-    (req.path() != "/ws" && req.headers().contains_key(actix_web::http::header::UPGRADE)).then(
-        || {
-            json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "only /ws accepts a protocol upgrade",
-            )
-        },
-    )
+    (req.path() != "/ws" && req.headers().contains_key(actix_web::http::header::UPGRADE))
+        .then(|| Refusal::NotFound.http("only /ws accepts a protocol upgrade"))
 }
 
 /// A connection admitted and registered, waiting for its WebSocket.
@@ -106,17 +90,18 @@ impl Admitted {
         .instrument(self.span);
         actix_web::rt::spawn(tracker.track_future(task));
     }
-
 }
 
-/// Checks and registers an upgrade request; on success returns the 101 response to write.
+/// Checks and registers an upgrade request; on success returns the admitted connection.
 async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, HttpResponse> {
     if !state.accepting() {
-        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this node is not accepting clients (starting or draining); ask /gateway for another",
+        return Err(Refusal::Unavailable.http(
+            "this node is not accepting clients (starting or draining); ask /gateway for another",
         ));
     }
     if !state.has_room() {
-        return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "node_full", "this node holds its maximum of connections (--max-connections); ask /gateway for another",
+        return Err(Refusal::NodeFull.http(
+            "this node holds its maximum of connections (--max-connections); ask /gateway for another",
         ));
     }
     if let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN)
@@ -128,15 +113,15 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
             .any(|o| origin.as_bytes() == o.as_bytes())
     {
         tracing::info!(origin = ?origin, "refused a connection from an origin not allowed");
-        return Err(json_error(StatusCode::FORBIDDEN, "forbidden_origin", "this Origin may not connect (--allowed-origins)",
-        ));
+        return Err(
+            Refusal::ForbiddenOrigin.http("this Origin may not connect (--allowed-origins)")
+        );
     }
     let principal = match state.auth.authenticate(req.head()) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(peer = ?req.peer_addr(), reason = %e, "refused a client");
-            return Err(json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string(),
-            ));
+            return Err(Refusal::Unauthorized.http(&e.to_string()));
         }
     };
 
@@ -171,16 +156,14 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
         Ok(Admission::Refused) => {
             state.sessions.remove(&conn);
             tracing::info!(user = %principal.user, max = max_per_user, "refused a connection over the per-user limit");
-            return Err(json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", &format!(
-                    "this user already holds {max_per_user} connections (--max-conns-per-user)"
-                ),
-            ));
+            return Err(Refusal::TooManyConnections.http(&format!(
+                "this user already holds {max_per_user} connections (--max-conns-per-user)"
+            )));
         }
         Err(e) => {
             state.sessions.remove(&conn);
             tracing::warn!(user = %principal.user, error = %e, "cannot register a connection; refusing it");
-            return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "route table unavailable; try again",
-            ));
+            return Err(Refusal::Unavailable.http("route table unavailable; try again"));
         }
     };
     state.metrics.connections.inc();

@@ -24,8 +24,8 @@ use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
-use crate::state::NodeState;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
+use crate::state::NodeState;
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)> + Send>>;
 
