@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod flood;
 pub mod frame;
+pub mod ledger;
 pub mod session;
 
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 //! client leaves or the node stops; then the connection's route is removed and whatever was
 //! written but not acked by the client goes to the user's inbox.
 
-use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
+use super::ledger::{InboxCopy, Ledger};
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
@@ -57,16 +57,8 @@ pub struct Session {
     pub ws: Ws,
     /// Cancelled by the session table when this connection's queue overflows.
     pub evict: CancellationToken,
-    /// Live messages written and not yet acked by the client, oldest first (bounded by
-    /// `Limits::unacked_max`). Empty, and unallocated, for a client that keeps up with its acks.
-    pub unacked: VecDeque<(MsgId, ByteString)>,
-    /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
-    /// never sent twice to this connection, and acked in Redis when the client acks them.
-    pub inbox_sent: HashSet<MsgId>,
-    /// The last `RECENT_IDS` live messages written here. A message written here whose sender
-    /// did not hear so (a mesh stream broke before the reply) is stored by its sender and comes
-    /// back through the inbox: this is how the connection knows it already has it.
-    pub recent: VecDeque<MsgId>,
+    /// What was written here and what the client acked.
+    pub ledger: Ledger,
     /// Flood control over the frames this client initiates.
     pub flood: super::flood::FloodGuard,
     /// Whether messages waited in the inbox when the connection registered.
@@ -83,23 +75,19 @@ impl Session {
         inbox_waiting: bool,
     ) -> Self {
         let flood = super::flood::FloodGuard::new(state.config.limits.msgs_per_sec);
+        let ledger = Ledger::new(state.config.limits.unacked_max);
         Self {
             state,
             conn,
             user,
             ws,
             evict,
-            unacked: VecDeque::new(),
-            inbox_sent: HashSet::new(),
-            recent: VecDeque::new(),
+            ledger,
             flood,
             inbox_waiting,
         }
     }
 }
-
-/// How many recently written live message ids a connection remembers (16 bytes each).
-const RECENT_IDS: usize = 128;
 
 /// A write that was interrupted by eviction or that found the socket gone.
 enum WriteError {
@@ -383,10 +371,7 @@ impl Session {
         let Ok(id) = MsgId::parse(id) else {
             return;
         };
-        if let Some(i) = self.unacked.iter().position(|(u, _)| *u == id) {
-            self.unacked.remove(i);
-        }
-        if self.inbox_sent.contains(&id)
+        if self.ledger.acked(&id)
             && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
         {
             tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
@@ -480,7 +465,7 @@ impl Session {
             accepted_us,
             written,
         } = out;
-        if from_inbox && self.inbox_sent.contains(&id) {
+        if from_inbox && self.ledger.has_from_inbox(&id) {
             if let Some(w) = written {
                 let _ = w.send(true);
             }
@@ -496,25 +481,12 @@ impl Session {
         if result.is_ok() {
             self.state.metrics.observe_delivery(accepted_us);
             if as_inbox {
-                self.inbox_sent.insert(id);
-            } else {
-                if self.recent.len() >= RECENT_IDS {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(id.clone());
-                self.remember_unacked(id, frame);
+                self.ledger.wrote_inbox(id);
+            } else if self.ledger.wrote_live(id, frame) {
+                self.state.metrics.unacked_dropped.inc();
             }
         }
         result
-    }
-
-    fn remember_unacked(&mut self, id: MsgId, frame: ByteString) {
-        if self.unacked.len() >= self.state.config.limits.unacked_max {
-            // The client does not ack: stop tracking the oldest rather than grow without bound.
-            self.unacked.pop_front();
-            self.state.metrics.unacked_dropped.inc();
-        }
-        self.unacked.push_back((id, frame));
     }
 
     /// Sends every inbox message this connection has not had yet, oldest first.
@@ -527,22 +499,20 @@ impl Session {
             }
         };
         for (id, frame_text) in messages {
-            if self.inbox_sent.contains(&id) {
-                continue;
-            }
-            if self.recent.contains(&id) {
-                // Written here live already: do not send it twice. If the client acked it
-                // meanwhile, that ack never reached the inbox: remove it there now.
-                let still_unacked = self.unacked.iter().any(|(u, _)| *u == id);
-                if !still_unacked && let Err(e) = self.state.inbox.ack(&self.user, &id).await {
-                    tracing::debug!(user = %self.user, msg_id = %id, error = %e, "cannot drop a stored copy of a delivered message");
+            match self.ledger.inbox_copy(&id) {
+                InboxCopy::Send => {}
+                InboxCopy::Had => continue,
+                // Written here live and acked: that ack never reached the inbox.
+                InboxCopy::Acked => {
+                    if let Err(e) = self.state.inbox.ack(&self.user, &id).await {
+                        tracing::debug!(user = %self.user, msg_id = %id, error = %e, "cannot drop a stored copy of a delivered message");
+                    }
+                    continue;
                 }
-                self.inbox_sent.insert(id);
-                continue;
             }
             self.send(frame_text).await?;
             self.state.metrics.inbox_replayed.inc();
-            self.inbox_sent.insert(id);
+            self.ledger.wrote_inbox(id);
         }
         Ok(())
     }
@@ -638,7 +608,7 @@ impl Session {
 
     /// Messages written here but never acked may not have reached the client: keep them.
     async fn keep_unacked(&mut self) {
-        let unacked = std::mem::take(&mut self.unacked);
+        let unacked = self.ledger.take_unacked();
         if unacked.is_empty() {
             return;
         }
