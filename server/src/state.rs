@@ -100,11 +100,8 @@ impl NodeState {
                         "removed routes of connections that had left"
                     );
                 }
-                for u in users {
-                    let _ = self
-                        .routes
-                        .publish(&RouteEvent::Invalidate(u).encode())
-                        .await;
+                if let Err(e) = self.routes.publish_invalidations(&users).await {
+                    tracing::debug!(error = %e, "cannot announce the removed routes");
                 }
                 Ok(())
             }
@@ -189,4 +186,3 @@ impl NodeState {
         Ok(regs.len())
     }
 }
-

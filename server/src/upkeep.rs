@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::state::NodeState;
-use crate::route::events::RouteEvent;
 
 /// How often a node looks for dead nodes to clean up.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -86,11 +85,8 @@ pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
             Ok(cleaned) => {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);
-                    for u in users {
-                        let _ = state
-                            .routes
-                            .publish(&RouteEvent::Invalidate(u).encode())
-                            .await;
+                    if let Err(e) = state.routes.publish_invalidations(&users).await {
+                        tracing::debug!(error = %e, "cannot announce the removed routes");
                     }
                 }
             }

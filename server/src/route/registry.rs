@@ -530,4 +530,25 @@ impl RouteTable {
         let _: i64 = c.publish(keys::events_channel(), payload).await?;
         Ok(())
     }
+
+    /// Tells the other nodes to drop these users from their route caches (their routes were
+    /// removed in bulk): one PUBLISH per user, sent in pipelines of up to [`PUBLISH_BATCH`]
+    /// instead of one round trip each. Classic pub/sub is cluster-wide, so on Redis Cluster the
+    /// node that takes a pipeline reaches every subscriber.
+    pub async fn publish_invalidations(&self, users: &[UserId]) -> Result<(), RouteError> {
+        let channel = keys::events_channel();
+        for batch in users.chunks(PUBLISH_BATCH) {
+            let _timer = self.count("publish");
+            let mut w = Writes::new();
+            for user in batch {
+                let event = RouteEvent::Invalidate(user.clone()).encode();
+                w.add(&channel, Cmd::publish(&channel, event));
+            }
+            self.pool.write(w).await?;
+        }
+        Ok(())
+    }
 }
+
+/// PUBLISHes sent in one pipeline at most (a node removed in bulk may have had many users).
+const PUBLISH_BATCH: usize = 1000;
