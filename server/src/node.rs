@@ -281,8 +281,10 @@ impl Node {
                     use futures_util::future::{FutureExt, LocalBoxFuture, ready};
                     let refused: LocalBoxFuture<'static, _> =
                         match crate::ws::upgrade_elsewhere(&req) {
-                            Some(refusal) => ready(Ok(req.into_response(refusal).map_into_right_body()))
-                                .boxed_local(),
+                            Some(refusal) => {
+                                ready(Ok(req.into_response(refusal).map_into_right_body()))
+                                    .boxed_local()
+                            }
                             None => srv
                                 .call(req)
                                 .map(|r| r.map(|r| r.map_into_left_body()))
