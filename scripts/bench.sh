@@ -4,10 +4,14 @@
 # per run to bench/results-<date>.jsonl; then prints the tables (scripts/bench_report.py).
 #
 #   scripts/bench.sh              everything (about 15 minutes on 2 cores)
-#   scripts/bench.sh throughput   one group: throughput | latency | scaling | connections
+#   scripts/bench.sh throughput   one group: throughput | latency | scaling | connections | ceiling
 #
 # BIN_DIR=dir uses the binaries there instead of building (to compare two builds in one session)
-# and LABEL=name tags every result line with that build's name.
+# and LABEL=name tags every result line with that build's name. FANOUTS="route" skips the
+# broadcast baseline, RATES="10000 20000" picks the latency group's rates. The ceiling group runs
+# the same throughput and latency loads against the ceiling server (../shared/ceiling, built with
+# `cargo build --release` there; CEILING_BIN names another binary), one process on 127.0.0.1:9400
+# given as three URLs so that the bench's users split as they do over three nodes.
 #
 # Every process it starts listens on 127.0.0.1 only and is stopped at the end; every run is
 # bounded in users, duration and count.
@@ -111,7 +115,7 @@ PY
 for g in $groups; do
   case $g in
   throughput)
-    for fanout in route broadcast; do
+    for fanout in ${FANOUTS:-route broadcast}; do
       start 3 $fanout
       for r in $(seq "$runs"); do
         measure throughput "max-3-nodes" 3 $fanout --users 3000 --window 8 --duration 10s --warmup 2s
@@ -119,9 +123,9 @@ for g in $groups; do
     done
     ;;
   latency)
-    for fanout in route broadcast; do
+    for fanout in ${FANOUTS:-route broadcast}; do
       start 3 $fanout
-      for rate in 10000 20000 30000; do
+      for rate in ${RATES:-10000 20000 30000}; do
         for r in $(seq "$runs"); do
           measure latency "rate-$rate" 3 $fanout --users 3000 --rate $rate --duration 10s --warmup 2s
         done
@@ -149,6 +153,27 @@ for g in $groups; do
         --url ws://127.0.0.1:9301/ws --count 15000 --hold 5s --pid "${node_pids[0]}" --json || true)
       BUILD_TAG="${build:+ [$build]}" python3 -c 'import json,os,sys; print(json.dumps({"group":"connections","label":"idle-15000"+os.environ["BUILD_TAG"],"nodes":1,"fanout":"route","result":json.loads(sys.argv[1])}))' "$res" >>"$out"
       tail -n 1 "$out"
+    done
+    ;;
+  ceiling)
+    ceiling="${CEILING_BIN:-../shared/ceiling/target/release/wsroute-ceiling}"
+    [ -x "$ceiling" ] || { echo "no ceiling server at $ceiling (cd ../shared/ceiling && cargo build --release)" >&2; exit 2; }
+    stop_all
+    redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+    pids+=($!)
+    until redis-cli -p $redis_port ping >/dev/null 2>&1; do sleep 0.1; done
+    "$ceiling" --listen 127.0.0.1:9400 >.local/logs/bench-ceiling.log 2>&1 &
+    pids+=($!)
+    node_pids=($!)
+    urls=(--url ws://127.0.0.1:9400/ws --url ws://127.0.0.1:9400/ws --url ws://127.0.0.1:9400/ws)
+    until curl -s -o /dev/null "http://127.0.0.1:9400/" 2>/dev/null || (echo >/dev/tcp/127.0.0.1/9400) 2>/dev/null; do sleep 0.1; done
+    for r in $(seq "$runs"); do
+      measure throughput "max-3-nodes" 1 ceiling --users 3000 --window 8 --duration 10s --warmup 2s
+    done
+    for rate in ${RATES:-10000 20000 30000}; do
+      for r in $(seq "$runs"); do
+        measure latency "rate-$rate" 1 ceiling --users 3000 --rate $rate --duration 10s --warmup 2s
+      done
     done
     ;;
   *) echo "unknown group $g" >&2; exit 2 ;;

@@ -6,7 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use wsroute_proto::v1 as pb;
-use wsroute_server::envelope::{Envelope, Outgoing};
+use wsroute_server::envelope::Envelope;
+use wsroute_server::mesh::wire;
 use wsroute_server::route::Route;
 use wsroute_server::route::events::RouteEvent;
 
@@ -22,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
             }
             // Whatever the item, rebuilding an envelope for an older peer and turning it into a
             // message must not panic.
-            let _ = wsroute_server::envelope::legacy_item(item.clone());
-            let _ = Outgoing::from_item(&mut item);
+            let _ = wire::legacy_item(item.clone());
+            let _ = wire::from_item(&mut item);
         }
     }
     // Route-table entries and events come from Redis, which a peer can write to as well.

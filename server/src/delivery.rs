@@ -5,21 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::envelope::{Envelope, Outgoing};
+use crate::envelope::Envelope;
 use crate::error::RejectCode;
 use crate::fanout::Broadcast;
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::inbox::{Inbox, StoreOutcome};
+use crate::local::LocalAttempt;
 use crate::mesh::client::{ForwardReply, PeerPool};
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
 use crate::route::registry::{RouteError, RouteTable};
-use crate::sessions::{DeliverError, Outbound, Sessions};
+use crate::sessions::Sessions;
 
 /// What happened to a message, as the sender is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,64 +57,6 @@ impl Outcome {
             code,
             message: message.into(),
         }
-    }
-}
-
-/// Frames handed to local connections, waiting to hear whether they were written.
-pub struct LocalAttempt {
-    waiters: Vec<oneshot::Receiver<bool>>,
-    /// Named connections this node does not hold.
-    pub gone: Vec<String>,
-}
-
-impl LocalAttempt {
-    /// Queues the message's frame on each connection, without waiting.
-    pub fn start(sessions: &Sessions, msg: &Outgoing, conns: &[ConnId]) -> Self {
-        let mut attempt = Self {
-            waiters: Vec::with_capacity(conns.len()),
-            gone: Vec::new(),
-        };
-        if conns.is_empty() {
-            return attempt;
-        }
-        for conn in conns {
-            let (written, waiter) = oneshot::channel();
-            let item = Outbound::Message {
-                id: msg.id.clone(),
-                frame: msg.frame.clone(),
-                from_inbox: false,
-                accepted_us: msg.accepted_us,
-                written: Some(written),
-            };
-            match sessions.deliver(conn, item) {
-                Ok(()) => attempt.waiters.push(waiter),
-                Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
-                // A slow consumer: not written, but the connection is still there.
-                Err(DeliverError::Full) => {
-                    tracing::warn!(conn_id = %conn, msg_id = %msg.id, "connection queue full; not delivered there");
-                }
-            }
-        }
-        attempt
-    }
-
-    /// An attempt that reached no connection (malformed item): all named ones count as gone.
-    pub fn gone(conns: Vec<String>) -> Self {
-        Self {
-            waiters: Vec::new(),
-            gone: conns,
-        }
-    }
-
-    /// Waits (until `deadline`) for the writers; returns (written count, gone connections).
-    pub async fn settle(self, deadline: Instant) -> (u32, Vec<String>) {
-        let mut written = 0;
-        for waiter in self.waiters {
-            if let Ok(Ok(true)) = tokio::time::timeout_at(deadline, waiter).await {
-                written += 1;
-            }
-        }
-        (written, self.gone)
     }
 }
 
@@ -345,8 +287,7 @@ impl Delivery {
         let local_attempt = LocalAttempt::start(&self.sessions, &msg, &local);
         let mut replies = Vec::with_capacity(remote.len());
         for (node, conn_ids) in remote {
-            let item = msg.to_item(conn_ids);
-            replies.push((node.clone(), self.peers.forward(node, item).await));
+            replies.push((node.clone(), self.peers.forward(node, &msg, conn_ids).await));
         }
         Attempt {
             tried: routes.iter().map(|r| r.conn.clone()).collect(),

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::node::{Node, NodeState};
-use crate::route::events::RouteEvent;
+use crate::node::Node;
 use crate::sessions::Control;
+use crate::state::NodeState;
 
 /// A drain hands its clients over in this many waves, so that they do not all reconnect at once.
 const DRAIN_WAVES: usize = 10;
@@ -46,11 +46,8 @@ impl Node {
         }
         match state.routes.remove_node(&state.node).await {
             Ok(users) => {
-                for u in users {
-                    let _ = state
-                        .routes
-                        .publish(&RouteEvent::Invalidate(u).encode())
-                        .await;
+                if let Err(e) = state.routes.publish_invalidations(&users).await {
+                    tracing::debug!(error = %e, "cannot announce the removed routes");
                 }
             }
             Err(e) => {

@@ -1,12 +1,22 @@
 //! wsroute-server: a WebSocket node that delivers direct messages to users by routing them, via
 //! a Redis route table and a gRPC mesh, to exactly the nodes that hold the recipients.
 //!
-//! Where things live: `ws/` (client endpoint and sessions), `sessions` (local connections),
-//! `route/` (Redis table, cache, events), `delivery` (resolve, deliver, forward, store),
-//! `mesh/` (node to node), `inbox` (offline users), `api/` (push API, Router, probes),
-//! `node` (wiring, lease, drain), `stats` (what `Mesh.Stats` answers).
+//! Where things live, from the wiring down to plain types (no import loop between files;
+//! `tests/module_graph.rs` checks, and lists the one edge it still exempts):
+//! - `node` wires the parts together (and only that), `drain` stops a node;
+//! - endpoints: `ws` (client WebSockets: auth, the session loop, its `ledger` of what was
+//!   written and acked, frames, flood control), `api` (push API, Router, probes, the try-it
+//!   page), `mesh` (`server`, `client` peers, `wire` the protobuf form), `upkeep` (lease,
+//!   sweeps), `stats` (what `Mesh.Stats` answers);
+//! - `state`: what the endpoints share;
+//! - `delivery` (resolve, deliver, forward, store), `local` (a message handed to this node's
+//!   connections), `inbox` (offline users), `fanout` (the broadcast baseline);
+//! - `route` (Redis table, cache, events, key layout), `sessions` (the local session table);
+//! - plain types: `envelope`, `ids`, `error` (every code a client or caller sees, and the
+//!   HTTP and gRPC refusals), `bearer` (secret checks), `metrics`, `config`.
 
 pub mod api;
+pub mod bearer;
 pub mod config;
 pub mod delivery;
 pub mod drain;
@@ -15,11 +25,13 @@ pub mod error;
 pub mod fanout;
 pub mod ids;
 pub mod inbox;
+pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod sessions;
+pub mod state;
 pub mod stats;
 pub mod upkeep;
 pub mod ws;

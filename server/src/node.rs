@@ -1,13 +1,13 @@
-//! Wires a node together: binds its listeners, connects Redis, and starts the HTTP/WebSocket and
-//! gRPC servers and the background loops (`upkeep`, route events). Draining is in `drain.rs`.
+//! Wires a node together: binds its listeners, connects Redis, builds the shared [`NodeState`],
+//! and starts the HTTP/WebSocket and gRPC servers and the background loops (`upkeep`, route
+//! events). Only wiring: what the parts share is in `state.rs`, draining in `drain.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tracing::Instrument;
 
-use actix_http::HttpService;
 use actix_web::{App, web};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,17 +19,17 @@ use crate::config::{Config, dialable};
 use crate::delivery::Delivery;
 use crate::envelope::now_ms;
 use crate::fanout::{Broadcast, Fanout};
-use crate::ids::{IdGen, NodeId};
+use crate::ids::IdGen;
 use crate::inbox::Inbox;
 use crate::mesh::client::PeerPool;
 use crate::mesh::server::MeshService;
 use crate::metrics::Metrics;
-use crate::route::Route;
 use crate::route::cache::RouteCache;
-use crate::route::events::{self, RouteEvent};
-use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
+use crate::route::events;
+use crate::route::registry::RouteTable;
 use crate::route::store::RedisPool;
 use crate::sessions::Sessions;
+use crate::state::NodeState;
 use crate::ws::auth::Authenticator;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,176 +46,6 @@ pub enum StartError {
     Keys(#[source] crate::ws::auth::KeyError),
     #[error("gRPC TLS: {0}")]
     Tls(String),
-}
-
-/// Everything the parts of a node share.
-pub struct NodeState {
-    pub config: Config,
-    pub node: NodeId,
-    pub public_url: String,
-    pub grpc_addr: String,
-    pub started_at_ms: i64,
-    pub ids: IdGen,
-    pub auth: Authenticator,
-    pub sessions: Arc<Sessions>,
-    pub routes: RouteTable,
-    pub cache: Arc<RouteCache>,
-    pub inbox: Inbox,
-    pub delivery: Arc<Delivery>,
-    pub metrics: Metrics,
-    /// True while this node's lease is held in Redis (false while starting or Redis is away).
-    pub(crate) in_table: AtomicBool,
-    /// True while this node hears the route events (cache invalidations, inbox changes).
-    /// Until then a node would cache routes it cannot keep fresh, and every (re)subscription
-    /// drops the cache anyway: it takes no clients before.
-    pub(crate) subscribed: Arc<AtomicBool>,
-    pub(crate) draining: AtomicBool,
-    /// Set when a route could not be removed; the lease loop then reconciles Redis with the
-    /// connections this node really holds.
-    pub(crate) reconcile_needed: AtomicBool,
-    /// Cancelled when something other than a signal asks the node to drain (`router-cli drain`).
-    pub drain_requested: CancellationToken,
-    /// Admission control: one permit per send awaiting its outcome (`Limits::node_sends_in_flight`).
-    pub admission: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the node stops: sessions close and background loops end.
-    pub shutdown: CancellationToken,
-    /// Every task the node spawns, so that stopping can wait for them.
-    pub tracker: TaskTracker,
-    /// The node's multi-thread runtime: client sessions run here, beside the mesh, not on the
-    /// HTTP server's worker threads (a message crossing a node then wakes tasks on the threads
-    /// it already runs on).
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl NodeState {
-    /// Whether new clients may connect (`/readyz`).
-    pub fn accepting(&self) -> bool {
-        self.in_table.load(Ordering::Acquire)
-            && self.subscribed.load(Ordering::Acquire)
-            && !self.is_draining()
-    }
-
-    /// Whether this node may take another client (`--max-connections`).
-    pub fn has_room(&self) -> bool {
-        let cap = self.config.limits.node_connections;
-        cap == 0 || (self.sessions.len() as u64) < cap
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    pub fn request_reconcile(&self) {
-        self.reconcile_needed.store(true, Ordering::Release);
-    }
-
-    /// Removes routes this node left in Redis for connections it no longer holds.
-    pub(crate) async fn reconcile(&self) -> Result<(), RouteError> {
-        if !self.reconcile_needed.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let result = self
-            .routes
-            .reconcile(|conn| {
-                crate::ids::ConnId::parse(conn).is_ok_and(|c| self.sessions.contains(&c))
-            })
-            .await;
-        match result {
-            Ok(users) => {
-                if !users.is_empty() {
-                    tracing::info!(
-                        routes = users.len(),
-                        "removed routes of connections that had left"
-                    );
-                }
-                for u in users {
-                    let _ = self
-                        .routes
-                        .publish(&RouteEvent::Invalidate(u).encode())
-                        .await;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.request_reconcile();
-                Err(e)
-            }
-        }
-    }
-
-    fn record(&self) -> NodeRecord {
-        NodeRecord {
-            node: self.node.clone(),
-            grpc_addr: self.grpc_addr.clone(),
-            public_url: self.public_url.clone(),
-            started_at_ms: self.started_at_ms,
-            connections: self.sessions.len() as u64,
-            lease_left_ms: 0,
-            draining: self.is_draining(),
-            max_connections: self.config.limits.node_connections,
-        }
-    }
-
-    /// The live, non-draining node with the fewest connections, other than `exclude`:
-    /// `(node id, public url)`.
-    pub async fn pick_node(
-        &self,
-        exclude: Option<&NodeId>,
-    ) -> Result<Option<(String, String)>, RouteError> {
-        let nodes = self.routes.list_nodes().await?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
-            .filter(|n| {
-                if n.node == self.node {
-                    self.has_room()
-                } else {
-                    n.has_room()
-                }
-            })
-            .filter(|n| Some(&n.node) != exclude)
-            .filter(|n| n.node != self.node || self.accepting())
-            .map(|n| {
-                let conns = if n.node == self.node {
-                    self.sessions.len() as u64
-                } else {
-                    n.connections
-                };
-                (conns, n.node.to_string(), n.public_url)
-            })
-            .min()
-            .map(|(_, node, url)| (node, url)))
-    }
-
-    /// Puts this node and every connection it holds (back) into the route table.
-    pub(crate) async fn register_everything(&self) -> Result<usize, RouteError> {
-        self.routes.register_node(&self.record()).await?;
-        let regs: Vec<Registration> = self
-            .sessions
-            .snapshot()
-            .into_iter()
-            .map(|(conn, h)| Registration {
-                user: h.user,
-                route: Route {
-                    conn,
-                    node: self.node.clone(),
-                    device: h.device,
-                    connected_at_ms: h.connected_at_ms,
-                },
-            })
-            .collect();
-        for chunk in regs.chunks(1000) {
-            self.routes.register(chunk).await?;
-        }
-        if let Err(e) = self
-            .routes
-            .publish(&RouteEvent::NodeUp(self.node.clone()).encode())
-            .await
-        {
-            tracing::debug!(error = %e, "cannot announce this node");
-        }
-        Ok(regs.len())
-    }
 }
 
 /// A running node: its bound addresses and the handles needed to stop it.
@@ -441,51 +271,54 @@ impl Node {
                 ),
         );
 
-        // HTTP + WebSocket. actix-web serves the HTTP endpoints; a request that asks to upgrade
-        // is handed over with its socket to `ws::upgrade`, which runs the WebSocket itself
-        // (tungstenite on the raw socket): no HTTP/1 buffers stay allocated per connection.
+        // HTTP + WebSocket: actix-web serves every endpoint, `/ws` through actix-ws.
         let app_state = web::Data::new(state.clone());
-        let upgrade_state = state.clone();
-        let handshake_timeout = limits.handshake_timeout;
-        let builder = actix_server::Server::build();
-        // When the server stops, idle keep-alive connections are closed at once instead of
-        // holding the stop up to its timeout (what actix-web's HttpServer wires the same way).
-        let stopping = builder.graceful_shutdown_signal();
-        let server = builder
-            .disable_signals()
-            .shutdown_timeout(5)
-            .listen("wsroute-http", ws_listener, move || {
-                let app = App::new()
-                    .app_data(app_state.clone())
-                    .route("/ws", web::get().to(crate::ws::not_an_upgrade))
-                    .route("/healthz", web::get().to(api::probes::healthz))
-                    .route("/readyz", web::get().to(api::probes::readyz))
-                    .route("/metrics", web::get().to(api::probes::metrics))
-                    .route("/gateway", web::get().to(api::probes::gateway))
-                    .route("/v1/users/{user}/messages", web::post().to(api::push::push))
-                    .configure(api::page::routes);
-                let state = upgrade_state.clone();
-                let stopping = stopping.clone();
-                HttpService::build()
-                    .client_request_timeout(handshake_timeout)
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    .graceful_shutdown_signal(move || {
-                        let stopping = stopping.clone();
-                        async move { stopping.notified().await }
-                    })
-                    .upgrade(actix_service::fn_service(move |(req, framed)| {
-                        crate::ws::upgrade(state.clone(), req, framed)
-                    }))
-                    .finish(actix_service::map_config(app, |_| {
-                        actix_web::dev::AppConfig::default()
-                    }))
-                    .tcp()
-            })
-            .map_err(|source| StartError::Bind {
-                addr: ws_addr,
-                source,
-            })?
-            .run();
+        let server = actix_web::HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service;
+                    use futures_util::future::{FutureExt, LocalBoxFuture, ready};
+                    let refused: LocalBoxFuture<'static, _> =
+                        match crate::ws::upgrade_elsewhere(&req) {
+                            Some(refusal) => {
+                                ready(Ok(req.into_response(refusal).map_into_right_body()))
+                                    .boxed_local()
+                            }
+                            None => srv
+                                .call(req)
+                                .map(|r| r.map(|r| r.map_into_left_body()))
+                                .boxed_local(),
+                        };
+                    refused
+                })
+                .route("/ws", web::get().to(crate::ws::endpoint))
+                .route("/healthz", web::get().to(api::probes::healthz))
+                .route("/readyz", web::get().to(api::probes::readyz))
+                .route("/metrics", web::get().to(api::probes::metrics))
+                .route("/gateway", web::get().to(api::probes::gateway))
+                .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+                .configure(api::page::routes)
+                .default_service(web::to(api::probes::not_found))
+        })
+        // Frames are small and latency matters: no Nagle delay on client sockets.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+        .client_request_timeout(limits.handshake_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(ws_listener)
+        .map_err(|source| StartError::Bind {
+            addr: ws_addr,
+            source,
+        })?
+        .run();
         let http = server.handle();
         actix_web::rt::spawn(server);
 

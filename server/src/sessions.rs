@@ -291,10 +291,11 @@ impl Sessions {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn handle(user: &str, cap: usize) -> (SessionHandle, Arc<Mailbox>) {
+    /// A table entry for `user` whose mailbox holds `cap` frames, and the mailbox.
+    pub(crate) fn handle(user: &str, cap: usize) -> (SessionHandle, Arc<Mailbox>) {
         let mailbox = Arc::new(Mailbox::new(cap));
         (
             SessionHandle {

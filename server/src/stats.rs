@@ -8,7 +8,7 @@ use prometheus::core::Collector;
 use wsroute_proto::v1 as pb;
 
 use crate::envelope::now_ms;
-use crate::node::NodeState;
+use crate::state::NodeState;
 
 impl NodeState {
     /// Counters since the node started, and its state now.

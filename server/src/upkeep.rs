@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::node::NodeState;
-use crate::route::events::RouteEvent;
+use crate::state::NodeState;
 
 /// How often a node looks for dead nodes to clean up.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -106,11 +105,8 @@ pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
             Ok(cleaned) => {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);
-                    for u in users {
-                        let _ = state
-                            .routes
-                            .publish(&RouteEvent::Invalidate(u).encode())
-                            .await;
+                    if let Err(e) = state.routes.publish_invalidations(&users).await {
+                        tracing::debug!(error = %e, "cannot announce the removed routes");
                     }
                 }
             }

@@ -394,3 +394,54 @@ async fn json_logs_carry_node_user_conn_and_message_ids() {
     assert_eq!(outer["user"], "alice", "{answered}");
     assert_eq!(outer["conn_id"], conn_id.as_str(), "{answered}");
 }
+
+/// The routes of a node that died are announced to the other nodes' route caches in one Redis
+/// round trip, not one per user (the sweep after `kill -9`; a drain and a reconcile announce
+/// through the same call).
+#[tokio::test]
+async fn a_dead_nodes_users_are_announced_in_one_round_trip() {
+    let mut c = Cluster::start(3).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(Client::connect(&c.node(3).ws_user(&format!("leaving{i}"))).await);
+    }
+    let survivors = [c.node(1).http("/metrics"), c.node(2).http("/metrics")];
+    let heard = |i: usize| {
+        wsroute_tests::metric(
+            &survivors[i],
+            r#"wsroute_route_events_total{kind="invalidate"}"#,
+        )
+    };
+    let published = || async {
+        let mut sum = 0.0;
+        for url in &survivors {
+            sum +=
+                wsroute_tests::metric(url, r#"wsroute_redis_operations_total{op="publish"}"#).await;
+        }
+        sum
+    };
+    // The five connects announced themselves first.
+    eventually("both survivors heard the five connects", || async {
+        (heard(0).await >= 5.0 && heard(1).await >= 5.0).then_some(())
+    })
+    .await;
+    let before = [heard(0).await, heard(1).await];
+    let published_before = published().await;
+    c.nodes[2].kill();
+    let redis = &c.redis;
+    eventually(
+        "node3's routes removed and announced to both survivors",
+        || async {
+            (redis.routes_on_node("node3").await == 0
+                && heard(0).await >= before[0] + 5.0
+                && heard(1).await >= before[1] + 5.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        published().await - published_before,
+        1.0,
+        "five users announced in one pipeline"
+    );
+}

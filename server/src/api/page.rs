@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::node::NodeState;
+use crate::state::NodeState;
 
 /// One embedded file: the path it is served at, its content type and its text.
 struct Asset(&'static str, &'static str, &'static str);

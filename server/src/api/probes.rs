@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
-use crate::node::NodeState;
-use crate::ws::json_error;
+use crate::error::Refusal;
+use crate::state::NodeState;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
@@ -42,15 +41,16 @@ pub async fn gateway(state: web::Data<Arc<NodeState>>) -> HttpResponse {
         Ok(Some((node, url))) => {
             HttpResponse::Ok().json(serde_json::json!({ "url": url, "node": node }))
         }
-        Ok(None) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "no live node is accepting clients",
-        ),
-        Err(e) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &format!("route table unavailable: {e}"),
-        ),
+        Ok(None) => Refusal::Unavailable.http("no live node is accepting clients"),
+        Err(e) => Refusal::Unavailable.http(&format!("route table unavailable: {e}")),
     }
+}
+
+/// Any path this node does not serve.
+pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    Refusal::NotFound.http(&format!(
+        "this node serves no {} {}",
+        req.method(),
+        req.path()
+    ))
 }

@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status};
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::router_server::Router;
 
+use crate::bearer;
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
-use crate::error::RejectCode;
+use crate::error::{Refusal, RejectCode};
 use crate::ids::UserId;
-use crate::mesh::check_bearer;
-use crate::node::NodeState;
+use crate::state::NodeState;
 
 /// Largest `SendToUsers` batch.
 const MAX_BATCH: usize = 1000;
@@ -24,7 +24,7 @@ pub struct RouterService {
 
 impl RouterService {
     fn auth<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        check_bearer(
+        bearer::check_grpc(
             req.metadata(),
             self.state.config.api_key.as_deref(),
             "API key",
@@ -96,7 +96,7 @@ impl Router for RouterService {
         self.auth(&req)?;
         let messages = req.into_inner().messages;
         if messages.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::TooLarge.grpc(format!(
                 "{} messages; at most {MAX_BATCH} per call",
                 messages.len()
             )));
@@ -112,13 +112,13 @@ impl Router for RouterService {
     ) -> Result<Response<pb::LookupUserResponse>, Status> {
         self.auth(&req)?;
         let user = UserId::parse(&req.get_ref().user)
-            .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
+            .map_err(|e| Refusal::BadRequest.grpc(format!("user: {e}")))?;
         let routes = self
             .state
             .routes
             .lookup(&user)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Refusal::Unavailable.grpc(e.to_string()))?;
         Ok(Response::new(pb::LookupUserResponse {
             user: user.to_string(),
             connections: routes
@@ -143,7 +143,7 @@ impl Router for RouterService {
             .routes
             .list_nodes()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Refusal::Unavailable.grpc(e.to_string()))?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes
                 .into_iter()

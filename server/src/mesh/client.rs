@@ -19,6 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_client::MeshClient;
 
+use super::wire::{self, Forwarded};
+use crate::envelope::Outgoing;
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::route::registry::RouteTable;
@@ -41,11 +43,12 @@ pub enum MeshError {
     ShuttingDown,
 }
 
-pub type ForwardReply = oneshot::Receiver<Result<pb::ForwardResult, MeshError>>;
+/// Resolves when the peer has answered for one message.
+pub type ForwardReply = oneshot::Receiver<Result<Forwarded, MeshError>>;
 
 struct Job {
     item: pb::ForwardItem,
-    reply: oneshot::Sender<Result<pb::ForwardResult, MeshError>>,
+    reply: oneshot::Sender<Result<Forwarded, MeshError>>,
 }
 
 struct Peer {
@@ -113,8 +116,14 @@ impl PeerPool {
         }
     }
 
-    /// Queues one message for a peer; the receiver resolves when the peer has answered.
-    pub async fn forward(&self, node: &NodeId, item: pb::ForwardItem) -> ForwardReply {
+    /// Queues one message for the peer's connections `conn_ids`; the receiver resolves when the
+    /// peer has answered.
+    pub async fn forward(
+        &self,
+        node: &NodeId,
+        msg: &Outgoing,
+        conn_ids: Vec<String>,
+    ) -> ForwardReply {
         let (reply, rx) = oneshot::channel();
         // The known peer is found without waiting; only a new or suspect one reads Redis, in a
         // boxed future so that every send's future stays small.
@@ -130,10 +139,11 @@ impl PeerPool {
                 return rx;
             }
         };
+        let item = wire::to_item(msg, conn_ids);
         let item = if frames {
             item
         } else {
-            crate::envelope::legacy_item(item)
+            wire::legacy_item(item)
         };
         // The peer's queue usually has room; waiting for room (backpressure) is the rare path,
         // boxed so that every send's future stays small.
@@ -240,7 +250,8 @@ pub struct BearerInterceptor(Option<tonic::metadata::MetadataValue<tonic::metada
 impl tonic::service::Interceptor for BearerInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
-            req.metadata_mut().insert(super::AUTH_HEADER, v.clone());
+            req.metadata_mut()
+                .insert(crate::bearer::AUTH_HEADER, v.clone());
         }
         Ok(req)
     }
@@ -295,7 +306,7 @@ struct Link {
 /// A batch on the wire, waiting for its reply.
 struct InFlightBatch {
     seq: u64,
-    replies: Vec<oneshot::Sender<Result<pb::ForwardResult, MeshError>>>,
+    replies: Vec<oneshot::Sender<Result<Forwarded, MeshError>>>,
     sent_at: tokio::time::Instant,
 }
 
@@ -336,7 +347,7 @@ impl PeerWorker {
                                 .mesh_forward_latency
                                 .observe(batch.sent_at.elapsed().as_secs_f64());
                             for (r, result) in batch.replies.into_iter().zip(reply.results) {
-                                let _ = r.send(Ok(result));
+                                let _ = r.send(Ok(result.into()));
                             }
                         }
                         Some(Err(status)) => {
@@ -361,7 +372,7 @@ impl PeerWorker {
                                 Ok(Some(Ok(reply))) => {
                                     let batch = waiting.pop_front().expect("not empty");
                                     for (r, result) in batch.replies.into_iter().zip(reply.results) {
-                                        let _ = r.send(Ok(result));
+                                        let _ = r.send(Ok(result.into()));
                                     }
                                 }
                                 _ => break,

@@ -14,11 +14,13 @@ use tonic::{Request, Response, Status, Streaming};
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_server::Mesh;
 
-use crate::delivery::LocalAttempt;
-use crate::envelope::Outgoing;
+use super::wire;
+use crate::bearer;
+use crate::error::Refusal;
 use crate::ids::{ConnId, NodeId};
-use crate::node::NodeState;
+use crate::local::LocalAttempt;
 use crate::sessions::Sessions;
+use crate::state::NodeState;
 use tokio_util::sync::CancellationToken;
 
 /// Largest batch accepted from a peer; a bigger one is refused whole (peers send at most
@@ -48,22 +50,19 @@ impl MeshService {
         if named == self.node.as_str() {
             Ok(())
         } else {
-            Err(Status::failed_precondition(format!(
-                "this is node {}, not {named:?}",
-                self.node
-            )))
+            Err(Refusal::WrongNode.grpc(format!("this is node {}, not {named:?}", self.node)))
         }
     }
 
     /// The mesh secret and, with mTLS, a verified client certificate.
     fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if let Some(secret) = &self.secret {
-            super::check_bearer(req.metadata(), Some(secret), "mesh secret")?;
+            bearer::check_grpc(req.metadata(), Some(secret), "mesh secret")?;
         }
         if self.require_client_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Status::unauthenticated(
-                "the mesh needs a client certificate (--mesh-mtls)",
-            ));
+            return Err(
+                Refusal::Unauthorized.grpc("the mesh needs a client certificate (--mesh-mtls)")
+            );
         }
         Ok(())
     }
@@ -77,7 +76,7 @@ impl MeshService {
     /// which keeps messages from one sender in order.
     fn start_batch(&self, batch: pb::ForwardBatch) -> Result<(u64, Vec<LocalAttempt>), Status> {
         if batch.items.len() > MAX_ITEMS {
-            return Err(Status::invalid_argument(format!(
+            return Err(Refusal::TooLarge.grpc(format!(
                 "batch of {} items; at most {MAX_ITEMS}",
                 batch.items.len()
             )));
@@ -94,7 +93,7 @@ impl MeshService {
                 .mesh_items_received
                 .with_label_values(&[form])
                 .inc();
-            let msg = match Outgoing::from_item(&mut item) {
+            let msg = match wire::from_item(&mut item) {
                 Ok(msg) => msg,
                 Err(e) => {
                     tracing::warn!(from_node = %batch.from_node, error = %e, "refusing a malformed mesh item");

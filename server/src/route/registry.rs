@@ -155,7 +155,7 @@ impl RouteTable {
                     ("conns", record.connections.to_string()),
                     ("draining", u8::from(record.draining).to_string()),
                     ("max_conns", record.max_connections.to_string()),
-                    ("mesh", crate::envelope::MESH_FRAMES.to_owned()),
+                    ("mesh", crate::mesh::wire::MESH_PROTOCOL.to_owned()),
                 ],
             ),
         )
@@ -260,7 +260,7 @@ impl RouteTable {
     }
 
     /// Where to dial a node and whether it reads pass-through frames (it announces
-    /// [`crate::envelope::MESH_FRAMES`]); `None` if it is not registered.
+    /// [`crate::mesh::wire::MESH_PROTOCOL`]); `None` if it is not registered.
     pub async fn node_mesh_endpoint(
         &self,
         node: &NodeId,
@@ -273,7 +273,7 @@ impl RouteTable {
             .arg("mesh")
             .query_async(&mut c)
             .await?;
-        Ok(addr.map(|a| (a, mesh.as_deref() == Some(crate::envelope::MESH_FRAMES))))
+        Ok(addr.map(|a| (a, mesh.as_deref() == Some(crate::mesh::wire::MESH_PROTOCOL))))
     }
 
     /// Whether a node's lease is still held.
@@ -544,4 +544,25 @@ impl RouteTable {
         let _: i64 = c.publish(keys::events_channel(), payload).await?;
         Ok(())
     }
+
+    /// Tells the other nodes to drop these users from their route caches (their routes were
+    /// removed in bulk): one PUBLISH per user, sent in pipelines of up to [`PUBLISH_BATCH`]
+    /// instead of one round trip each. Classic pub/sub is cluster-wide, so on Redis Cluster the
+    /// node that takes a pipeline reaches every subscriber.
+    pub async fn publish_invalidations(&self, users: &[UserId]) -> Result<(), RouteError> {
+        let channel = keys::events_channel();
+        for batch in users.chunks(PUBLISH_BATCH) {
+            let _timer = self.count("publish");
+            let mut w = Writes::new();
+            for user in batch {
+                let event = RouteEvent::Invalidate(user.clone()).encode();
+                w.add(&channel, Cmd::publish(&channel, event));
+            }
+            self.pool.write(w).await?;
+        }
+        Ok(())
+    }
 }
+
+/// PUBLISHes sent in one pipeline at most (a node removed in bulk may have had many users).
+const PUBLISH_BATCH: usize = 1000;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use actix_http::RequestHead;
+use actix_web::dev::RequestHead;
 use std::path::PathBuf;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};

@@ -3,63 +3,52 @@
 //! client leaves or the node stops; then the connection's route is removed and whatever was
 //! written but not acked by the client goes to the user's inbox.
 
-use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-use bytes::Bytes;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
+use super::ledger::{InboxCopy, Ledger};
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::inbox::StoreOutcome;
-use crate::node::NodeState;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
+use crate::state::NodeState;
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)> + Send>>;
 
-type Ws = WebSocketStream<TcpStream>;
+/// The sending half of the client's WebSocket (actix-ws): a frame handed to it is queued for
+/// the connection's writer (a channel of 32 frames that the HTTP dispatcher drains into the
+/// socket); a full channel makes the next frame wait, which is how a slow reader pushes back.
+type Ws = actix_ws::Session;
+
+/// The frames the client sends, continuation frames already joined into messages.
+pub type Inbound = AggregatedMessageStream;
 
 /// Why the loop ended, and how to close.
 enum End {
     /// The socket is gone: nothing more to write.
     Gone,
-    /// The client sent a close frame: answer it (tungstenite queued the reply) and stop.
-    ClosedByClient,
-    Close(CloseFrame),
+    /// The client sent a close frame: answer it with the same code and stop.
+    ClosedByClient(Option<CloseReason>),
+    Close(CloseReason),
 }
 
-/// Frames written in one batch at most: one write syscall for up to this many queued frames.
+/// Frames taken in one loop turn at most after the one that woke it (queued messages, finished
+/// acks), before the loop looks at the client's frames and the clock again.
 const MAX_BATCH: usize = 64;
-
-/// A message frame fed to the socket and waiting for the flush that decides whether it was
-/// written.
-struct Fed {
-    id: MsgId,
-    frame: ByteString,
-    /// From the inbox, or stored by a sender that stopped waiting: remember it as inbox-sent.
-    as_inbox: bool,
-    accepted_us: i64,
-    written: Option<oneshot::Sender<bool>>,
-}
 
 pub struct Session {
     pub state: Arc<NodeState>,
@@ -68,24 +57,12 @@ pub struct Session {
     pub ws: Ws,
     /// Cancelled by the session table when this connection's queue overflows.
     pub evict: CancellationToken,
-    /// Live messages written and not yet acked by the client, oldest first (bounded by
-    /// `Limits::unacked_max`). Empty, and unallocated, for a client that keeps up with its acks.
-    pub unacked: VecDeque<(MsgId, ByteString)>,
-    /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
-    /// never sent twice to this connection, and acked in Redis when the client acks them.
-    pub inbox_sent: HashSet<MsgId>,
-    /// The last `RECENT_IDS` live messages written here. A message written here whose sender
-    /// did not hear so (a mesh stream broke before the reply) is stored by its sender and comes
-    /// back through the inbox: this is how the connection knows it already has it.
-    pub recent: VecDeque<MsgId>,
+    /// What was written here and what the client acked.
+    pub ledger: Ledger,
     /// Flood control over the frames this client initiates.
     pub flood: super::flood::FloodGuard,
     /// Whether messages waited in the inbox when the connection registered.
     pub inbox_waiting: bool,
-    /// Message frames fed since the last flush.
-    fed: Vec<Fed>,
-    /// Whether anything was fed since the last flush.
-    dirty: bool,
 }
 
 impl Session {
@@ -98,31 +75,19 @@ impl Session {
         inbox_waiting: bool,
     ) -> Self {
         let flood = super::flood::FloodGuard::new(state.config.limits.msgs_per_sec);
+        let ledger = Ledger::new(state.config.limits.unacked_max);
         Self {
             state,
             conn,
             user,
             ws,
             evict,
-            unacked: VecDeque::new(),
-            inbox_sent: HashSet::new(),
-            recent: VecDeque::new(),
+            ledger,
             flood,
             inbox_waiting,
-            fed: Vec::new(),
-            dirty: false,
         }
     }
 }
-
-/// A text frame from bytes that are known to be UTF-8 (they come from a `String` or a
-/// `ByteString`), without checking them again.
-fn text(bytes: impl Into<Bytes>) -> Message {
-    Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))
-}
-
-/// How many recently written live message ids a connection remembers (16 bytes each).
-const RECENT_IDS: usize = 128;
 
 /// A write that was interrupted by eviction or that found the socket gone.
 enum WriteError {
@@ -131,7 +96,7 @@ enum WriteError {
 }
 
 impl Session {
-    pub async fn run(mut self, mailbox: Arc<Mailbox>) {
+    pub async fn run(mut self, mut inbound: Inbound, mailbox: Arc<Mailbox>) {
         let heartbeat = self.state.config.limits.client_heartbeat;
         let hello = frame::hello(
             self.conn.as_str(),
@@ -159,15 +124,11 @@ impl Session {
         let end = 'session: {
             // Registration saw how many messages wait; an empty inbox is not read (anything
             // stored since then announces itself with an inbox event).
-            let mut first = self.feed(text(hello)).await;
+            let mut first = self.send(hello).await;
             if first.is_ok() && self.inbox_waiting {
                 first = Box::pin(self.send_inbox()).await;
             }
-            let written = match first {
-                Ok(()) => self.flush().await,
-                failed => failed,
-            };
-            if let Err(e) = written {
+            if let Err(e) = first {
                 break 'session Box::pin(self.write_failed(e)).await;
             }
             loop {
@@ -181,7 +142,7 @@ impl Session {
                     _ = &mut evicted => break 'session Box::pin(self.write_failed(WriteError::Evicted)).await,
                     mail = mailbox.recv() => match mail {
                         Mail::Control(Control::Reconnect { url, reason: why }) => {
-                            let _ = self.feed(text(frame::reconnect(&url, &why))).await;
+                            let _ = self.send(frame::reconnect(&url, &why)).await;
                             break 'session End::Close(reason(close::GOING_AWAY, &why));
                         }
                         Mail::Control(Control::Close { code, reason: why }) => {
@@ -191,7 +152,7 @@ impl Session {
                         Mail::Message(out) => self.feed_message(out).await,
                     },
                     Some((reference, id, outcome)) = pending.next(), if !pending.is_empty() => {
-                        self.feed(text(ack_frame(reference.as_deref(), &id, &outcome))).await
+                        self.send(ack_frame(reference.as_deref(), &id, &outcome)).await
                     }
                     permit = admission.clone().acquire_owned(), if parked.is_some() => {
                         if let (Ok(permit), Some((send, to))) = (permit, parked.take()) {
@@ -199,7 +160,7 @@ impl Session {
                         }
                         Ok(())
                     }
-                    msg = self.ws.next(), if parked.is_none() && pending.len() < max_pending => {
+                    msg = inbound.next(), if parked.is_none() && pending.len() < max_pending => {
                         last_heard = Instant::now();
                         match msg {
                             None => break 'session End::Gone,
@@ -215,7 +176,7 @@ impl Session {
                             tracing::info!(user = %self.user, conn_id = %self.conn, "client silent for two heartbeats; closing");
                             break 'session End::Close(reason(close::GOING_AWAY, "heartbeat timeout"));
                         }
-                        self.feed(Message::Ping(Bytes::new())).await
+                        evictable(&self.evict, self.ws.ping(b"")).await
                     }
                 };
                 if let Err(e) = self.coalesce(fed, &mailbox, &mut pending).await {
@@ -224,11 +185,12 @@ impl Session {
             }
         };
 
-        Box::pin(self.leave(end, &mailbox, pending)).await;
+        Box::pin(self.leave(end, &mut inbound, &mailbox, pending)).await;
     }
 
-    /// Feeds whatever else is ready now (queued messages, finished acks, up to [`MAX_BATCH`]
-    /// frames) after what the loop turn fed, and writes it all with one flush.
+    /// Hands over whatever else is ready now (queued messages, finished acks, up to
+    /// [`MAX_BATCH`] frames) after what the loop turn sent; the connection's writer takes them
+    /// all in one write when it next runs.
     async fn coalesce(
         &mut self,
         fed: Result<(), WriteError>,
@@ -248,41 +210,38 @@ impl Session {
             match pending.next().now_or_never() {
                 Some(Some((reference, id, outcome))) => {
                     result = self
-                        .feed(text(ack_frame(reference.as_deref(), &id, &outcome)))
+                        .send(ack_frame(reference.as_deref(), &id, &outcome))
                         .await;
                 }
                 _ => break,
             }
             budget -= 1;
         }
-        if result.is_ok() && self.dirty {
-            result = self.flush().await;
-        }
-        self.settle(result.is_ok());
         result
     }
 
     /// Handles one client message; `Some` ends the session.
     async fn on_message(
         &mut self,
-        msg: Message,
+        msg: AggregatedMessage,
         pending: &mut FuturesUnordered<PendingAck>,
         parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
         let parsed = match msg {
-            Message::Text(text) => frame::parse(text.as_str()),
-            Message::Binary(_) => Err(FrameError {
+            AggregatedMessage::Text(text) => frame::parse(&text),
+            AggregatedMessage::Binary(_) => Err(FrameError {
                 code: FrameErrorCode::BadFrame,
                 message: "binary frames are not accepted; send JSON text frames".into(),
                 reference: None,
             }),
-            // tungstenite queued the pong; it goes out with this turn's flush.
-            Message::Ping(_) => {
-                self.dirty = true;
-                return None;
+            AggregatedMessage::Ping(payload) => {
+                return match evictable(&self.evict, self.ws.pong(&payload)).await {
+                    Ok(()) => None,
+                    Err(e) => Some(self.write_failed(e).await),
+                };
             }
-            Message::Pong(_) | Message::Frame(_) => return None,
-            Message::Close(_) => return Some(End::ClosedByClient),
+            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Close(why) => return Some(End::ClosedByClient(why)),
         };
         // Acks answer the server's own traffic and cost nothing; everything else a client
         // starts is counted against its rate.
@@ -412,10 +371,7 @@ impl Session {
         let Ok(id) = MsgId::parse(id) else {
             return;
         };
-        if let Some(i) = self.unacked.iter().position(|(u, _)| *u == id) {
-            self.unacked.remove(i);
-        }
-        if self.inbox_sent.contains(&id)
+        if self.ledger.acked(&id)
             && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
         {
             tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
@@ -432,24 +388,42 @@ impl Session {
         self.reply(frame::error(e)).await
     }
 
-    async fn on_protocol_error(&mut self, e: WsError) -> End {
-        let (code, close_code, message) = match &e {
-            WsError::Capacity(_) => (
+    async fn on_protocol_error(&mut self, e: ProtocolError) -> End {
+        let too_large = || {
+            (
                 FrameErrorCode::TooLarge,
                 close::TOO_BIG,
                 format!(
                     "frame larger than {} bytes",
                     self.state.config.max_frame_bytes
                 ),
-            ),
-            WsError::Utf8(_) => (
+            )
+        };
+        let (code, close_code, message) = match &e {
+            // Refused from the frame's header, before its payload is read.
+            ProtocolError::Overflow => too_large(),
+            ProtocolError::Io(io) => match io.kind() {
+                std::io::ErrorKind::InvalidData => (
+                    FrameErrorCode::BadFrame,
+                    close::INVALID_PAYLOAD,
+                    "a text frame that is not UTF-8".to_owned(),
+                ),
+                // The socket failed or closed (actix-http's payload error): nobody to tell.
+                _ if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<actix_web::error::PayloadError>()) =>
+                {
+                    return End::Gone;
+                }
+                // The one other I/O error the stream makes: a fragmented message that grew
+                // past the limit.
+                _ => too_large(),
+            },
+            p => (
                 FrameErrorCode::BadFrame,
-                1007,
-                "a text frame that is not UTF-8".to_owned(),
+                close::PROTOCOL,
+                format!("bad frame: {p}"),
             ),
-            WsError::Protocol(p) => (FrameErrorCode::BadFrame, 1002, format!("bad frame: {p}")),
-            // The socket failed or closed: nobody to tell.
-            _ => return End::Gone,
         };
         self.state
             .metrics
@@ -458,39 +432,31 @@ impl Session {
             .inc();
         tracing::info!(user = %self.user, conn_id = %self.conn, error = %e, "closing after a protocol error");
         let _ = self
-            .feed(text(frame::error(&FrameError {
+            .send(frame::error(&FrameError {
                 code,
                 message: message.clone(),
                 reference: None,
-            })))
+            }))
             .await;
         End::Close(reason(close_code, &message))
     }
 
-    /// Feeds a reply frame (written with this turn's flush); `Some` ends the session.
+    /// Sends a reply frame; `Some` ends the session.
     async fn reply(&mut self, frame: String) -> Option<End> {
-        match self.feed(text(frame)).await {
+        match self.send(frame).await {
             Ok(()) => None,
             Err(e) => Some(self.write_failed(e).await),
         }
     }
 
-    /// Buffers a frame for the socket (tungstenite writes early only past `WRITE_BUFFER`);
-    /// [`Session::flush`] writes it. Gives up if the connection is evicted meanwhile.
-    async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
-        self.dirty = true;
-        evictable(&self.evict, self.ws.feed(msg)).await
+    /// Hands a text frame to the connection's writer. The frame is valid UTF-8 (it comes from a
+    /// `String` or a `ByteString`) and is not checked again. Waits while the writer's queue is
+    /// full, unless the connection is evicted meanwhile.
+    async fn send(&mut self, frame: impl Into<ByteString>) -> Result<(), WriteError> {
+        evictable(&self.evict, self.ws.text(frame)).await
     }
 
-    /// Writes everything fed so far, unless the connection is evicted meanwhile.
-    async fn flush(&mut self) -> Result<(), WriteError> {
-        let r = evictable(&self.evict, self.ws.flush()).await;
-        self.dirty = false;
-        r
-    }
-
-    /// Feeds one queued message; its sender hears whether it was written after the flush
-    /// ([`Session::settle`]).
+    /// Sends one queued message; its sender hears whether the connection's writer took it.
     async fn feed_message(&mut self, out: Outbound) -> Result<(), WriteError> {
         let Outbound::Message {
             id,
@@ -499,9 +465,7 @@ impl Session {
             accepted_us,
             written,
         } = out;
-        if from_inbox
-            && (self.inbox_sent.contains(&id) || self.fed.iter().any(|f| f.as_inbox && f.id == id))
-        {
+        if from_inbox && self.ledger.has_from_inbox(&id) {
             if let Some(w) = written {
                 let _ = w.send(true);
             }
@@ -509,50 +473,20 @@ impl Session {
         }
         // A sender that stopped waiting stores the message to the inbox: remember that this
         // connection has it, so that the inbox does not send it here again.
-        let sender_gave_up = written.as_ref().is_some_and(|w| w.is_closed());
-        let result = self.feed(text(frame.clone().into_bytes())).await;
-        self.fed.push(Fed {
-            id,
-            frame,
-            as_inbox: from_inbox || sender_gave_up,
-            accepted_us,
-            written,
-        });
+        let as_inbox = from_inbox || written.as_ref().is_some_and(|w| w.is_closed());
+        let result = self.send(frame.clone()).await;
+        if let Some(w) = written {
+            let _ = w.send(result.is_ok());
+        }
+        if result.is_ok() {
+            self.state.metrics.observe_delivery(accepted_us);
+            if as_inbox {
+                self.ledger.wrote_inbox(id);
+            } else if self.ledger.wrote_live(id, frame) {
+                self.state.metrics.unacked_dropped.inc();
+            }
+        }
         result
-    }
-
-    /// After a flush: tells each fed message's sender whether it was written, and remembers
-    /// the written ones (recent ids, unacked frames, inbox ids).
-    fn settle(&mut self, written: bool) {
-        let mut fed = std::mem::take(&mut self.fed);
-        for f in fed.drain(..) {
-            if let Some(w) = f.written {
-                let _ = w.send(written);
-            }
-            if !written {
-                continue;
-            }
-            self.state.metrics.observe_delivery(f.accepted_us);
-            if f.as_inbox {
-                self.inbox_sent.insert(f.id);
-            } else {
-                if self.recent.len() >= RECENT_IDS {
-                    self.recent.pop_front();
-                }
-                self.recent.push_back(f.id.clone());
-                self.remember_unacked(f.id, f.frame);
-            }
-        }
-        self.fed = fed;
-    }
-
-    fn remember_unacked(&mut self, id: MsgId, frame: ByteString) {
-        if self.unacked.len() >= self.state.config.limits.unacked_max {
-            // The client does not ack: stop tracking the oldest rather than grow without bound.
-            self.unacked.pop_front();
-            self.state.metrics.unacked_dropped.inc();
-        }
-        self.unacked.push_back((id, frame));
     }
 
     /// Sends every inbox message this connection has not had yet, oldest first.
@@ -565,22 +499,20 @@ impl Session {
             }
         };
         for (id, frame_text) in messages {
-            if self.inbox_sent.contains(&id) {
-                continue;
-            }
-            if self.recent.contains(&id) {
-                // Written here live already: do not send it twice. If the client acked it
-                // meanwhile, that ack never reached the inbox: remove it there now.
-                let still_unacked = self.unacked.iter().any(|(u, _)| *u == id);
-                if !still_unacked && let Err(e) = self.state.inbox.ack(&self.user, &id).await {
-                    tracing::debug!(user = %self.user, msg_id = %id, error = %e, "cannot drop a stored copy of a delivered message");
+            match self.ledger.inbox_copy(&id) {
+                InboxCopy::Send => {}
+                InboxCopy::Had => continue,
+                // Written here live and acked: that ack never reached the inbox.
+                InboxCopy::Acked => {
+                    if let Err(e) = self.state.inbox.ack(&self.user, &id).await {
+                        tracing::debug!(user = %self.user, msg_id = %id, error = %e, "cannot drop a stored copy of a delivered message");
+                    }
+                    continue;
                 }
-                self.inbox_sent.insert(id);
-                continue;
             }
-            self.feed(text(frame_text)).await?;
+            self.send(frame_text).await?;
             self.state.metrics.inbox_replayed.inc();
-            self.inbox_sent.insert(id);
+            self.ledger.wrote_inbox(id);
         }
         Ok(())
     }
@@ -597,8 +529,7 @@ impl Session {
                     message: "you are not reading fast enough; reconnect to get the rest".into(),
                     reference: None,
                 });
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), self.ws.send(text(err))).await;
+                let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.text(err)).await;
                 End::Close(reason(close::TRY_AGAIN_LATER, "slow consumer"))
             }
         }
@@ -610,10 +541,10 @@ impl Session {
     async fn leave(
         mut self,
         end: End,
+        inbound: &mut Inbound,
         mailbox: &Mailbox,
         mut pending: FuturesUnordered<PendingAck>,
     ) {
-        self.settle(false);
         self.state.sessions.remove(&self.conn);
         // Unwritten messages: their senders learn "not written" and re-route or store them.
         drop(mailbox.close());
@@ -624,18 +555,19 @@ impl Session {
                     tokio::time::timeout(Duration::from_secs(2), pending.next()).await
                 {
                     let ack = ack_frame(reference.as_deref(), &id, &outcome);
-                    if tokio::time::timeout(Duration::from_millis(500), self.ws.send(text(ack)))
+                    if tokio::time::timeout(Duration::from_millis(500), self.ws.text(ack))
                         .await
                         .map_or(true, |r| r.is_err())
                     {
                         break;
                     }
                 }
-                self.close(frame).await;
+                self.close(frame, inbound).await;
             }
-            // The reply to the client's close frame is queued: write it.
-            End::ClosedByClient => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
+            // Answer the client's close frame with its own code, as RFC 6455 asks.
+            End::ClosedByClient(why) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), self.ws.clone().close(why)).await;
             }
             End::Gone => {}
         }
@@ -660,19 +592,23 @@ impl Session {
     /// Sends the close frame and waits (briefly) for the client's answer, reading and dropping
     /// whatever it still sends: closing a socket with unread data would reset it, and the client
     /// could lose the frames just written, the close frame included.
-    async fn close(&mut self, frame: CloseFrame) {
+    async fn close(&mut self, frame: CloseReason, inbound: &mut Inbound) {
         let closing = async {
-            if self.ws.close(Some(frame)).await.is_err() {
+            if self.ws.clone().close(Some(frame)).await.is_err() {
                 return;
             }
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while let Some(Ok(msg)) = inbound.next().await {
+                if matches!(msg, AggregatedMessage::Close(_)) {
+                    break;
+                }
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
 
     /// Messages written here but never acked may not have reached the client: keep them.
     async fn keep_unacked(&mut self) {
-        let unacked = std::mem::take(&mut self.unacked);
+        let unacked = self.ledger.take_unacked();
         if unacked.is_empty() {
             return;
         }
@@ -692,15 +628,15 @@ impl Session {
     }
 }
 
-fn reason(code: u16, description: &str) -> CloseFrame {
+fn reason(code: u16, description: &str) -> CloseReason {
     // A close reason must fit a control frame (123 bytes).
     let mut d = description.to_owned();
     while d.len() > 120 {
         d.pop();
     }
-    CloseFrame {
+    CloseReason {
         code: CloseCode::from(code),
-        reason: d.into(),
+        description: Some(d),
     }
 }
 
@@ -708,7 +644,7 @@ fn reason(code: u16, description: &str) -> CloseFrame {
 /// once; only one that waits on a full socket also watches the eviction token.
 async fn evictable<F>(evict: &CancellationToken, write: F) -> Result<(), WriteError>
 where
-    F: Future<Output = Result<(), WsError>>,
+    F: Future<Output = Result<(), actix_ws::Closed>>,
 {
     tokio::pin!(write);
     if let Some(r) = (&mut write).now_or_never() {

@@ -1,0 +1,229 @@
+//! The mesh's wire form, in one place: a message as the protobuf `ForwardItem` a peer receives
+//! (its `message` frame passed through, or an `Envelope` for nodes from before frames), and back.
+//! Generated protobuf types stop here: the rest of the node sees `Envelope`, `Outgoing` and
+//! [`Forwarded`].
+
+use bytestring::ByteString;
+use serde_json::value::RawValue;
+use wsroute_proto::v1 as pb;
+
+use crate::envelope::{Envelope, Outgoing};
+use crate::ids::{IdError, MsgId, UserId};
+
+/// The mesh protocol a node announces in its record (`mesh` in `wsr:n:{node}:info`): "2" reads
+/// pass-through frames. A peer that announces nothing predates them and is sent envelopes
+/// ([`legacy_item`]).
+pub const MESH_PROTOCOL: &str = "2";
+
+/// A mesh item (or envelope) that cannot be turned back into a message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("bad {field}: {source}")]
+    Id {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+    #[error("body is not valid JSON: {0}")]
+    Body(#[source] serde_json::Error),
+    #[error("frame is not UTF-8")]
+    Frame,
+    #[error("item has no envelope")]
+    Missing,
+}
+
+/// What a peer answered for one forwarded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// How many of the named connections the peer wrote the frame to.
+    pub delivered: u32,
+    /// The named connections the peer does not hold (the sender's route to them is stale).
+    pub gone: Vec<String>,
+}
+
+impl From<pb::ForwardResult> for Forwarded {
+    fn from(r: pb::ForwardResult) -> Self {
+        Self {
+            delivered: r.delivered,
+            gone: r.gone,
+        }
+    }
+}
+
+/// The mesh item carrying `msg` to `conn_ids` on another node.
+pub fn to_item(msg: &Outgoing, conn_ids: Vec<String>) -> pb::ForwardItem {
+    pb::ForwardItem {
+        envelope: None,
+        conn_ids,
+        frame: msg.frame.as_bytes().clone(),
+        id: msg.id.to_string(),
+        accepted_us: msg.accepted_us,
+    }
+}
+
+/// The message a mesh item carries: its frame as sent (checked to be UTF-8, as a text frame
+/// must be), or, from an older sender, built from its envelope. Takes the frame out of `item`
+/// (its connection ids stay).
+pub fn from_item(item: &mut pb::ForwardItem) -> Result<Outgoing, WireError> {
+    if item.frame.is_empty() {
+        let env = Envelope::try_from(item.envelope.take().ok_or(WireError::Missing)?)?;
+        return Ok(env.outgoing());
+    }
+    let id = MsgId::parse(&item.id).map_err(|source| WireError::Id {
+        field: "id",
+        source,
+    })?;
+    let frame =
+        ByteString::try_from(std::mem::take(&mut item.frame)).map_err(|_| WireError::Frame)?;
+    Ok(Outgoing {
+        id,
+        frame,
+        accepted_us: item.accepted_us,
+    })
+}
+
+/// The same item as a node from before frame pass-through reads it: the envelope rebuilt from the
+/// frame. An item that has no frame, or whose frame cannot be read back, is returned as it is.
+pub fn legacy_item(mut item: pb::ForwardItem) -> pb::ForwardItem {
+    #[derive(serde::Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        to: std::borrow::Cow<'a, str>,
+        ts: i64,
+        #[serde(borrow)]
+        body: &'a RawValue,
+    }
+    if item.frame.is_empty() {
+        return item;
+    }
+    let Ok(f) = serde_json::from_slice::<Frame<'_>>(&item.frame) else {
+        return item;
+    };
+    let envelope = pb::Envelope {
+        id: f.id.into_owned(),
+        from: f.from.into_owned(),
+        to: f.to.into_owned(),
+        ts_ms: f.ts,
+        body_json: f.body.get().as_bytes().to_vec(),
+        accepted_us: item.accepted_us,
+    };
+    item.envelope = Some(envelope);
+    item.frame = Default::default();
+    item.id = String::new();
+    item
+}
+
+impl Envelope {
+    /// The protobuf envelope: what nodes from before frame pass-through read, and what the
+    /// broadcast baseline publishes.
+    pub fn to_proto(&self) -> pb::Envelope {
+        pb::Envelope {
+            id: self.id.to_string(),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            ts_ms: self.ts_ms,
+            body_json: self.body.get().as_bytes().to_vec(),
+            accepted_us: self.accepted_us,
+        }
+    }
+}
+
+impl TryFrom<pb::Envelope> for Envelope {
+    type Error = WireError;
+
+    fn try_from(p: pb::Envelope) -> Result<Self, Self::Error> {
+        let body_text = String::from_utf8(p.body_json).map_err(|e| {
+            WireError::Body(serde_json::Error::io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e,
+            )))
+        })?;
+        Ok(Self {
+            id: MsgId::parse(&p.id).map_err(|source| WireError::Id {
+                field: "id",
+                source,
+            })?,
+            from: UserId::parse(&p.from).map_err(|source| WireError::Id {
+                field: "from",
+                source,
+            })?,
+            to: UserId::parse(&p.to).map_err(|source| WireError::Id {
+                field: "to",
+                source,
+            })?,
+            ts_ms: p.ts_ms,
+            // A peer that does not send it: fall back to the millisecond timestamp.
+            accepted_us: if p.accepted_us > 0 {
+                p.accepted_us
+            } else {
+                p.ts_ms.saturating_mul(1000)
+            },
+            body: RawValue::from_string(body_text).map_err(WireError::Body)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::tests::env;
+
+    #[test]
+    fn proto_round_trip_and_hostile_envelopes() {
+        let back = Envelope::try_from(env().to_proto()).expect("round trip");
+        assert_eq!(back.body.get(), env().body.get());
+        let mut bad = env().to_proto();
+        bad.body_json = b"{not json".to_vec();
+        assert!(matches!(Envelope::try_from(bad), Err(WireError::Body(_))));
+        let mut bad = env().to_proto();
+        bad.body_json = vec![0xff, 0xfe];
+        assert!(Envelope::try_from(bad).is_err());
+        let mut bad = env().to_proto();
+        bad.to = "no spaces".into();
+        assert!(Envelope::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn mesh_items_carry_the_frame_through_untouched() {
+        let msg = env().outgoing();
+        let mut item = to_item(&msg, vec!["c1".into()]);
+        assert!(item.envelope.is_none());
+        let back = from_item(&mut item).expect("valid item");
+        assert_eq!(back.frame, msg.frame);
+        assert_eq!(back.id, msg.id);
+        assert_eq!(back.accepted_us, 7_000);
+
+        // From an older sender: the envelope, turned into the same frame.
+        let mut legacy = pb::ForwardItem {
+            envelope: Some(env().to_proto()),
+            conn_ids: vec!["c1".into()],
+            ..Default::default()
+        };
+        assert_eq!(from_item(&mut legacy).expect("valid").frame, msg.frame);
+
+        // A frame that is not UTF-8, or a bad id, is refused; so is an item with neither.
+        let mut bad = to_item(&msg, vec![]);
+        bad.frame = vec![0xff, 0xfe].into();
+        assert!(matches!(from_item(&mut bad), Err(WireError::Frame)));
+        let mut bad = to_item(&msg, vec![]);
+        bad.id = "no spaces".into();
+        assert!(from_item(&mut bad).is_err());
+        let mut empty = pb::ForwardItem::default();
+        assert!(matches!(from_item(&mut empty), Err(WireError::Missing)));
+    }
+
+    #[test]
+    fn older_peers_get_the_envelope_back_from_the_frame() {
+        let msg = env().outgoing();
+        let legacy = legacy_item(to_item(&msg, vec!["c1".into()]));
+        assert!(legacy.frame.is_empty());
+        assert_eq!(legacy.conn_ids, vec!["c1".to_owned()]);
+        let back = Envelope::try_from(legacy.envelope.expect("an envelope")).expect("valid");
+        assert_eq!(back.frame(), msg.frame);
+        assert_eq!(back.accepted_us, 7_000);
+    }
+}

@@ -1,0 +1,188 @@
+//! What the parts of a node share: its configuration, identity, session table, route table,
+//! delivery and flags, below every endpoint (`ws`, `api`, `mesh::server`) and background loop
+//! (`upkeep`, `drain`) that uses it. `node` builds it and wires those parts together.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::ids::{IdGen, NodeId};
+use crate::inbox::Inbox;
+use crate::metrics::Metrics;
+use crate::route::Route;
+use crate::route::cache::RouteCache;
+use crate::route::events::RouteEvent;
+use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
+use crate::sessions::Sessions;
+use crate::ws::auth::Authenticator;
+
+/// Everything the parts of a node share.
+pub struct NodeState {
+    pub config: Config,
+    pub node: NodeId,
+    pub public_url: String,
+    pub grpc_addr: String,
+    pub started_at_ms: i64,
+    pub ids: IdGen,
+    pub auth: Authenticator,
+    pub sessions: Arc<Sessions>,
+    pub routes: RouteTable,
+    pub cache: Arc<RouteCache>,
+    pub inbox: Inbox,
+    pub delivery: Arc<Delivery>,
+    pub metrics: Metrics,
+    /// True while this node's lease is held in Redis (false while starting or Redis is away).
+    pub(crate) in_table: AtomicBool,
+    /// True while this node hears the route events (cache invalidations, inbox changes).
+    /// Until then a node would cache routes it cannot keep fresh, and every (re)subscription
+    /// drops the cache anyway: it takes no clients before.
+    pub(crate) subscribed: Arc<AtomicBool>,
+    pub(crate) draining: AtomicBool,
+    /// Set when a route could not be removed; the lease loop then reconciles Redis with the
+    /// connections this node really holds.
+    pub(crate) reconcile_needed: AtomicBool,
+    /// Cancelled when something other than a signal asks the node to drain (`router-cli drain`).
+    pub drain_requested: CancellationToken,
+    /// Admission control: one permit per send awaiting its outcome (`Limits::node_sends_in_flight`).
+    pub admission: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the node stops: sessions close and background loops end.
+    pub shutdown: CancellationToken,
+    /// Every task the node spawns, so that stopping can wait for them.
+    pub tracker: TaskTracker,
+    /// The node's multi-thread runtime: client sessions run here, beside the mesh, not on the
+    /// HTTP server's worker threads (a message crossing a node then wakes tasks on the threads
+    /// it already runs on).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl NodeState {
+    /// Whether new clients may connect (`/readyz`).
+    pub fn accepting(&self) -> bool {
+        self.in_table.load(Ordering::Acquire)
+            && self.subscribed.load(Ordering::Acquire)
+            && !self.is_draining()
+    }
+
+    /// Whether this node may take another client (`--max-connections`).
+    pub fn has_room(&self) -> bool {
+        let cap = self.config.limits.node_connections;
+        cap == 0 || (self.sessions.len() as u64) < cap
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn request_reconcile(&self) {
+        self.reconcile_needed.store(true, Ordering::Release);
+    }
+
+    /// Removes routes this node left in Redis for connections it no longer holds.
+    pub(crate) async fn reconcile(&self) -> Result<(), RouteError> {
+        if !self.reconcile_needed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self
+            .routes
+            .reconcile(|conn| {
+                crate::ids::ConnId::parse(conn).is_ok_and(|c| self.sessions.contains(&c))
+            })
+            .await;
+        match result {
+            Ok(users) => {
+                if !users.is_empty() {
+                    tracing::info!(
+                        routes = users.len(),
+                        "removed routes of connections that had left"
+                    );
+                }
+                if let Err(e) = self.routes.publish_invalidations(&users).await {
+                    tracing::debug!(error = %e, "cannot announce the removed routes");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.request_reconcile();
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn record(&self) -> NodeRecord {
+        NodeRecord {
+            node: self.node.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            public_url: self.public_url.clone(),
+            started_at_ms: self.started_at_ms,
+            connections: self.sessions.len() as u64,
+            lease_left_ms: 0,
+            draining: self.is_draining(),
+            max_connections: self.config.limits.node_connections,
+        }
+    }
+
+    /// The live, non-draining node with the fewest connections, other than `exclude`:
+    /// `(node id, public url)`.
+    pub async fn pick_node(
+        &self,
+        exclude: Option<&NodeId>,
+    ) -> Result<Option<(String, String)>, RouteError> {
+        let nodes = self.routes.list_nodes().await?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
+            .filter(|n| {
+                if n.node == self.node {
+                    self.has_room()
+                } else {
+                    n.has_room()
+                }
+            })
+            .filter(|n| Some(&n.node) != exclude)
+            .filter(|n| n.node != self.node || self.accepting())
+            .map(|n| {
+                let conns = if n.node == self.node {
+                    self.sessions.len() as u64
+                } else {
+                    n.connections
+                };
+                (conns, n.node.to_string(), n.public_url)
+            })
+            .min()
+            .map(|(_, node, url)| (node, url)))
+    }
+
+    /// Puts this node and every connection it holds (back) into the route table.
+    pub(crate) async fn register_everything(&self) -> Result<usize, RouteError> {
+        self.routes.register_node(&self.record()).await?;
+        let regs: Vec<Registration> = self
+            .sessions
+            .snapshot()
+            .into_iter()
+            .map(|(conn, h)| Registration {
+                user: h.user,
+                route: Route {
+                    conn,
+                    node: self.node.clone(),
+                    device: h.device,
+                    connected_at_ms: h.connected_at_ms,
+                },
+            })
+            .collect();
+        for chunk in regs.chunks(1000) {
+            self.routes.register(chunk).await?;
+        }
+        if let Err(e) = self
+            .routes
+            .publish(&RouteEvent::NodeUp(self.node.clone()).encode())
+            .await
+        {
+            tracing::debug!(error = %e, "cannot announce this node");
+        }
+        Ok(regs.len())
+    }
+}
