@@ -16,12 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Edges left out of the check, each with the reason and what removes it. An edge listed here
 /// that no longer exists fails the test, so that the list cannot outlive its reason.
-const EXEMPT: &[(&str, &str, &str)] = &[(
-    "route::store",
-    "route::registry",
-    "store.rs takes RouteError (the error of every Redis call) from registry.rs, which uses \
-     store.rs's pool: goes when the Redis layer (deadpool-redis, in progress) names its own error",
-)];
+const EXEMPT: &[(&str, &str, &str)] = &[];
 
 #[test]
 fn no_import_loop_among_server_modules() {

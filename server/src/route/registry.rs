@@ -12,23 +12,11 @@ use redis::{AsyncCommands, Cmd};
 use super::Route;
 use super::events::RouteEvent;
 use super::keys;
+// The error of every Redis call, defined with the pools; named here too, where callers find it.
+pub use super::store::RouteError;
 use super::store::{RedisConn, RedisPool, Writes};
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::metrics::Metrics;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("no Redis connection: {0}")]
-    Pool(String),
-    #[error("Redis command failed: {0}")]
-    Command(#[source] redis::RedisError),
-}
-
-impl From<redis::RedisError> for RouteError {
-    fn from(e: redis::RedisError) -> Self {
-        Self::Command(e)
-    }
-}
 
 /// Adds a route unless the user is at the limit. KEYS: the user's connections, the user's inbox
 /// ids (same slot). ARGV: conn, route value, max per user. Returns -1 refused, else how many
@@ -551,6 +539,8 @@ impl RouteTable {
     /// node that takes a pipeline reaches every subscriber.
     pub async fn publish_invalidations(&self, users: &[UserId]) -> Result<(), RouteError> {
         let channel = keys::events_channel();
+        // A bulk removal's follow-up: a cold path (one checkout for every batch).
+        let mut c = self.cold().await?;
         for batch in users.chunks(PUBLISH_BATCH) {
             let _timer = self.count("publish");
             let mut w = Writes::new();
@@ -558,7 +548,7 @@ impl RouteTable {
                 let event = RouteEvent::Invalidate(user.clone()).encode();
                 w.add(&channel, Cmd::publish(&channel, event));
             }
-            self.pool.write(w).await?;
+            c.write(w).await?;
         }
         Ok(())
     }

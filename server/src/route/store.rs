@@ -50,7 +50,20 @@ use redis::{
     RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 
-use super::registry::RouteError;
+/// The error of every Redis call: no connection to be had from the pool, or the command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no Redis connection: {0}")]
+    Pool(String),
+    #[error("Redis command failed: {0}")]
+    Command(#[source] RedisError),
+}
+
+impl From<RedisError> for RouteError {
+    fn from(e: RedisError) -> Self {
+        Self::Command(e)
+    }
+}
 
 /// How many pooled connections a node holds checked out for its hot paths. Each one pipelines
 /// concurrent requests; two keep a spare socket without spreading requests so thin that they
@@ -197,12 +210,12 @@ fn breaks_connection(e: &RedisError) -> bool {
 /// fails in a way that breaks the connection, dropping this takes the connection out of its pool.
 pub struct RedisConn {
     link: Link,
-    from: From,
+    from: Origin,
     timeout: Duration,
     broken: bool,
 }
 
-enum From {
+enum Origin {
     Held {
         shared: Arc<Shared>,
         index: usize,
@@ -359,12 +372,12 @@ impl Drop for RedisConn {
             return;
         }
         match &mut self.from {
-            From::Held {
+            Origin::Held {
                 shared,
                 index,
                 number,
             } => shared.let_go(*index, *number),
-            From::CheckedOut(pooled) => {
+            Origin::CheckedOut(pooled) => {
                 if let Some(p) = pooled.take() {
                     p.discard();
                 }
@@ -462,7 +475,7 @@ impl RedisPool {
         *lock(&place.conn) = Some((number, pooled));
         Ok(RedisConn {
             link,
-            from: From::Held {
+            from: Origin::Held {
                 shared: shared.clone(),
                 index,
                 number,
@@ -478,7 +491,7 @@ impl RedisPool {
         let (number, pooled) = conn.as_ref()?;
         Some(RedisConn {
             link: pooled.link(),
-            from: From::Held {
+            from: Origin::Held {
                 shared: shared.clone(),
                 index,
                 number: *number,
@@ -494,7 +507,7 @@ impl RedisPool {
         let pooled = self.checkout().await?;
         Ok(RedisConn {
             link: pooled.link(),
-            from: From::CheckedOut(Some(pooled)),
+            from: Origin::CheckedOut(Some(pooled)),
             timeout: self.0.timeout,
             broken: false,
         })
