@@ -2,7 +2,7 @@
 //! a Redis route table and a gRPC mesh, to exactly the nodes that hold the recipients.
 //!
 //! Where things live, from the wiring down to plain types (no import loop between files;
-//! `tests/module_graph.rs` checks, and lists the one edge it still exempts):
+//! `tests/module_graph.rs` checks):
 //! - `node` wires the parts together (and only that), `drain` stops a node;
 //! - endpoints: `ws` (client WebSockets: auth, the session loop, its `ledger` of what was
 //!   written and acked, frames, flood control), `api` (push API, Router, probes, the try-it
