@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use wsroute_server::ids::NodeId;
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::ids::NodeId;
+use wsroute_core::nodes::NodeReader;
 
 use crate::mesh::{MeshAuth, NodeLink};
 
@@ -27,7 +27,7 @@ pub struct DrainArgs {
 }
 
 pub async fn drain(
-    table: &RouteTable,
+    table: &NodeReader,
     args: DrainArgs,
     tls: &crate::output::GrpcTlsArgs,
     as_json: bool,

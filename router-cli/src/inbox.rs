@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use wsroute_server::ids::UserId;
-use wsroute_server::inbox::Inbox;
+use wsroute_core::ids::UserId;
+use wsroute_core::inbox::InboxReader;
 
 use crate::output::{human_ms, now_ms, table};
 
-pub async fn show(inbox: &Inbox, user: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn show(inbox: &InboxReader, user: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let user = match UserId::parse(user) {
         Ok(u) => u,
         Err(e) => {

@@ -155,24 +155,25 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let table = || output::route_table(&cli.redis_url);
+    let redis = || output::Readers::open(&cli.redis_url);
     match cli.command {
         Command::Nodes {
             command: NodesCommand::List,
-        } => nodes::list(&table()?, cli.json).await,
+        } => nodes::list(&redis()?.nodes, cli.json).await,
         Command::Routes {
             command: RoutesCommand::Get { user },
-        } => routes::get(&table()?, &user, cli.json).await,
+        } => {
+            let r = redis()?;
+            routes::get(&r.routes, &r.nodes, &user, cli.json).await
+        }
         Command::Routes {
             command: RoutesCommand::List { node },
-        } => routes::list(&table()?, &node, cli.json).await,
-        Command::Send(args) => send::send(&table()?, args, &cli.tls, cli.json).await,
-        Command::Drain(args) => drain::drain(&table()?, args, &cli.tls, cli.json).await,
-        Command::Stats(args) => stats::show(&table()?, args, &cli.tls, cli.json).await,
-        Command::Watch(args) => watch::watch(&table()?, args, &cli.tls, cli.json).await,
-        Command::Inbox { user } => {
-            inbox::show(&output::inbox(&cli.redis_url)?, &user, cli.json).await
-        }
+        } => routes::list(&redis()?.routes, &node, cli.json).await,
+        Command::Send(args) => send::send(&redis()?.nodes, args, &cli.tls, cli.json).await,
+        Command::Drain(args) => drain::drain(&redis()?.nodes, args, &cli.tls, cli.json).await,
+        Command::Stats(args) => stats::show(&redis()?.nodes, args, &cli.tls, cli.json).await,
+        Command::Watch(args) => watch::watch(&redis()?.nodes, args, &cli.tls, cli.json).await,
+        Command::Inbox { user } => inbox::show(&redis()?.inbox, &user, cli.json).await,
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
         Command::Completions { shell } => {

@@ -8,8 +8,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_client::MeshClient;
-use wsroute_server::ids::NodeId;
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::ids::NodeId;
+use wsroute_core::nodes::NodeReader;
 
 use crate::output::GrpcTlsArgs;
 
@@ -36,7 +36,7 @@ pub struct NodeLink {
 impl NodeLink {
     /// Looks the node's gRPC address up in the route table and dials it.
     pub async fn open(
-        table: &RouteTable,
+        table: &NodeReader,
         node: &NodeId,
         tls: &GrpcTlsArgs,
         auth: &MeshAuth,

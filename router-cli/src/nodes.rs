@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::nodes::NodeReader;
 
 use crate::output::{human_ms, now_ms, table};
 
-pub async fn list(table_: &RouteTable, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn list(table_: &NodeReader, as_json: bool) -> anyhow::Result<ExitCode> {
     let nodes = table_.list_nodes().await?;
     if as_json {
         let v: Vec<_> = nodes

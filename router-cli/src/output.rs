@@ -1,39 +1,36 @@
-//! Shared plumbing: the route-table handle and plain-text tables.
+//! Shared plumbing: the readers of what the nodes keep in Redis, and plain-text tables.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use wsroute_server::ids::NodeId;
-use wsroute_server::metrics::Metrics;
-use wsroute_server::route::registry::RouteTable;
-use wsroute_server::route::store::RedisPool;
+use wsroute_core::db::Redis;
+use wsroute_core::inbox::InboxReader;
+use wsroute_core::nodes::NodeReader;
+use wsroute_core::observe::Unobserved;
+use wsroute_core::routes::RouteReader;
 
-/// A read-mostly handle on the cluster's route table.
-pub fn route_table(url: &str) -> anyhow::Result<RouteTable> {
-    let me = NodeId::parse("router-cli").expect("a valid id");
-    Ok(RouteTable::new(
-        redis_pool(url)?,
-        me,
-        Duration::from_secs(1),
-        Metrics::new(),
-    ))
+/// What router-cli reads in Redis: the node list, users' routes and inboxes (it writes nothing
+/// there; it keeps no metrics).
+pub struct Readers {
+    pub nodes: NodeReader,
+    pub routes: RouteReader,
+    pub inbox: InboxReader,
 }
 
-/// A read handle on users' inboxes (the bound and expiry only matter to writers).
-pub fn inbox(url: &str) -> anyhow::Result<wsroute_server::inbox::Inbox> {
-    Ok(wsroute_server::inbox::Inbox::new(
-        redis_pool(url)?,
-        0,
-        Duration::from_secs(1),
-        Metrics::new(),
-    ))
-}
-
-fn redis_pool(url: &str) -> anyhow::Result<RedisPool> {
-    // No held connections: every command checks out of the pool (router-cli runs a few).
-    RedisPool::open(url, Duration::from_secs(3), 0)
-        // The URL is not repeated: it may carry a password.
-        .map_err(|e| anyhow::anyhow!("bad --redis-url: {e}"))
+impl Readers {
+    pub fn open(url: &str) -> anyhow::Result<Self> {
+        // No held connections: every command checks out of the pool (router-cli runs a few).
+        let redis = Redis::open(url, Duration::from_secs(3), 0)
+            // The URL is not repeated: it may carry a password.
+            .map_err(|e| anyhow::anyhow!("bad --redis-url: {e}"))?;
+        let observer = Arc::new(Unobserved);
+        Ok(Self {
+            nodes: NodeReader::new(redis.clone(), observer.clone()),
+            routes: RouteReader::new(redis.clone(), observer.clone()),
+            inbox: InboxReader::new(redis, observer),
+        })
+    }
 }
 
 /// Prints rows as left-aligned columns under a header.
@@ -69,8 +66,12 @@ pub fn human_ms(ms: i64) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
-    wsroute_server::envelope::now_ms()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// TLS for reaching nodes' gRPC listeners (when they run with --grpc-tls-cert).

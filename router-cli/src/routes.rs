@@ -4,12 +4,18 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
-use wsroute_server::ids::{NodeId, UserId};
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::ids::{NodeId, UserId};
+use wsroute_core::nodes::NodeReader;
+use wsroute_core::routes::RouteReader;
 
 use crate::output::{human_ms, now_ms, table};
 
-pub async fn get(table_: &RouteTable, user: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn get(
+    table_: &RouteReader,
+    nodes: &NodeReader,
+    user: &str,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let user = match UserId::parse(user) {
         Ok(u) => u,
         Err(e) => {
@@ -21,7 +27,7 @@ pub async fn get(table_: &RouteTable, user: &str, as_json: bool) -> anyhow::Resu
         .lookup(&user)
         .await
         .context("reading the route table")?;
-    let nodes = table_.list_nodes().await.context("reading the node list")?;
+    let nodes = nodes.list_nodes().await.context("reading the node list")?;
     let alive = |n: &NodeId| nodes.iter().any(|r| &r.node == n && r.alive());
     if as_json {
         let v = json!({
@@ -62,7 +68,7 @@ pub async fn get(table_: &RouteTable, user: &str, as_json: bool) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list(table_: &RouteTable, node: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+pub async fn list(table_: &RouteReader, node: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let node = match NodeId::parse(node) {
         Ok(n) => n,
         Err(e) => {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::router_client::RouterClient;
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::nodes::NodeReader;
 
 #[derive(clap::Args)]
 pub struct SendArgs {
@@ -26,7 +26,7 @@ pub struct SendArgs {
 }
 
 pub async fn send(
-    table: &RouteTable,
+    table: &NodeReader,
     args: SendArgs,
     tls: &crate::output::GrpcTlsArgs,
     as_json: bool,

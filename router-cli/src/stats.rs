@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 use wsroute_proto::v1 as pb;
-use wsroute_server::ids::NodeId;
-use wsroute_server::route::registry::RouteTable;
+use wsroute_core::ids::NodeId;
+use wsroute_core::nodes::NodeReader;
 
 use crate::mesh::{MeshAuth, NodeLink};
 use crate::output::{GrpcTlsArgs, human_ms, table};
@@ -22,12 +22,12 @@ pub struct StatsArgs {
 }
 
 pub async fn show(
-    table_: &RouteTable,
+    nodes: &NodeReader,
     args: StatsArgs,
     tls: &GrpcTlsArgs,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let s = NodeLink::open(table_, &args.node, tls, &args.auth)
+    let s = NodeLink::open(nodes, &args.node, tls, &args.auth)
         .await?
         .stats()
         .await?;

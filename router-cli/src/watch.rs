@@ -11,8 +11,8 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use wsroute_proto::v1 as pb;
-use wsroute_server::ids::NodeId;
-use wsroute_server::route::registry::{NodeRecord, RouteTable};
+use wsroute_core::ids::NodeId;
+use wsroute_core::nodes::{NodeReader, NodeRecord};
 
 use crate::mesh::{MeshAuth, NodeLink};
 use crate::output::{GrpcTlsArgs, now_ms, table};
@@ -50,7 +50,7 @@ struct Row {
 }
 
 pub async fn watch(
-    table_: &RouteTable,
+    table_: &NodeReader,
     args: WatchArgs,
     tls: &GrpcTlsArgs,
     as_json: bool,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use wsroute_core::db::DbError;
+use wsroute_core::nodes::NodeReader;
 
 use crate::envelope::Envelope;
 use crate::error::RejectCode;
@@ -18,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
-use crate::route::registry::{RouteError, RouteTable};
+use crate::route::table::RouteTable;
 use crate::sessions::Sessions;
 
 /// What happened to a message, as the sender is told.
@@ -85,6 +87,8 @@ pub struct Delivery {
     pub(crate) node: NodeId,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) routes: RouteTable,
+    /// To check a peer's lease when a forward to it fails.
+    pub(crate) nodes: NodeReader,
     pub(crate) cache: Arc<RouteCache>,
     pub(crate) peers: Arc<PeerPool>,
     pub(crate) inbox: Inbox,
@@ -227,7 +231,7 @@ impl Delivery {
         Outcome::Delivered { devices: w.total() }
     }
 
-    async fn store_or_unavailable(&self, env: &Envelope, e: RouteError) -> Outcome {
+    async fn store_or_unavailable(&self, env: &Envelope, e: DbError) -> Outcome {
         tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "route re-read failed; storing");
         self.store(env).await
     }
@@ -260,7 +264,7 @@ impl Delivery {
 
     /// A cache miss: read the user's routes from Redis and cache them (unless an invalidation
     /// raced with the read).
-    async fn read_routes(&self, user: &UserId) -> Result<Arc<[Route]>, RouteError> {
+    async fn read_routes(&self, user: &UserId) -> Result<Arc<[Route]>, DbError> {
         let epoch = self.cache.epoch(user);
         let routes: Arc<[Route]> = self.cache.live_only(self.routes.lookup(user).await?).into();
         self.cache.insert(user.clone(), Arc::clone(&routes), epoch);
@@ -322,7 +326,7 @@ impl Delivery {
     /// A forward to `node` failed: if its lease is gone, stop routing to it at once rather than
     /// waiting for the sweep (its users' messages go to their inboxes meanwhile).
     async fn check_peer(&self, node: &NodeId) {
-        match self.routes.node_alive(node).await {
+        match self.nodes.node_alive(node).await {
             Ok(false) => self.cache.mark_dead(node),
             Ok(true) => {}
             Err(e) => tracing::debug!(peer = %node, error = %e, "cannot check a peer's lease"),

@@ -22,7 +22,7 @@ impl Node {
         state.metrics.draining.set(1);
         tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
         if let Err(e) = state
-            .routes
+            .nodes
             .renew_lease(state.sessions.len() as u64, true)
             .await
         {
@@ -44,7 +44,7 @@ impl Node {
         {
             tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
         }
-        match state.routes.remove_node(&state.node).await {
+        match state.nodes.remove_node(&state.node).await {
             Ok(users) => {
                 if let Err(e) = state.routes.publish_invalidations(&users).await {
                     tracing::debug!(error = %e, "cannot announce the removed routes");

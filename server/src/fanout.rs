@@ -14,10 +14,11 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use wsroute_proto::v1 as pb;
 
+use wsroute_core::db::subscriptions::Subscriptions;
+use wsroute_core::db::{DbError, Redis};
+use wsroute_core::keys;
+
 use crate::envelope::Envelope;
-use crate::route::keys::PREFIX;
-use crate::route::registry::RouteError;
-use crate::route::store::{RedisPool, Subscriptions};
 use crate::sessions::{Outbound, Sessions};
 
 /// How messages travel between nodes.
@@ -31,29 +32,25 @@ pub enum Fanout {
     Broadcast,
 }
 
-fn channel() -> String {
-    format!("{PREFIX}:broadcast")
-}
-
 /// The publishing side: through the pool's first held connection, so that messages from one
 /// connection are published in the order they were sent; on a cluster to the node the listeners
 /// subscribe on, whose receiver count is the one that means "nodes reached".
 pub struct Broadcast {
-    pool: RedisPool,
+    redis: Redis,
     subs: Subscriptions,
 }
 
 impl Broadcast {
-    pub fn new(pool: RedisPool, subs: Subscriptions) -> Self {
-        Self { pool, subs }
+    pub fn new(redis: Redis, subs: Subscriptions) -> Self {
+        Self { redis, subs }
     }
 
     /// Publishes a message to every node; returns how many nodes received it.
-    pub async fn publish(&self, env: &Envelope) -> Result<u32, RouteError> {
+    pub async fn publish(&self, env: &Envelope) -> Result<u32, DbError> {
         let payload = env.to_proto().encode_to_vec();
-        let mut c = self.pool.ordered().await?;
+        let mut c = self.redis.ordered().await?;
         let mut publish = redis::cmd("PUBLISH");
-        publish.arg(channel()).arg(payload);
+        publish.arg(keys::broadcast_channel()).arg(payload);
         let receivers: i64 = c
             .query_at(publish, self.subs.fixed_server(0).as_ref())
             .await?;
@@ -66,7 +63,7 @@ pub async fn listen(subs: Subscriptions, sessions: Arc<Sessions>, cancel: Cancel
     loop {
         let attempt = async {
             let mut pubsub = subs.server(0).await?.get_async_pubsub().await?;
-            pubsub.subscribe(channel()).await?;
+            pubsub.subscribe(keys::broadcast_channel()).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let mut pubsub = tokio::select! {

@@ -1,15 +1,17 @@
 //! Messages for users with no live connection: kept in Redis (bounded per user, with an expiry),
 //! delivered oldest first on the user's next connect on any node, removed only on the client's ack.
+//! Reading an inbox is `wsroute_core::inbox` (router-cli reads it too); storing and acking here.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use wsroute_core::db::{DbError, Redis};
+use wsroute_core::inbox::InboxReader;
+use wsroute_core::keys;
+
 use crate::envelope::Envelope;
 use crate::ids::{MsgId, UserId};
 use crate::metrics::Metrics;
-use crate::route::keys;
-use crate::route::registry::RouteError;
-use crate::route::store::RedisPool;
 
 /// Appends a message unless the inbox is full. Idempotent per id, so a retried store never
 /// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns the depth after storing, -1 when already
@@ -24,24 +26,6 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return depth
-",
-    )
-});
-
-/// Every message, oldest first, as a flat list id1, frame1, id2, frame2...
-static FETCH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-local out = {}
-for _, id in ipairs(ids) do
-  local frame = redis.call('HGET', KEYS[2], id)
-  if frame then
-    table.insert(out, id)
-    table.insert(out, frame)
-  end
-end
-return out
 ",
     )
 });
@@ -64,23 +48,26 @@ pub enum StoreOutcome {
 
 #[derive(Clone)]
 pub struct Inbox {
-    pool: RedisPool,
+    redis: Redis,
     max: usize,
     ttl: Duration,
     metrics: Metrics,
+    read: InboxReader,
 }
 
 impl Inbox {
-    pub fn new(pool: RedisPool, max: usize, ttl: Duration, metrics: Metrics) -> Self {
+    pub fn new(redis: Redis, max: usize, ttl: Duration, metrics: Metrics) -> Self {
+        let read = InboxReader::new(redis.clone(), std::sync::Arc::new(metrics.clone()));
         Self {
-            pool,
+            redis,
             max,
             ttl,
             metrics,
+            read,
         }
     }
 
-    pub async fn store(&self, env: &Envelope) -> Result<StoreOutcome, RouteError> {
+    pub async fn store(&self, env: &Envelope) -> Result<StoreOutcome, DbError> {
         self.store_frame(&env.to, &env.id, &env.frame()).await
     }
 
@@ -91,9 +78,9 @@ impl Inbox {
         user: &UserId,
         id: &MsgId,
         frame: &str,
-    ) -> Result<StoreOutcome, RouteError> {
+    ) -> Result<StoreOutcome, DbError> {
         let _timer = self.metrics.redis_op("inbox_store");
-        let mut c = self.pool.hot().await?;
+        let mut c = self.redis.hot().await?;
         let stored: i64 = STORE
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
@@ -114,29 +101,14 @@ impl Inbox {
     }
 
     /// The user's inbox, oldest first, as `(id, message frame)`.
-    pub async fn fetch(&self, user: &UserId) -> Result<Vec<(MsgId, String)>, RouteError> {
-        let _timer = self.metrics.redis_op("inbox_fetch");
-        let mut c = self.pool.hot().await?;
-        let flat: Vec<String> = FETCH
-            .key(keys::inbox_ids(user))
-            .key(keys::inbox_msgs(user))
-            .invoke_async(&mut c)
-            .await?;
-        let mut out = Vec::with_capacity(flat.len() / 2);
-        let mut it = flat.into_iter();
-        while let (Some(id), Some(frame)) = (it.next(), it.next()) {
-            match MsgId::parse(&id) {
-                Ok(id) => out.push((id, frame)),
-                Err(_) => tracing::warn!(%user, id = %id, "skipping an inbox entry with a bad id"),
-            }
-        }
-        Ok(out)
+    pub async fn fetch(&self, user: &UserId) -> Result<Vec<(MsgId, String)>, DbError> {
+        self.read.fetch(user).await
     }
 
     /// Forgets one message the client acked; false if it was not (or no longer) there.
-    pub async fn ack(&self, user: &UserId, id: &MsgId) -> Result<bool, RouteError> {
+    pub async fn ack(&self, user: &UserId, id: &MsgId) -> Result<bool, DbError> {
         let _timer = self.metrics.redis_op("inbox_ack");
-        let mut c = self.pool.hot().await?;
+        let mut c = self.redis.hot().await?;
         let removed: i64 = ACK
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
@@ -147,12 +119,7 @@ impl Inbox {
     }
 
     /// How many messages wait for a user.
-    pub async fn depth(&self, user: &UserId) -> Result<usize, RouteError> {
-        let mut c = self.pool.hot().await?;
-        let n: usize = redis::cmd("LLEN")
-            .arg(keys::inbox_ids(user))
-            .query_async(&mut c)
-            .await?;
-        Ok(n)
+    pub async fn depth(&self, user: &UserId) -> Result<usize, DbError> {
+        self.read.depth(user).await
     }
 }

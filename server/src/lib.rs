@@ -11,9 +11,15 @@
 //! - `state`: what the endpoints share;
 //! - `delivery` (resolve, deliver, forward, store), `local` (a message handed to this node's
 //!   connections), `inbox` (offline users), `fanout` (the broadcast baseline);
-//! - `route` (Redis table, cache, events, key layout), `sessions` (the local session table);
-//! - plain types: `envelope`, `ids`, `error` (every code a client or caller sees, and the
-//!   HTTP and gRPC refusals), `bearer` (secret checks), `metrics`, `config`.
+//! - `route` (writing the Redis route table: `table` users' routes, `membership` the node's
+//!   record, lease and sweeps; the `cache` in front of it, `events`), `sessions` (the local
+//!   session table);
+//! - plain types: `envelope`, `ids` (the core's, re-exported), `error` (every code a client or
+//!   caller sees, and the HTTP and gRPC refusals), `bearer` (secret checks), `metrics`, `config`.
+//!
+//! Below all of them, in the `wsroute-core` crate (shared with router-cli and the tests): the
+//! ids, the Redis key layout, the Redis handle (`db::Redis`, `db::DbError`) and the read side of
+//! the route table and inboxes.
 
 pub mod api;
 pub mod bearer;

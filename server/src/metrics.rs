@@ -263,3 +263,14 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// The Redis operations `wsroute_core` runs (route lookups, node lists, inbox reads) are counted
+/// and timed like the server's own.
+impl wsroute_core::observe::Observer for Metrics {
+    fn observe_redis_op(&self, op: &'static str, took: std::time::Duration) {
+        self.redis_ops.with_label_values(&[op]).inc();
+        self.redis_latency
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+}

@@ -11,6 +11,8 @@ use tracing::Instrument;
 use actix_web::{App, web};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wsroute_core::db::subscriptions::Subscriptions;
+use wsroute_core::db::{NODE_HELD_CONNECTIONS, Redis};
 use wsroute_proto::v1::mesh_server::MeshServer;
 use wsroute_proto::v1::router_server::RouterServer;
 
@@ -26,8 +28,8 @@ use crate::mesh::server::MeshService;
 use crate::metrics::Metrics;
 use crate::route::cache::RouteCache;
 use crate::route::events;
-use crate::route::registry::RouteTable;
-use crate::route::store::RedisPool;
+use crate::route::membership::Membership;
+use crate::route::table::RouteTable;
 use crate::sessions::Sessions;
 use crate::state::NodeState;
 use crate::ws::auth::Authenticator;
@@ -100,13 +102,13 @@ impl Node {
             .clone()
             .unwrap_or_else(|| dialable(grpc_addr));
 
-        let pool = RedisPool::open(
+        let redis = Redis::open(
             &config.redis_url,
             Duration::from_secs(2),
-            crate::route::store::NODE_HELD_CONNECTIONS,
+            NODE_HELD_CONNECTIONS,
         )
         .map_err(StartError::Redis)?;
-        let subscriptions = pool.subscriptions().map_err(StartError::Redis)?;
+        let subscriptions = Subscriptions::new(&redis).map_err(StartError::Redis)?;
 
         let tls = match &config.grpc_tls {
             Some(t) => Some(
@@ -121,8 +123,9 @@ impl Node {
             .with_label_values(&[node.as_str(), env!("CARGO_PKG_VERSION")])
             .set(1);
         let limits = config.limits.clone();
-        let routes = RouteTable::new(
-            pool.clone(),
+        let routes = RouteTable::new(redis.clone(), node.clone(), metrics.clone());
+        let nodes = Membership::new(
+            redis.clone(),
             node.clone(),
             limits.lease_ttl,
             metrics.clone(),
@@ -130,7 +133,7 @@ impl Node {
         let sessions = Arc::new(Sessions::default());
         let cache = Arc::new(RouteCache::new(metrics.clone()));
         let inbox = Inbox::new(
-            pool.clone(),
+            redis.clone(),
             limits.inbox_max,
             limits.inbox_ttl,
             metrics.clone(),
@@ -142,7 +145,7 @@ impl Node {
         let runtime = tokio::runtime::Handle::current();
         let peers = Arc::new(PeerPool::new(
             node.clone(),
-            routes.clone(),
+            nodes.reader().clone(),
             config.mesh_secret.clone(),
             tls.as_ref().map(|t| t.client.clone()),
             limits.mesh_batch,
@@ -156,6 +159,7 @@ impl Node {
             node: node.clone(),
             sessions: sessions.clone(),
             routes: routes.clone(),
+            nodes: nodes.reader().clone(),
             cache: cache.clone(),
             peers: peers.clone(),
             inbox: inbox.clone(),
@@ -170,7 +174,7 @@ impl Node {
                 tracing::warn!(
                     "--fanout broadcast: every message goes to every node (a benchmark baseline, not for production)"
                 );
-                delivery.with_broadcast(Broadcast::new(pool, subscriptions.clone()))
+                delivery.with_broadcast(Broadcast::new(redis, subscriptions.clone()))
             }
         });
         let state = Arc::new(NodeState {
@@ -183,6 +187,7 @@ impl Node {
             ids: IdGen::new(),
             sessions,
             routes,
+            nodes,
             cache,
             inbox,
             delivery,

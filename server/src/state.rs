@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wsroute_core::db::DbError;
+use wsroute_core::nodes::NodeRecord;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -16,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
-use crate::route::registry::{NodeRecord, Registration, RouteError, RouteTable};
+use crate::route::membership::Membership;
+use crate::route::table::{Registration, RouteTable};
 use crate::sessions::Sessions;
 use crate::ws::auth::Authenticator;
 
@@ -30,7 +33,10 @@ pub struct NodeState {
     pub ids: IdGen,
     pub auth: Authenticator,
     pub sessions: Arc<Sessions>,
+    /// Users' routes in Redis (this node's connections).
     pub routes: RouteTable,
+    /// This node's record and lease in Redis, and the other nodes'.
+    pub nodes: Membership,
     pub cache: Arc<RouteCache>,
     pub inbox: Inbox,
     pub delivery: Arc<Delivery>,
@@ -82,7 +88,7 @@ impl NodeState {
     }
 
     /// Removes routes this node left in Redis for connections it no longer holds.
-    pub(crate) async fn reconcile(&self) -> Result<(), RouteError> {
+    pub(crate) async fn reconcile(&self) -> Result<(), DbError> {
         if !self.reconcile_needed.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -130,8 +136,8 @@ impl NodeState {
     pub async fn pick_node(
         &self,
         exclude: Option<&NodeId>,
-    ) -> Result<Option<(String, String)>, RouteError> {
-        let nodes = self.routes.list_nodes().await?;
+    ) -> Result<Option<(String, String)>, DbError> {
+        let nodes = self.nodes.list_nodes().await?;
         Ok(nodes
             .into_iter()
             .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
@@ -157,8 +163,8 @@ impl NodeState {
     }
 
     /// Puts this node and every connection it holds (back) into the route table.
-    pub(crate) async fn register_everything(&self) -> Result<usize, RouteError> {
-        self.routes.register_node(&self.record()).await?;
+    pub(crate) async fn register_everything(&self) -> Result<usize, DbError> {
+        self.nodes.register_node(&self.record()).await?;
         let regs: Vec<Registration> = self
             .sessions
             .snapshot()

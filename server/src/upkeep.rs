@@ -17,9 +17,9 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     let interval = state.config.limits.heartbeat_interval;
     let mut first = true;
     // The primary moves seen when everything was last registered.
-    let mut registered_on = state.routes.primary_moves();
+    let mut registered_on = state.nodes.primary_moves();
     loop {
-        let moves = state.routes.primary_moves();
+        let moves = state.nodes.primary_moves();
         let result = if state.in_table.load(Ordering::Acquire) && moves != registered_on {
             tracing::warn!(
                 "the Redis primary moved (failover); registering this node's routes again"
@@ -30,7 +30,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             })
         } else if state.in_table.load(Ordering::Acquire) {
             match state
-                .routes
+                .nodes
                 .renew_lease(state.sessions.len() as u64, state.is_draining())
                 .await
             {
@@ -49,14 +49,14 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
         } else {
             let cleanup = if first {
                 // Routes a previous process with this node id left behind are not ours.
-                state.routes.remove_node(&state.node).await.map(|_| ())
+                state.nodes.remove_node(&state.node).await.map(|_| ())
             } else {
                 Ok(())
             };
             // The hot paths' connections are checked out before this node says it is ready,
             // so that a first burst of connects does not check out a connection each.
             let cleanup = match cleanup {
-                Ok(()) => state.routes.hold_connections().await,
+                Ok(()) => state.nodes.hold_connections().await,
                 e => e,
             };
             match cleanup {
@@ -101,7 +101,7 @@ pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
         if !state.in_table.load(Ordering::Acquire) {
             continue;
         }
-        match state.routes.sweep_dead_nodes(SWEEP_INTERVAL).await {
+        match state.nodes.sweep_dead_nodes(SWEEP_INTERVAL).await {
             Ok(cleaned) => {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);

@@ -140,7 +140,7 @@ impl Router for RouterService {
         self.auth(&req)?;
         let nodes = self
             .state
-            .routes
+            .nodes
             .list_nodes()
             .await
             .map_err(|e| Refusal::Unavailable.grpc(e.to_string()))?;

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use wsroute_proto::v1 as pb;
+use wsroute_core::nodes::NodeReader;
 use wsroute_proto::v1::mesh_client::MeshClient;
 
 use super::wire::{self, Forwarded};
 use crate::envelope::Outgoing;
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
-use crate::route::registry::RouteTable;
 
 /// Messages waiting for one peer. When full, senders wait (backpressure on the sending clients)
 /// rather than drop anything.
@@ -74,7 +74,8 @@ pub struct PeerStatus {
 
 pub struct PeerPool {
     me: NodeId,
-    routes: RouteTable,
+    /// Where to dial a peer met for the first time (or moved).
+    nodes: NodeReader,
     peers: DashMap<NodeId, Peer>,
     secret: Option<Arc<str>>,
     /// TLS for dialling peers (`https://`), when the node runs its gRPC listener with TLS.
@@ -91,7 +92,7 @@ impl PeerPool {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: NodeId,
-        routes: RouteTable,
+        nodes: NodeReader,
         secret: Option<String>,
         tls: Option<tonic::transport::ClientTlsConfig>,
         batch_max: usize,
@@ -103,7 +104,7 @@ impl PeerPool {
     ) -> Self {
         Self {
             me,
-            routes,
+            nodes,
             peers: DashMap::new(),
             secret: secret.map(Arc::from),
             tls,
@@ -169,13 +170,16 @@ impl PeerPool {
         if let Some(known) = self.known_queue(node) {
             return Ok(known);
         }
-        let (addr, frames) = self
-            .routes
-            .node_mesh_endpoint(node)
+        let endpoint = self
+            .nodes
+            .mesh_endpoint(node)
             .await
             .map_err(|e| MeshError::RouteTable(e.to_string()))?
-            .filter(|(a, _)| !a.is_empty())
+            .filter(|e| !e.grpc_addr.is_empty())
             .ok_or_else(|| MeshError::UnknownNode(node.clone()))?;
+        let addr = endpoint.grpc_addr;
+        // It reads pass-through frames if it announces this node's mesh protocol.
+        let frames = endpoint.protocol.as_deref() == Some(wire::MESH_PROTOCOL);
         let mut entry = self
             .peers
             .entry(node.clone())

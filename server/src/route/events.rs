@@ -10,9 +10,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use wsroute_core::db::subscriptions::Subscriptions;
+use wsroute_core::keys;
+
 use super::cache::RouteCache;
-use super::keys;
-use super::store::Subscriptions;
 use crate::ids::{NodeId, UserId};
 use crate::sessions::{Control, Sessions};
 

@@ -20,7 +20,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::envelope::now_ms;
 use crate::error::Refusal;
 use crate::route::Route;
-use crate::route::registry::{Admission, Registration};
+use crate::route::table::{Admission, Registration};
 use crate::sessions::{Mailbox, SessionHandle};
 use crate::state::NodeState;
 

@@ -32,9 +32,28 @@ pub fn node_lease(node: &NodeId) -> String {
     format!("{PREFIX}:n:{{{node}}}:lease")
 }
 
-/// Hash of what other nodes and the CLI need to know about a node (addresses, counts).
+/// Hash of what other nodes and the CLI need to know about a node (addresses, counts); its
+/// fields are named in [`info`].
 pub fn node_info(node: &NodeId) -> String {
     format!("{PREFIX}:n:{{{node}}}:info")
+}
+
+/// The fields of a node's [`node_info`] hash.
+pub mod info {
+    /// The gRPC address other nodes and the CLI dial.
+    pub const GRPC: &str = "grpc";
+    /// The node's public WebSocket URL.
+    pub const URL: &str = "url";
+    /// When the node started, in Unix milliseconds.
+    pub const STARTED_MS: &str = "started_ms";
+    /// Connections held, as of the last lease renewal.
+    pub const CONNS: &str = "conns";
+    /// `1` while the node drains.
+    pub const DRAINING: &str = "draining";
+    /// Connections the node accepts at most (`0`: no cap).
+    pub const MAX_CONNS: &str = "max_conns";
+    /// The mesh protocol the node speaks; absent on nodes from before it was announced.
+    pub const MESH: &str = "mesh";
 }
 
 /// Hash `conn_id -> user`: the per-node index of routes, so that a node's routes can be removed
@@ -57,4 +76,9 @@ pub fn sweep_turn() -> String {
 /// Pub/sub channel of route events (`inv USER`, `inbox USER`).
 pub fn events_channel() -> String {
     format!("{PREFIX}:events")
+}
+
+/// Pub/sub channel of the broadcast baseline (`--fanout broadcast`): every message to every node.
+pub fn broadcast_channel() -> String {
+    format!("{PREFIX}:broadcast")
 }
