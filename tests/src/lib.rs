@@ -14,6 +14,19 @@ use std::time::Duration;
 pub use client::Client;
 pub use cluster::{Cluster, Node, NodeOpts};
 pub use redis_server::RedisServer;
+/// The Redis key layout the nodes use (tests read and alter route entries by it).
+pub use wsroute_core::keys;
+use wsroute_core::ids::{NodeId, UserId};
+
+/// A user id a test names; panics if the test names an invalid one.
+pub fn user_id(user: &str) -> UserId {
+    UserId::parse(user).expect("a test names a valid user id")
+}
+
+/// A node id a test names; panics if the test names an invalid one.
+pub fn node_id(node: &str) -> NodeId {
+    NodeId::parse(node).expect("a test names a valid node id")
+}
 
 /// Patience for conditions; CI can raise it with `WSROUTE_TEST_PATIENCE_MS`.
 pub fn patience() -> Duration {

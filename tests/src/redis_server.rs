@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::{eventually, free_port};
+use crate::{eventually, free_port, keys, node_id, user_id};
 
 pub struct RedisServer {
     /// The (first) server's port.
@@ -441,12 +441,12 @@ impl RedisServer {
 
     /// How many connections the route table lists for a node (its index), 0 if Redis is away.
     pub async fn routes_on_node(&self, node: &str) -> usize {
-        self.hlen(&format!("wsr:n:{{{node}}}:conns")).await
+        self.hlen(&keys::node_conns(&node_id(node))).await
     }
 
     /// How many connections the route table lists for a user, 0 if Redis is away.
     pub async fn routes_of_user(&self, user: &str) -> usize {
-        self.hlen(&format!("wsr:u:{{{user}}}:conns")).await
+        self.hlen(&keys::user_conns(&user_id(user))).await
     }
 
     async fn hlen(&self, key: &str) -> usize {

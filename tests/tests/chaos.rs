@@ -259,7 +259,7 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
     }
 }
 
-/// Looking for dead nodes is one node's job per interval (the `wsr:sweep` turn), not every
+/// Looking for dead nodes is one node's job per interval (the `keys::sweep_turn` key), not every
 /// node's: otherwise each node reads the node list and every lease every 2 s, and Redis's
 /// background load grows with the square of the cluster. With three nodes, about one attempt in
 /// three takes the turn and reads the node list; every attempt reading it would mean no turns.

@@ -2,7 +2,7 @@
 //! a user who moves, and the route cache doing its job without Redis.
 
 use serde_json::json;
-use wsroute_tests::{Client, Cluster, eventually};
+use wsroute_tests::{Client, Cluster, eventually, keys, node_id};
 
 #[tokio::test]
 async fn cross_node_and_same_node_messages_are_delivered_with_the_authenticated_sender() {
@@ -208,7 +208,9 @@ async fn the_broadcast_baseline_delivers_through_every_node() {
 async fn a_peer_that_does_not_announce_frames_is_sent_envelopes() {
     let c = Cluster::start(2).await;
     // node2 registered as a node from before frame pass-through would be: no `mesh` field.
-    c.redis.hdel("wsr:n:{node2}:info", "mesh").await;
+    c.redis
+        .hdel(&keys::node_info(&node_id("node2")), keys::info::MESH)
+        .await;
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
 

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use serde_json::json;
-use wsroute_tests::{Client, Cluster, RedisServer, eventually};
+use wsroute_tests::{Client, Cluster, RedisServer, eventually, keys, user_id};
 
 async fn cluster_of(nodes: usize) -> Cluster {
     Cluster::start_on(RedisServer::start_cluster(3).await, nodes, |_| {}).await
@@ -25,7 +25,7 @@ async fn routes_and_inboxes_spread_over_the_masters_and_each_users_keys_share_on
     let mut masters = HashSet::new();
     for u in &users {
         assert_eq!(c.redis.routes_of_user(u).await, 1, "{u}");
-        masters.insert(c.redis.server_of(&format!("wsr:u:{{{u}}}:conns")).await);
+        masters.insert(c.redis.server_of(&keys::user_conns(&user_id(u))).await);
     }
     assert!(masters.len() > 1, "all 12 users on one master: {masters:?}");
     assert_eq!(c.redis.routes_on_node("node1").await, 6);
@@ -40,8 +40,9 @@ async fn routes_and_inboxes_spread_over_the_masters_and_each_users_keys_share_on
     // delivered on connect.
     let ack = clients[0].send_and_ack("offline", json!({"n": 1})).await;
     assert_eq!(ack["status"], "stored", "{ack}");
-    let ids = c.redis.server_of("wsr:u:{offline}:inbox:ids").await;
-    let msgs = c.redis.server_of("wsr:u:{offline}:inbox:msgs").await;
+    let offline_user = user_id("offline");
+    let ids = c.redis.server_of(&keys::inbox_ids(&offline_user)).await;
+    let msgs = c.redis.server_of(&keys::inbox_msgs(&offline_user)).await;
     assert_eq!(ids, msgs);
     let mut offline = Client::connect(&c.node(2).ws_user("offline")).await;
     let m = offline.expect_type("message").await;

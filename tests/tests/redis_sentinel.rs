@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wsroute_tests::router_cli::{cli, cli_json};
-use wsroute_tests::{Client, Cluster, RedisServer, eventually, metric, poll_until};
+use wsroute_tests::{
+    Client, Cluster, RedisServer, eventually, keys, metric, poll_until, user_id,
+};
 
 /// How soon after the promotion the nodes must be back in business.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(15);
@@ -17,7 +19,7 @@ const FOLLOW_WITHIN: Duration = Duration::from_secs(15);
 async fn routes_on(port: u16, user: &str) -> Option<Vec<String>> {
     let mut c = RedisServer::conn_to(port).await?;
     redis::cmd("HKEYS")
-        .arg(format!("wsr:u:{{{user}}}:conns"))
+        .arg(keys::user_conns(&user_id(user)))
         .query_async(&mut c)
         .await
         .ok()
@@ -104,7 +106,7 @@ async fn nodes_follow_a_failover_without_clients_reconnecting() {
         .await
         .expect("CONFIG SET");
     let removed: u64 = redis::cmd("HDEL")
-        .arg("wsr:u:{dave}:conns")
+        .arg(keys::user_conns(&user_id("dave")))
         .arg(&users[2].1)
         .query_async(&mut r)
         .await
