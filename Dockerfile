@@ -9,7 +9,8 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
 # The whole workspace is needed: Cargo resolves every member listed in the root
-# manifest (tests/ included) even when building only two packages. No protoc:
+# manifest (core/, which both binaries build on, and tests/ included) even when
+# building only two packages. No protoc:
 # proto/build.rs compiles the .proto with protox (pure Rust).
 COPY . .
 
