@@ -42,6 +42,7 @@ impl<'a> Timed<'a> {
 
 impl Drop for Timed<'_> {
     fn drop(&mut self) {
-        self.observer.observe_redis_op(self.op, self.started.elapsed());
+        self.observer
+            .observe_redis_op(self.op, self.started.elapsed());
     }
 }

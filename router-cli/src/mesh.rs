@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
-use wsroute_proto::v1 as pb;
-use wsroute_proto::v1::mesh_client::MeshClient;
 use wsroute_core::ids::NodeId;
 use wsroute_core::nodes::NodeReader;
+use wsroute_proto::v1 as pb;
+use wsroute_proto::v1::mesh_client::MeshClient;
 
 use crate::output::GrpcTlsArgs;
 

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
+use wsroute_core::nodes::NodeReader;
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::router_client::RouterClient;
-use wsroute_core::nodes::NodeReader;
 
 #[derive(clap::Args)]
 pub struct SendArgs {

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use wsroute_proto::v1 as pb;
 use wsroute_core::ids::NodeId;
 use wsroute_core::nodes::NodeReader;
+use wsroute_proto::v1 as pb;
 
 use crate::mesh::{MeshAuth, NodeLink};
 use crate::output::{GrpcTlsArgs, human_ms, table};

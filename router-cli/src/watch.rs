@@ -10,9 +10,9 @@ use anyhow::Context;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use wsroute_proto::v1 as pb;
 use wsroute_core::ids::NodeId;
 use wsroute_core::nodes::{NodeReader, NodeRecord};
+use wsroute_proto::v1 as pb;
 
 use crate::mesh::{MeshAuth, NodeLink};
 use crate::output::{GrpcTlsArgs, now_ms, table};

@@ -32,7 +32,7 @@ pub enum Fanout {
     Broadcast,
 }
 
-/// The publishing side: through the pool's first held connection, so that messages from one
+/// The publishing side: through the Redis handle's first held connection, so that messages from one
 /// connection are published in the order they were sent; on a cluster to the node the listeners
 /// subscribe on, whose receiver count is the one that means "nodes reached".
 pub struct Broadcast {

@@ -11,12 +11,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wsroute_core::ids::{NodeId, UserId};
+
 pub use client::Client;
 pub use cluster::{Cluster, Node, NodeOpts};
 pub use redis_server::RedisServer;
 /// The Redis key layout the nodes use (tests read and alter route entries by it).
 pub use wsroute_core::keys;
-use wsroute_core::ids::{NodeId, UserId};
 
 /// A user id a test names; panics if the test names an invalid one.
 pub fn user_id(user: &str) -> UserId {

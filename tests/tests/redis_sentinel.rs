@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wsroute_tests::router_cli::{cli, cli_json};
-use wsroute_tests::{
-    Client, Cluster, RedisServer, eventually, keys, metric, poll_until, user_id,
-};
+use wsroute_tests::{Client, Cluster, RedisServer, eventually, keys, metric, poll_until, user_id};
 
 /// How soon after the promotion the nodes must be back in business.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(15);

@@ -1,7 +1,7 @@
-//! The way to Redis: one handle ([`Redis`]) on deadpool-redis pools, for a single server (`redis://`, `rediss://`),
-//! a Redis Cluster (`redis+cluster://h1:p1,h2:p2`) or the primary that a set of Sentinels names
-//! (`redis+sentinel://[user:pass@]h1:p1,h2:p2/MASTER`); and the one thing that differs between
-//! them for wsroute: how a write that touches keys in several slots runs.
+//! The way to Redis: one handle ([`Redis`]) on deadpool-redis pools, for a single server
+//! (`redis://`, `rediss://`), a Redis Cluster (`redis+cluster://h1:p1,h2:p2`) or the primary that a
+//! set of Sentinels names (`redis+sentinel://[user:pass@]h1:p1,h2:p2/MASTER`); and the one thing
+//! that differs between them for wsroute: how a write that touches keys in several slots runs.
 //!
 //! On a cluster no command, script, MULTI or pipeline may span slots. Every key of one user shares
 //! the hash tag `{user}` and every key of one node `{node}` (see `keys`), so a multi-key write is
@@ -305,10 +305,7 @@ impl RedisConn {
 
     /// Runs groups of reads, each group's commands on keys of one slot, and answers each group's
     /// replies in order: one pipeline on one server, one pipeline per group on a cluster.
-    pub async fn read_groups(
-        &mut self,
-        groups: Vec<Vec<Cmd>>,
-    ) -> Result<Vec<Vec<Value>>, DbError> {
+    pub async fn read_groups(&mut self, groups: Vec<Vec<Cmd>>) -> Result<Vec<Vec<Value>>, DbError> {
         let Link::Cluster(c) = self.link.clone() else {
             let mut pipe = redis::pipe();
             let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();

@@ -20,7 +20,7 @@ struct SubShared {
     source: Source,
     timeout: Duration,
     /// Told when the primary moved (Sentinel only).
-    pool: Redis,
+    redis: Redis,
 }
 
 // Made once per process and kept behind an Arc: the variants' sizes do not matter.
@@ -77,7 +77,7 @@ impl Subscriptions {
         Ok(Subscriptions(Arc::new(SubShared {
             source,
             timeout,
-            pool: redis.clone(),
+            redis: redis.clone(),
         })))
     }
 
@@ -117,7 +117,7 @@ impl Subscriptions {
     }
 
     /// Notes that the route events are now heard on `server`. Behind Sentinel, a server other
-    /// than the last one means the primary moved: the pool drops its connections to the old one
+    /// than the last one means the primary moved: the Redis handle drops its connections to the old one
     /// and counts the move (see [`Redis::primary_moved`]).
     pub fn subscribed_on(&self, server: &redis::Client) {
         let Source::Sentinel { last, .. } = &self.0.source else {
@@ -127,7 +127,7 @@ impl Subscriptions {
         let before = lock(last).replace(addr.clone());
         if before.as_ref().is_some_and(|b| *b != addr) {
             tracing::warn!(primary = %addr, "the Redis primary moved (failover); following it");
-            self.0.pool.primary_moved();
+            self.0.redis.primary_moved();
         }
     }
 

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
-use wsroute_proto::v1 as pb;
 use wsroute_core::nodes::NodeReader;
+use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_client::MeshClient;
 
 use super::wire::{self, Forwarded};

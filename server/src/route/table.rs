@@ -93,11 +93,7 @@ impl RouteTable {
     /// Registers one new connection unless its user already holds `max` connections in the
     /// cluster (checked and written in one script, so that concurrent connects cannot both slip
     /// under the limit), and tells the other nodes to drop the user from their route caches.
-    pub async fn register_new(
-        &self,
-        reg: &Registration,
-        max: u32,
-    ) -> Result<Admission, DbError> {
+    pub async fn register_new(&self, reg: &Registration, max: u32) -> Result<Admission, DbError> {
         let _timer = self.count("register");
         let index = keys::node_conns(&self.node);
         let conn = reg.route.conn.as_str();
