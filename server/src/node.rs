@@ -65,6 +65,10 @@ pub struct Node {
 /// The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Connections one HTTP worker thread holds before it stops accepting more: far above what a
+/// node can hold (the process's open-file limit and `--max-connections` bind first).
+const MAX_CONNECTIONS_PER_HTTP_WORKER: usize = 1_000_000;
+
 /// Binds `addr` (SO_REUSEADDR, as std does) with [`LISTEN_BACKLOG`].
 fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -314,6 +318,11 @@ impl Node {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         })
+        // A WebSocket stays with the HTTP worker that accepted it for its whole life; actix
+        // stops accepting on a worker past its default of 25,000 connections, so it would cap a
+        // node at 25,000 per worker thread, below what `--max-connections` (answered with a
+        // clear 503) and the open-file limit allow.
+        .max_connections(MAX_CONNECTIONS_PER_HTTP_WORKER)
         .client_request_timeout(limits.handshake_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
