@@ -80,7 +80,10 @@ impl Node {
             .env_remove("WSROUTE_API_KEY")
             .env_remove("WSROUTE_MESH_SECRET")
             .env_remove("WSROUTE_DEV_AUTH")
-            .env("WSROUTE_LOG", "info,wsroute_server=debug,wsroute_core=debug")
+            .env(
+                "WSROUTE_LOG",
+                "info,wsroute_server=debug,wsroute_core=debug",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
