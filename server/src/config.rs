@@ -98,6 +98,11 @@ pub struct Args {
     /// Time a client has to send its whole HTTP upgrade request [default: 5000]
     #[arg(long, env = "WSROUTE_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// HTTP worker threads. The first one also runs the mesh and the Router API, so that a
+    /// message crossing the node stays on one thread; more take more clients, whose messages
+    /// then cross a thread (1-64) [default: 1]
+    #[arg(long, env = "WSROUTE_HTTP_WORKERS")]
+    pub http_workers: Option<u64>,
     /// PEM certificate (chain) of the gRPC listener: turns on TLS for the mesh and Router
     #[arg(long, env = "WSROUTE_GRPC_TLS_CERT")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -142,6 +147,7 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    http_workers: Option<u64>,
     grpc_tls_cert: Option<PathBuf>,
     grpc_tls_key: Option<PathBuf>,
     grpc_tls_ca: Option<PathBuf>,
@@ -167,6 +173,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub dev_auth: bool,
     pub fanout: Fanout,
+    /// HTTP worker threads; the first also runs the mesh and the Router API.
+    pub http_workers: usize,
     /// Browser origins allowed to open `/ws`; empty means any.
     pub allowed_origins: Vec<String>,
     /// TLS on the gRPC listener and for dialling peers; `None` is plaintext.
@@ -456,6 +464,13 @@ impl Config {
         )? {
             limits.handshake_timeout = Duration::from_millis(ms);
         }
+        let http_workers = ranged(
+            "http-workers",
+            args.http_workers.or(file.http_workers),
+            1,
+            64,
+        )?
+        .unwrap_or(1) as usize;
 
         let mesh_mtls = args.mesh_mtls || file.mesh_mtls.unwrap_or(false);
         let grpc_tls = match (
@@ -496,6 +511,7 @@ impl Config {
             max_frame_bytes,
             dev_auth,
             fanout: args.fanout.or(file.fanout).unwrap_or_default(),
+            http_workers,
             allowed_origins: args
                 .allowed_origins
                 .or(file.allowed_origins)
@@ -559,6 +575,31 @@ mod tests {
         assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:50051");
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.http_workers, 1);
+    }
+
+    #[test]
+    fn http_workers_are_one_to_64() {
+        let c = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--http-workers",
+            "4",
+        ]))
+        .expect("valid");
+        assert_eq!(c.http_workers, 4);
+        for bad in ["0", "65"] {
+            let err = Config::resolve(args(&[
+                "--node-id",
+                "n",
+                "--dev-auth",
+                "--http-workers",
+                bad,
+            ]))
+            .expect_err("out of range");
+            assert!(err.to_string().contains("http-workers"), "{err}");
+        }
     }
 
     #[test]

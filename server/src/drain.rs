@@ -56,9 +56,12 @@ impl Node {
         }
         self.http.stop(true).await;
         match self.grpc.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+            Ok(task) => match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+            },
+            Err(_) => tracing::warn!("the gRPC server never started"),
         }
         tracing::info!(node = %state.node, "stopped");
     }

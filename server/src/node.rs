@@ -56,7 +56,10 @@ pub struct Node {
     pub ws_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub(crate) http: actix_web::dev::ServerHandle,
-    pub(crate) grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The gRPC server's task, handed over once the first HTTP worker has started it.
+    pub(crate) grpc: tokio::sync::oneshot::Receiver<
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    >,
 }
 
 /// Connections a listener queues before they are accepted. std and tokio bind with 128: a
@@ -144,8 +147,8 @@ impl Node {
         );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        // The runtime this runs on (the multi-thread one, see `main.rs`): peer workers and client
-        // sessions are spawned on it.
+        // The runtime this runs on (the multi-thread one, see `main.rs`): background loops run
+        // on it, and peer workers until the first HTTP worker takes the mesh.
         let runtime = tokio::runtime::Handle::current();
         let peers = Arc::new(PeerPool::new(
             node.clone(),
@@ -269,20 +272,44 @@ impl Node {
                 .tls_config(t.server.clone())
                 .map_err(|e| StartError::Tls(e.to_string()))?;
         }
-        let grpc = tokio::spawn(
-            builder
-                .tcp_nodelay(true)
-                .add_service(MeshServer::new(mesh))
-                .add_service(RouterServer::new(router))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                    grpc_shutdown.cancelled_owned(),
-                ),
-        );
+        let http_workers = state.config.http_workers;
+        let grpc_router = builder
+            .tcp_nodelay(true)
+            .add_service(MeshServer::new(mesh))
+            .add_service(RouterServer::new(router));
+        // The gRPC server starts on the first HTTP worker, beside the client sessions there: a
+        // forwarded message then reaches its recipient's session, and the session's "written"
+        // its mesh reply, without waking another thread. Its listener moves to that worker's
+        // reactor, so the mesh's sockets are driven there too.
+        let grpc_listener = grpc_listener.into_std().map_err(bind_error(grpc_addr))?;
+        let (grpc_started, grpc) = tokio::sync::oneshot::channel();
+        let mesh_thread = peers.mesh_thread();
+        let start_grpc = Arc::new(std::sync::Mutex::new(Some(move || {
+            let _ = mesh_thread.set(tokio::runtime::Handle::current());
+            let incoming = match tokio::net::TcpListener::from_std(grpc_listener) {
+                Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve gRPC on this HTTP worker");
+                    return;
+                }
+            };
+            let task = actix_web::rt::spawn(
+                grpc_router.serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned()),
+            );
+            let _ = grpc_started.send(task);
+        })));
 
         // HTTP + WebSocket: actix-web serves every endpoint, `/ws` through actix-ws.
         let app_state = web::Data::new(state.clone());
         let server = actix_web::HttpServer::new(move || {
+            // Runs once per HTTP worker, on that worker's thread: the first one takes the mesh.
+            if let Some(start) = start_grpc
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                start();
+            }
             App::new()
                 .app_data(app_state.clone())
                 .wrap_fn(|req, srv| {
@@ -322,6 +349,7 @@ impl Node {
         // stops accepting on a worker past its default of 25,000 connections, so it would cap a
         // node at 25,000 per worker thread, below what `--max-connections` (answered with a
         // clear 503) and the open-file limit allow.
+        .workers(http_workers)
         .max_connections(MAX_CONNECTIONS_PER_HTTP_WORKER)
         .client_request_timeout(limits.handshake_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))

@@ -59,9 +59,9 @@ pub struct NodeState {
     pub shutdown: CancellationToken,
     /// Every task the node spawns, so that stopping can wait for them.
     pub tracker: TaskTracker,
-    /// The node's multi-thread runtime: client sessions run here, beside the mesh, not on the
-    /// HTTP server's worker threads (a message crossing a node then wakes tasks on the threads
-    /// it already runs on).
+    /// The node's multi-thread runtime: background loops (lease, sweeps, route events) and the
+    /// sends a closed session leaves unfinished run here. Client sessions run on the HTTP
+    /// workers, and the mesh on the first of them (see `node.rs`).
     pub runtime: tokio::runtime::Handle,
 }
 

@@ -6,8 +6,8 @@
 //! connections in stream order, which keeps each sender's messages in order.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -83,7 +83,12 @@ pub struct PeerPool {
     batch_max: usize,
     call_timeout: Duration,
     metrics: Metrics,
+    /// Where peer workers run until the mesh thread is known.
     runtime: tokio::runtime::Handle,
+    /// The HTTP worker thread that runs the mesh server (and the client sessions beside it):
+    /// peer workers are spawned there once it is set, so that a forward and its reply wake no
+    /// other thread.
+    mesh_thread: Arc<OnceLock<tokio::runtime::Handle>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -112,9 +117,15 @@ impl PeerPool {
             call_timeout,
             metrics,
             runtime,
+            mesh_thread: Arc::default(),
             tracker,
             cancel,
         }
+    }
+
+    /// The cell the node sets to the mesh thread's runtime once the gRPC server runs there.
+    pub fn mesh_thread(&self) -> Arc<OnceLock<tokio::runtime::Handle>> {
+        self.mesh_thread.clone()
     }
 
     /// Queues one message for the peer's connections `conn_ids`; the receiver resolves when the
@@ -211,8 +222,9 @@ impl PeerPool {
         };
         let cancel = self.cancel.clone();
         let span = tracing::info_span!("peer", node = %self.me, peer = %node);
+        let runtime = self.mesh_thread.get().unwrap_or(&self.runtime);
         self.tracker
-            .spawn_on(worker.run(rx, cancel).instrument(span), &self.runtime);
+            .spawn_on(worker.run(rx, cancel).instrument(span), runtime);
         Peer {
             addr: addr.to_owned(),
             queue,
