@@ -12,6 +12,7 @@
 //! - the read side of what the nodes keep in Redis: `routes` (a user's routes, a node's index),
 //!   `nodes` (the node list, a node's record and mesh endpoint), `inbox` (what waits for a user).
 
+pub mod clock;
 pub mod db;
 pub mod ids;
 pub mod inbox;

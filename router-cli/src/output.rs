@@ -1,7 +1,7 @@
 //! Shared plumbing: the readers of what the nodes keep in Redis, and plain-text tables.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use wsroute_core::db::Redis;
@@ -66,13 +66,7 @@ pub fn human_ms(ms: i64) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use wsroute_core::clock::now_ms;
 
 /// TLS for reaching nodes' gRPC listeners (when they run with --grpc-tls-cert).
 #[derive(clap::Args, Debug, Clone)]

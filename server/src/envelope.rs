@@ -87,18 +87,8 @@ pub fn is_valid_json(s: &str) -> bool {
     serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    now_us() / 1000
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// The clock the node stamps with, shared with router-cli through `wsroute-core`.
+pub use wsroute_core::clock::{now_ms, now_us};
 
 #[cfg(test)]
 pub(crate) mod tests {
