@@ -76,6 +76,14 @@ pub struct Args {
     /// Frames queued per connection before it is closed as a slow consumer (1013) [default: 1024]
     #[arg(long, env = "WSROUTE_SESSION_QUEUE")]
     pub session_queue: Option<usize>,
+    /// Bytes of messages written to one connection and not acked by its client; past this the
+    /// connection is closed as a slow consumer (1013) and all of them go to the inbox [default: 1048576]
+    #[arg(long, env = "WSROUTE_UNACKED_BYTES")]
+    pub unacked_bytes: Option<usize>,
+    /// Bytes of messages this node holds for peers' confirmations (delivered elsewhere, not yet
+    /// acked); past this the oldest are stored to the inbox [default: 268435456]
+    #[arg(long, env = "WSROUTE_HOLD_BYTES")]
+    pub hold_bytes: Option<usize>,
     /// How messages reach other nodes: `route` (to the nodes that hold the recipient) or
     /// `broadcast` (to every node, through Redis pub/sub: a baseline for benchmarks) [default: route]
     #[arg(long, env = "WSROUTE_FANOUT", value_enum)]
@@ -141,6 +149,8 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     drain_grace_ms: Option<u64>,
     session_queue: Option<usize>,
+    unacked_bytes: Option<usize>,
+    hold_bytes: Option<usize>,
     fanout: Option<Fanout>,
     max_msgs_per_sec: Option<u32>,
     max_conns_per_user: Option<u32>,
@@ -213,9 +223,15 @@ pub struct Limits {
     pub client_heartbeat: Duration,
     /// Frames queued for one connection before it counts as a slow consumer.
     pub session_queue: usize,
-    /// Messages written to a connection and not yet acked by the client, kept so that they can
-    /// go to the inbox if the connection ends; past this the oldest is no longer tracked.
-    pub unacked_max: usize,
+    /// Bytes of messages written to a connection and not yet acked by the client, kept so that
+    /// they go to the inbox if the connection ends; past this the connection is a slow consumer.
+    pub unacked_bytes: usize,
+    /// Bytes of messages held for peers' confirmations (soft: past it the oldest are stored to
+    /// the inbox; past twice it no new message is held).
+    pub hold_bytes: usize,
+    /// How long a message is held for a peer's confirmation before it is stored to the inbox
+    /// anyway (the peer closes a silent client after two heartbeats and then confirms).
+    pub hold_timeout: Duration,
     /// How long a writer may take to put a frame on a connection before the message counts as
     /// not written there (and is stored instead).
     pub write_wait: Duration,
@@ -254,7 +270,9 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(3),
             client_heartbeat: Duration::from_secs(30),
             session_queue: 1024,
-            unacked_max: 256,
+            unacked_bytes: 1 << 20,
+            hold_bytes: 256 << 20,
+            hold_timeout: Duration::from_secs(90),
             write_wait: Duration::from_secs(2),
             mesh_timeout: Duration::from_secs(3),
             msgs_per_sec: 200,
@@ -410,6 +428,9 @@ impl Config {
         )? {
             limits.client_heartbeat = Duration::from_millis(ms);
         }
+        // A peer confirms a held message at the latest when it closes a silent client (two
+        // heartbeats); the hold waits for that, and a margin.
+        limits.hold_timeout = limits.client_heartbeat * 2 + Duration::from_secs(30);
         if let Some(ms) = ranged(
             "drain-grace-ms",
             args.drain_grace_ms.or(file.drain_grace_ms),
@@ -425,6 +446,22 @@ impl Config {
             1 << 20,
         )? {
             limits.session_queue = n as usize;
+        }
+        if let Some(n) = ranged(
+            "unacked-bytes",
+            args.unacked_bytes.or(file.unacked_bytes).map(|n| n as u64),
+            64 << 10,
+            1 << 30,
+        )? {
+            limits.unacked_bytes = n as usize;
+        }
+        if let Some(n) = ranged(
+            "hold-bytes",
+            args.hold_bytes.or(file.hold_bytes).map(|n| n as u64),
+            1 << 20,
+            1 << 40,
+        )? {
+            limits.hold_bytes = n as usize;
         }
 
         if let Some(n) = ranged(

@@ -10,12 +10,15 @@ use wsroute_core::db::DbError;
 use wsroute_core::nodes::NodeReader;
 
 use crate::envelope::Envelope;
+use crate::envelope::Outgoing;
 use crate::error::RejectCode;
 use crate::fanout::Broadcast;
+use crate::ids::MsgId;
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::inbox::{Inbox, StoreOutcome};
 use crate::local::LocalAttempt;
 use crate::mesh::client::{ForwardReply, PeerPool};
+use crate::mesh::wire::ItemKind;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::route::cache::RouteCache;
@@ -262,6 +265,53 @@ impl Delivery {
         }
     }
 
+    /// Writes a notice (a `receipt` about message `id`) to every live connection of `user`,
+    /// wherever they are. Best effort: nothing waits for it and nothing keeps it; a user with no
+    /// live connection misses it (PROTOCOL 7.2).
+    pub async fn notify(&self, user: &UserId, id: &MsgId, frame: bytestring::ByteString) {
+        if self.broadcast.is_some() {
+            return;
+        }
+        let routes = match self.cache.get(user) {
+            Some(r) => r,
+            None => match self.read_routes(user).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%user, msg_id = %id, error = %e, "cannot resolve a receipt's recipient; dropped");
+                    return;
+                }
+            },
+        };
+        let msg = Outgoing {
+            id: id.clone(),
+            frame,
+            accepted_us: 0,
+            from: None,
+        };
+        let mut local = Vec::new();
+        let mut remote: Vec<(&NodeId, Vec<String>)> = Vec::new();
+        for r in routes.iter() {
+            if r.node == self.node {
+                local.push(r.conn.clone());
+            } else {
+                match remote.iter_mut().find(|(n, _)| **n == r.node) {
+                    Some((_, conns)) => conns.push(r.conn.to_string()),
+                    None => remote.push((&r.node, vec![r.conn.to_string()])),
+                }
+            }
+        }
+        let _ = LocalAttempt::notice(&self.sessions, &msg.frame, &local);
+        for (node, conns) in remote {
+            // Nobody waits for the answer.
+            drop(
+                self.peers
+                    .forward(node, &msg, conns, ItemKind::Notice, user)
+                    .await,
+            );
+        }
+        self.metrics.receipts.inc();
+    }
+
     /// A cache miss: read the user's routes from Redis and cache them (unless an invalidation
     /// raced with the read).
     async fn read_routes(&self, user: &UserId) -> Result<Arc<[Route]>, DbError> {
@@ -288,10 +338,14 @@ impl Delivery {
         }
         // Encoded once, for local connections and every peer alike.
         let msg = env.outgoing();
-        let local_attempt = LocalAttempt::start(&self.sessions, &msg, &local);
+        let local_attempt = LocalAttempt::start(&self.sessions, &msg, &local, None);
         let mut replies = Vec::with_capacity(remote.len());
         for (node, conn_ids) in remote {
-            replies.push((node.clone(), self.peers.forward(node, &msg, conn_ids).await));
+            let reply = self
+                .peers
+                .forward(node, &msg, conn_ids, ItemKind::Held, &env.to)
+                .await;
+            replies.push((node.clone(), reply));
         }
         Attempt {
             tried: routes.iter().map(|r| r.conn.clone()).collect(),

@@ -70,6 +70,8 @@ pub struct Outgoing {
     pub id: MsgId,
     pub frame: ByteString,
     pub accepted_us: i64,
+    /// The sending user, to whom receipts go (unknown for items from older peers).
+    pub from: Option<UserId>,
 }
 
 impl Envelope {
@@ -78,6 +80,7 @@ impl Envelope {
             id: self.id.clone(),
             frame: self.frame(),
             accepted_us: self.accepted_us,
+            from: Some(self.from.clone()),
         }
     }
 }

@@ -110,6 +110,7 @@ pub async fn listen(subs: Subscriptions, sessions: Arc<Sessions>, cancel: Cancel
                         from_inbox: false,
                         accepted_us: env.accepted_us,
                         written: None,
+                        source: None,
                     },
                 );
             }

@@ -79,6 +79,16 @@ impl Inbox {
         id: &MsgId,
         frame: &str,
     ) -> Result<StoreOutcome, DbError> {
+        self.store_capped(user, id, frame, self.max).await
+    }
+
+    async fn store_capped(
+        &self,
+        user: &UserId,
+        id: &MsgId,
+        frame: &str,
+        max: usize,
+    ) -> Result<StoreOutcome, DbError> {
         let _timer = self.metrics.redis_op("inbox_store");
         let mut c = self.redis.hot().await?;
         let stored: i64 = STORE
@@ -86,7 +96,7 @@ impl Inbox {
             .key(keys::inbox_msgs(user))
             .arg(id.as_str())
             .arg(frame)
-            .arg(self.max)
+            .arg(max)
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut c)
             .await?;
@@ -98,6 +108,44 @@ impl Inbox {
         } else {
             StoreOutcome::Full
         })
+    }
+
+    /// Keeps messages that were acked `delivered` and could not be confirmed (their connection,
+    /// or the peer holding them, ended first). They are stored whatever the inbox's depth: they
+    /// were accepted already, and what can come here at once is bounded by the connection's
+    /// unacked budget or the node's holds. Each store is retried across a Redis blip until
+    /// `within` has passed. Returns the ids stored (or already there) and those that could not be.
+    pub async fn keep(
+        &self,
+        user: &UserId,
+        messages: &[(MsgId, &str)],
+        within: Duration,
+    ) -> (Vec<MsgId>, Vec<MsgId>) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut lost = Vec::new();
+        let mut pause = Duration::from_millis(50);
+        for (id, frame) in messages {
+            loop {
+                match self.store_capped(user, id, frame, usize::MAX).await {
+                    Ok(_) => {
+                        kept.push(id.clone());
+                        break;
+                    }
+                    Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                        tracing::warn!(%user, msg_id = %id, error = %e, "cannot keep a delivered message yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => {
+                        tracing::error!(%user, msg_id = %id, error = %e, "cannot keep a delivered message: lost");
+                        lost.push(id.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        (kept, lost)
     }
 
     /// The user's inbox, oldest first, as `(id, message frame)`.

@@ -24,13 +24,16 @@
 pub mod api;
 pub mod bearer;
 pub mod config;
+pub mod confirm;
 pub mod delivery;
 pub mod drain;
 pub mod envelope;
 pub mod error;
 pub mod fanout;
+pub mod holds;
 pub mod ids;
 pub mod inbox;
+pub mod keeper;
 pub mod local;
 pub mod mesh;
 pub mod metrics;

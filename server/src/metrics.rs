@@ -39,8 +39,14 @@ pub struct Inner {
     pub mesh_errors: IntCounter,
     /// Connections closed because they did not read fast enough.
     pub slow_consumers: IntCounter,
-    /// Written messages no longer tracked for redelivery because a client did not ack them.
+    /// Messages acked `delivered` that could not be kept anywhere when their connection or the
+    /// peer holding them ended (the inbox store failed past its retries). Should stay 0.
     pub unacked_dropped: IntCounter,
+    /// Messages acked `delivered` and then moved to the inbox (their connection ended, or their
+    /// peer failed, before a device acked), by who moved them (`connection`, `hold`).
+    pub kept: IntCounterVec,
+    /// Receipts sent to senders' connections.
+    pub receipts: IntCounter,
     /// Time of each Redis operation, by operation (as counted in `redis_ops`).
     pub redis_latency: HistogramVec,
     /// Time from sending a batch to a peer until its reply.
@@ -152,8 +158,17 @@ impl Metrics {
             "Connections closed (1013) because their queue overflowed",
         );
         let unacked_dropped = counter(
-            "wsroute_unacked_untracked_total",
-            "Written messages no longer kept for redelivery because the client did not ack them",
+            "wsroute_delivered_lost_total",
+            "Messages acked delivered that could not be kept when their connection or holder ended (inbox store failed past its retries); should stay 0",
+        );
+        let kept = counter_vec(
+            "wsroute_kept_total",
+            "Messages acked delivered and moved to the inbox before any device acked them, by who moved them (connection, hold)",
+            &["by"],
+        );
+        let receipts = counter(
+            "wsroute_receipts_total",
+            "Receipts sent to senders' live connections",
         );
         let redis_latency = HistogramVec::new(
             latency(
@@ -190,7 +205,7 @@ impl Metrics {
         .expect("valid metric");
         let mesh_items_received = counter_vec(
             "wsroute_mesh_items_received_total",
-            "Messages received from peer nodes, by form (frame or envelope)",
+            "Items received from peer nodes, by form (frame or envelope: a message; notice: a receipt)",
             &["form"],
         );
         let route_events = counter_vec(
@@ -210,6 +225,8 @@ impl Metrics {
             Box::new(mesh_errors.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(unacked_dropped.clone()),
+            Box::new(kept.clone()),
+            Box::new(receipts.clone()),
             Box::new(redis_latency.clone()),
             Box::new(mesh_forward_latency.clone()),
             Box::new(inbox_depth.clone()),
@@ -235,6 +252,8 @@ impl Metrics {
             mesh_errors,
             slow_consumers,
             unacked_dropped,
+            kept,
+            receipts,
             redis_latency,
             mesh_forward_latency,
             inbox_depth,

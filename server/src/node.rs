@@ -150,6 +150,8 @@ impl Node {
         // The runtime this runs on (the multi-thread one, see `main.rs`): background loops run
         // on it, and peer workers until the first HTTP worker takes the mesh.
         let runtime = tokio::runtime::Handle::current();
+        let (holds, hold_events) = crate::holds::Holds::new(limits.hold_bytes);
+        let holds = Arc::new(holds);
         let peers = Arc::new(PeerPool::new(
             node.clone(),
             nodes.reader().clone(),
@@ -161,6 +163,7 @@ impl Node {
             runtime.clone(),
             tracker.clone(),
             shutdown.clone(),
+            holds.clone(),
         ));
         let delivery = Delivery {
             node: node.clone(),
@@ -198,6 +201,8 @@ impl Node {
             cache,
             inbox,
             delivery,
+            holds,
+            confirms: Arc::default(),
             metrics,
             in_table: AtomicBool::new(false),
             subscribed: Arc::new(AtomicBool::new(false)),
@@ -229,6 +234,9 @@ impl Node {
         state
             .tracker
             .spawn(crate::upkeep::sweep_loop(state.clone()).instrument(span.clone()));
+        state
+            .tracker
+            .spawn(crate::keeper::run(state.clone(), hold_events).instrument(span.clone()));
         if state.config.fanout == Fanout::Broadcast {
             state.tracker.spawn(
                 crate::fanout::listen(

@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{ConnId, MsgId, UserId};
+use crate::ids::{ConnId, MsgId, NodeId, UserId};
 
 /// Something for a session task to write to its client.
 #[derive(Debug)]
@@ -24,7 +24,22 @@ pub enum Outbound {
         /// When the cluster accepted the message (unix microseconds), for the latency metric.
         accepted_us: i64,
         written: Option<oneshot::Sender<bool>>,
+        /// Who sent it and who holds it: where its receipts and confirmation go. `None` for
+        /// messages nobody waits to hear about (inbox copies, the broadcast baseline).
+        source: Option<Source>,
     },
+    /// A notification frame (a `receipt`): written if the connection can take it, kept nowhere.
+    Notice(ByteString),
+}
+
+/// Where a live message came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The sending user: receipts go to their live connections.
+    pub from: UserId,
+    /// The peer that forwarded it and holds it until this node confirms what became of it
+    /// (a device acked it, or it went to the inbox); `None` when it was sent on this node.
+    pub holder: Option<NodeId>,
 }
 
 /// An instruction to a session, outside its message queue so that a full queue cannot hold it up.
@@ -316,6 +331,7 @@ pub(crate) mod tests {
             from_inbox: false,
             accepted_us: 0,
             written: None,
+            source: None,
         }
     }
 
@@ -365,7 +381,9 @@ pub(crate) mod tests {
         assert_eq!(m.push(msg()), Ok(()));
         let (tx, rx) = oneshot::channel();
         let mut written = msg();
-        let Outbound::Message { written: w, .. } = &mut written;
+        let Outbound::Message { written: w, .. } = &mut written else {
+            unreachable!("msg() is a message")
+        };
         *w = Some(tx);
         assert_eq!(m.push(written), Ok(()));
         let left = m.close();

@@ -11,7 +11,9 @@ use wsroute_core::db::DbError;
 use wsroute_core::nodes::NodeRecord;
 
 use crate::config::Config;
+use crate::confirm::Confirms;
 use crate::delivery::Delivery;
+use crate::holds::Holds;
 use crate::ids::{IdGen, NodeId};
 use crate::inbox::Inbox;
 use crate::metrics::Metrics;
@@ -40,6 +42,10 @@ pub struct NodeState {
     pub cache: Arc<RouteCache>,
     pub inbox: Inbox,
     pub delivery: Arc<Delivery>,
+    /// Messages peers wrote to their recipients, held here until confirmed.
+    pub holds: Arc<Holds>,
+    /// Confirmations owed to peers for messages they hold.
+    pub confirms: Arc<Confirms>,
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     pub(crate) in_table: AtomicBool,

@@ -20,9 +20,11 @@ use wsroute_core::nodes::NodeReader;
 use wsroute_proto::v1 as pb;
 use wsroute_proto::v1::mesh_client::MeshClient;
 
-use super::wire::{self, Forwarded};
+use super::wire::{self, Forwarded, ItemKind};
+use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::envelope::Outgoing;
-use crate::ids::NodeId;
+use crate::holds::{Held, Holds};
+use crate::ids::{MsgId, NodeId, UserId};
 use crate::metrics::Metrics;
 
 /// Messages waiting for one peer. When full, senders wait (backpressure on the sending clients)
@@ -49,6 +51,8 @@ pub type ForwardReply = oneshot::Receiver<Result<Forwarded, MeshError>>;
 struct Job {
     item: pb::ForwardItem,
     reply: oneshot::Sender<Result<Forwarded, MeshError>>,
+    /// For a held message, its recipient: once the peer writes it, it is held until confirmed.
+    held_for: Option<UserId>,
 }
 
 struct Peer {
@@ -59,8 +63,8 @@ struct Peer {
     suspect: Arc<AtomicBool>,
     /// Whether the worker holds an open stream to the peer (shown by `Mesh.Stats`).
     stream_up: Arc<AtomicBool>,
-    /// The peer reads pass-through frames; otherwise it is sent envelopes (an older node).
-    frames: bool,
+    /// What the peer's mesh protocol reads and answers.
+    proto: wire::PeerProto,
 }
 
 /// What `Mesh.Stats` says about one peer.
@@ -91,6 +95,8 @@ pub struct PeerPool {
     mesh_thread: Arc<OnceLock<tokio::runtime::Handle>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Messages peers wrote to their recipients' connections, held until confirmed.
+    holds: Arc<Holds>,
 }
 
 impl PeerPool {
@@ -106,6 +112,7 @@ impl PeerPool {
         runtime: tokio::runtime::Handle,
         tracker: TaskTracker,
         cancel: CancellationToken,
+        holds: Arc<Holds>,
     ) -> Self {
         Self {
             me,
@@ -120,6 +127,7 @@ impl PeerPool {
             mesh_thread: Arc::default(),
             tracker,
             cancel,
+            holds,
         }
     }
 
@@ -129,12 +137,15 @@ impl PeerPool {
     }
 
     /// Queues one message for the peer's connections `conn_ids`; the receiver resolves when the
-    /// peer has answered.
+    /// peer has answered. A message for `to` (`kind` Held) is held once the peer wrote it, until
+    /// the peer confirms what became of it; a notice is not.
     pub async fn forward(
         &self,
         node: &NodeId,
         msg: &Outgoing,
         conn_ids: Vec<String>,
+        kind: ItemKind,
+        to: &UserId,
     ) -> ForwardReply {
         let (reply, rx) = oneshot::channel();
         // The known peer is found without waiting; only a new or suspect one reads Redis, in a
@@ -144,22 +155,37 @@ impl PeerPool {
             Some(q) => Ok(q),
             None => Box::pin(self.queue_for(node)).await,
         };
-        let (queue, frames) = match found {
+        let (queue, proto) = match found {
             Ok(q) => q,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return rx;
             }
         };
-        let item = wire::to_item(msg, conn_ids);
-        let item = if frames {
+        // A peer that does not confirm is not sent holds (nor notices, which it would write as
+        // messages).
+        let kind = match kind {
+            ItemKind::Held if !proto.confirms => ItemKind::Plain,
+            ItemKind::Notice if !proto.confirms => {
+                let _ = reply.send(Ok(Forwarded::default()));
+                return rx;
+            }
+            k => k,
+        };
+        let held_for = (kind == ItemKind::Held && msg.from.is_some()).then(|| to.clone());
+        let item = wire::to_item(msg, conn_ids, kind);
+        let item = if proto.frames {
             item
         } else {
             wire::legacy_item(item)
         };
         // The peer's queue usually has room; waiting for room (backpressure) is the rare path,
         // boxed so that every send's future stays small.
-        let closed = match queue.try_send(Job { item, reply }) {
+        let closed = match queue.try_send(Job {
+            item,
+            reply,
+            held_for,
+        }) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Closed(job)) => Some(job),
             Err(mpsc::error::TrySendError::Full(job)) => {
@@ -172,12 +198,15 @@ impl PeerPool {
         rx
     }
 
-    fn known_queue(&self, node: &NodeId) -> Option<(mpsc::Sender<Job>, bool)> {
+    fn known_queue(&self, node: &NodeId) -> Option<(mpsc::Sender<Job>, wire::PeerProto)> {
         let peer = self.peers.get(node)?;
-        (!peer.suspect.load(Ordering::Relaxed)).then(|| (peer.queue.clone(), peer.frames))
+        (!peer.suspect.load(Ordering::Relaxed)).then(|| (peer.queue.clone(), peer.proto))
     }
 
-    async fn queue_for(&self, node: &NodeId) -> Result<(mpsc::Sender<Job>, bool), MeshError> {
+    async fn queue_for(
+        &self,
+        node: &NodeId,
+    ) -> Result<(mpsc::Sender<Job>, wire::PeerProto), MeshError> {
         if let Some(known) = self.known_queue(node) {
             return Ok(known);
         }
@@ -189,24 +218,24 @@ impl PeerPool {
             .filter(|e| !e.grpc_addr.is_empty())
             .ok_or_else(|| MeshError::UnknownNode(node.clone()))?;
         let addr = endpoint.grpc_addr;
-        // It reads pass-through frames if it announces this node's mesh protocol.
-        let frames = endpoint.protocol.as_deref() == Some(wire::MESH_PROTOCOL);
+        // What it reads and answers, from the mesh protocol it announces.
+        let proto = wire::PeerProto::announced(endpoint.protocol.as_deref());
         let mut entry = self
             .peers
             .entry(node.clone())
-            .or_insert_with(|| self.spawn_peer(node, &addr, frames));
+            .or_insert_with(|| self.spawn_peer(node, &addr, proto));
         if entry.addr != addr {
             tracing::info!(peer = %node, old = %entry.addr, new = %addr, "peer moved; new channel");
-            *entry = self.spawn_peer(node, &addr, frames);
+            *entry = self.spawn_peer(node, &addr, proto);
         } else {
             // A peer restarted in place may have been upgraded: take what it announces now.
-            entry.frames = frames;
+            entry.proto = proto;
             entry.suspect.store(false, Ordering::Relaxed);
         }
-        Ok((entry.queue.clone(), entry.frames))
+        Ok((entry.queue.clone(), entry.proto))
     }
 
-    fn spawn_peer(&self, node: &NodeId, addr: &str, frames: bool) -> Peer {
+    fn spawn_peer(&self, node: &NodeId, addr: &str, proto: wire::PeerProto) -> Peer {
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let suspect = Arc::new(AtomicBool::new(false));
         let stream_up = Arc::new(AtomicBool::new(false));
@@ -219,6 +248,7 @@ impl PeerPool {
             metrics: self.metrics.clone(),
             suspect: suspect.clone(),
             stream_up: stream_up.clone(),
+            holds: self.holds.clone(),
         };
         let cancel = self.cancel.clone();
         let span = tracing::info_span!("peer", node = %self.me, peer = %node);
@@ -230,7 +260,7 @@ impl PeerPool {
             queue,
             suspect,
             stream_up,
-            frames,
+            proto,
         }
     }
 
@@ -308,6 +338,7 @@ struct PeerWorker {
     metrics: Metrics,
     suspect: Arc<AtomicBool>,
     stream_up: Arc<AtomicBool>,
+    holds: Arc<Holds>,
 }
 
 /// Batches sent on a peer's stream and not yet answered, at most.
@@ -323,7 +354,17 @@ struct Link {
 struct InFlightBatch {
     seq: u64,
     replies: Vec<oneshot::Sender<Result<Forwarded, MeshError>>>,
+    /// Per item, what to hold once the peer wrote it (held messages only).
+    holds: Vec<Option<ToHold>>,
     sent_at: tokio::time::Instant,
+}
+
+/// A held message on the wire: what is kept if the peer writes it.
+struct ToHold {
+    id: MsgId,
+    to: UserId,
+    from: UserId,
+    frame: bytestring::ByteString,
 }
 
 impl PeerWorker {
@@ -348,6 +389,9 @@ impl PeerWorker {
                 }
                 reply = next_reply(&mut link), if !waiting.is_empty() => {
                     match reply {
+                        Some(Ok(reply)) if reply.seq == 0 && reply.results.is_empty() => {
+                            self.confirmed(reply.confirmations);
+                        }
                         Some(Ok(reply)) => {
                             let batch = waiting.pop_front().expect("waiting is not empty");
                             if reply.seq != batch.seq || reply.results.len() != batch.replies.len() {
@@ -362,9 +406,7 @@ impl PeerWorker {
                             self.metrics
                                 .mesh_forward_latency
                                 .observe(batch.sent_at.elapsed().as_secs_f64());
-                            for (r, result) in batch.replies.into_iter().zip(reply.results) {
-                                let _ = r.send(Ok(result.into()));
-                            }
+                            self.answered(batch, reply);
                         }
                         Some(Err(status)) => {
                             let e = self.call_error(format!("{:?}: {}", status.code(), status.message()));
@@ -385,11 +427,12 @@ impl PeerWorker {
                         // Forgotten by the pool: answer what is on the wire, then stop.
                         while !waiting.is_empty() {
                             match tokio::time::timeout(self.call_timeout, next_reply(&mut link)).await {
+                                Ok(Some(Ok(reply))) if reply.seq == 0 && reply.results.is_empty() => {
+                                    self.confirmed(reply.confirmations);
+                                }
                                 Ok(Some(Ok(reply))) => {
                                     let batch = waiting.pop_front().expect("not empty");
-                                    for (r, result) in batch.replies.into_iter().zip(reply.results) {
-                                        let _ = r.send(Ok(result.into()));
-                                    }
+                                    self.answered(batch, reply);
                                 }
                                 _ => break,
                             }
@@ -420,7 +463,9 @@ impl PeerWorker {
         self.metrics.mesh_batch_size.observe(jobs.len() as f64);
         let mut replies = Vec::with_capacity(jobs.len());
         let mut items = Vec::with_capacity(jobs.len());
+        let mut holds = Vec::with_capacity(jobs.len());
         for job in jobs {
+            holds.push(job.held_for.and_then(|to| ToHold::of(&job.item, to)));
             items.push(job.item);
             replies.push(job.reply);
         }
@@ -454,6 +499,7 @@ impl PeerWorker {
         waiting.push_back(InFlightBatch {
             seq: *seq,
             replies,
+            holds,
             sent_at: tokio::time::Instant::now(),
         });
         if !sent {
@@ -486,8 +532,56 @@ impl PeerWorker {
         }
     }
 
+    /// A batch was answered: hold what the peer wrote, then tell each sender.
+    fn answered(&self, batch: InFlightBatch, reply: pb::ForwardReply) {
+        for ((r, result), hold) in batch
+            .replies
+            .into_iter()
+            .zip(reply.results)
+            .zip(batch.holds)
+        {
+            if let Some(h) = hold
+                && result.delivered > 0
+            {
+                self.holds.hold(
+                    h.id,
+                    Held {
+                        to: h.to,
+                        from: h.from,
+                        frame: h.frame,
+                        peer: self.node.clone(),
+                        since: tokio::time::Instant::now(),
+                    },
+                );
+            }
+            let _ = r.send(Ok(result.into()));
+        }
+        self.confirmed(reply.confirmations);
+    }
+
+    /// The peer says what became of held messages.
+    fn confirmed(&self, confirmations: Vec<pb::Confirmation>) {
+        for c in confirmations {
+            let Ok(id) = MsgId::parse(&c.id) else {
+                tracing::debug!(peer = %self.node, id = %c.id, "ignoring a confirmation with a bad id");
+                continue;
+            };
+            let status = match pb::confirmation::Status::try_from(c.status) {
+                Ok(pb::confirmation::Status::Stored) => ConfirmStatus::Stored,
+                _ => ConfirmStatus::Received,
+            };
+            self.holds.confirm(Confirmation {
+                id,
+                status,
+                device: (!c.device.is_empty()).then(|| Arc::from(c.device.as_str())),
+            });
+        }
+    }
+
     /// The stream failed: every unanswered batch fails, and the next batch opens a new stream.
+    /// What the peer holds for this node's held messages may not survive it: they are stored.
     fn broken(&self, link: &mut Option<Link>, waiting: &mut VecDeque<InFlightBatch>, e: MeshError) {
+        self.holds.peer_lost(&self.node);
         *link = None;
         self.stream_up.store(false, Ordering::Relaxed);
         self.metrics.mesh_errors.inc();
@@ -503,6 +597,18 @@ impl PeerWorker {
                 let _ = r.send(Err(e.clone()));
             }
         }
+    }
+}
+
+impl ToHold {
+    /// What to hold of a message item for `to`, if it carries its frame and sender.
+    fn of(item: &pb::ForwardItem, to: UserId) -> Option<Self> {
+        Some(Self {
+            id: MsgId::parse(&item.id).ok()?,
+            to,
+            from: UserId::parse(&item.from).ok()?,
+            frame: bytestring::ByteString::try_from(item.frame.clone()).ok()?,
+        })
     }
 }
 

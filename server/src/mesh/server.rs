@@ -16,6 +16,7 @@ use wsroute_proto::v1::mesh_server::Mesh;
 
 use super::wire;
 use crate::bearer;
+use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::error::Refusal;
 use crate::ids::{ConnId, NodeId};
 use crate::local::LocalAttempt;
@@ -75,6 +76,7 @@ impl MeshService {
     /// Hands every item of a batch to its connections, without waiting. Called in stream order,
     /// which keeps messages from one sender in order.
     fn start_batch(&self, batch: pb::ForwardBatch) -> Result<(u64, Vec<LocalAttempt>), Status> {
+        let holder = NodeId::parse(&batch.from_node).ok();
         if batch.items.len() > MAX_ITEMS {
             return Err(Refusal::TooLarge.grpc(format!(
                 "batch of {} items; at most {MAX_ITEMS}",
@@ -85,6 +87,8 @@ impl MeshService {
         for mut item in batch.items {
             let form = if item.frame.is_empty() {
                 "envelope"
+            } else if item.notice {
+                "notice"
             } else {
                 "frame"
             };
@@ -109,7 +113,12 @@ impl MeshService {
                     Err(_) => unreadable.push(c),
                 }
             }
-            let mut attempt = LocalAttempt::start(&self.sessions, &msg, &conns);
+            let mut attempt = if item.notice {
+                LocalAttempt::notice(&self.sessions, &msg.frame, &conns)
+            } else {
+                let holder = if item.held { holder.as_ref() } else { None };
+                LocalAttempt::start(&self.sessions, &msg, &conns, holder)
+            };
             attempt.gone.extend(unreadable);
             attempts.push(attempt);
         }
@@ -129,7 +138,55 @@ async fn settle_batch(
         let (delivered, gone) = attempt.settle(deadline).await;
         results.push(pb::ForwardResult { delivered, gone });
     }
-    pb::ForwardReply { results, seq }
+    pb::ForwardReply {
+        results,
+        seq,
+        confirmations: Vec::new(),
+    }
+}
+
+/// The sending and receiving ends of one peer's confirmation queue.
+type ConfirmQueue = (mpsc::Sender<Confirmation>, mpsc::Receiver<Confirmation>);
+
+/// Confirmations sent in one reply, at most.
+const CONFIRMATIONS_PER_REPLY: usize = 1024;
+
+async fn next_confirmation(confirms: &mut Option<(NodeId, ConfirmQueue)>) -> Option<Confirmation> {
+    match confirms {
+        Some((_, (_, rx))) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A reply that only carries confirmations: `first` and whatever else is queued.
+fn confirmation_reply(
+    first: Confirmation,
+    confirms: &mut Option<(NodeId, ConfirmQueue)>,
+) -> pb::ForwardReply {
+    let mut all = vec![first];
+    if let Some((_, (_, rx))) = confirms {
+        while all.len() < CONFIRMATIONS_PER_REPLY {
+            match rx.try_recv() {
+                Ok(c) => all.push(c),
+                Err(_) => break,
+            }
+        }
+    }
+    pb::ForwardReply {
+        results: Vec::new(),
+        seq: 0,
+        confirmations: all
+            .into_iter()
+            .map(|c| pb::Confirmation {
+                id: c.id.to_string(),
+                status: match c.status {
+                    ConfirmStatus::Received => pb::confirmation::Status::Received,
+                    ConfirmStatus::Stored => pb::confirmation::Status::Stored,
+                } as i32,
+                device: c.device.as_deref().unwrap_or_default().to_owned(),
+            })
+            .collect(),
+    }
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardReply, Status>> + Send>>;
@@ -169,23 +226,40 @@ impl Mesh for MeshService {
         tokio::spawn(async move {
             let mut settling = FuturesOrdered::new();
             let mut open = true;
+            // Confirmations for the peer at the other end go back on this stream's replies
+            // (the peer is known from its first batch).
+            let mut confirms: Option<(NodeId, ConfirmQueue)> = None;
             while open || !settling.is_empty() {
                 tokio::select! {
                     biased;
-                    _ = this.shutdown.cancelled() => return,
+                    _ = this.shutdown.cancelled() => break,
                     Some(reply) = settling.next(), if !settling.is_empty() => {
                         if tx.send(Ok(reply)).await.is_err() {
-                            return;
+                            break;
+                        }
+                    }
+                    Some(first) = next_confirmation(&mut confirms) => {
+                        let reply = confirmation_reply(first, &mut confirms);
+                        if tx.send(Ok(reply)).await.is_err() {
+                            break;
                         }
                     }
                     batch = inbound.message(), if open && settling.len() < STREAM_IN_FLIGHT => match batch {
-                        Ok(Some(batch)) => match this.start_batch(batch) {
-                            Ok((seq, attempts)) => settling.push_back(settle_batch(seq, attempts, this.write_deadline)),
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                return;
+                        Ok(Some(batch)) => {
+                            if confirms.is_none()
+                                && let Ok(peer) = NodeId::parse(&batch.from_node)
+                            {
+                                let queue = this.state.confirms.attach(peer.clone());
+                                confirms = Some((peer, queue));
                             }
-                        },
+                            match this.start_batch(batch) {
+                                Ok((seq, attempts)) => settling.push_back(settle_batch(seq, attempts, this.write_deadline)),
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                            }
+                        }
                         Ok(None) => open = false,
                         Err(status) => {
                             tracing::debug!(error = %status, "mesh stream ended");
@@ -193,6 +267,9 @@ impl Mesh for MeshService {
                         }
                     },
                 }
+            }
+            if let Some((peer, (queue, _))) = confirms {
+                this.state.confirms.detach(&peer, &queue);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

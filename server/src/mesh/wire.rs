@@ -11,9 +11,28 @@ use crate::envelope::{Envelope, Outgoing};
 use crate::ids::{IdError, MsgId, UserId};
 
 /// The mesh protocol a node announces in its record (`mesh` in `wsr:n:{node}:info`): "2" reads
-/// pass-through frames. A peer that announces nothing predates them and is sent envelopes
-/// ([`legacy_item`]).
-pub const MESH_PROTOCOL: &str = "2";
+/// pass-through frames; "3" also confirms held messages and writes notices. A peer that
+/// announces nothing predates frames and is sent envelopes ([`legacy_item`]).
+pub const MESH_PROTOCOL: &str = "3";
+
+/// What a peer's announced mesh protocol reads and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerProto {
+    /// Reads pass-through frames (else it is sent envelopes).
+    pub frames: bool,
+    /// Confirms held messages and writes notices.
+    pub confirms: bool,
+}
+
+impl PeerProto {
+    pub fn announced(protocol: Option<&str>) -> Self {
+        let version: u32 = protocol.and_then(|p| p.parse().ok()).unwrap_or(1);
+        Self {
+            frames: version >= 2,
+            confirms: version >= 3,
+        }
+    }
+}
 
 /// A mesh item (or envelope) that cannot be turned back into a message.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +52,7 @@ pub enum WireError {
 }
 
 /// What a peer answered for one forwarded message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forwarded {
     /// How many of the named connections the peer wrote the frame to.
     pub delivered: u32,
@@ -51,14 +70,28 @@ impl From<pb::ForwardResult> for Forwarded {
 }
 
 /// The mesh item carrying `msg` to `conn_ids` on another node.
-pub fn to_item(msg: &Outgoing, conn_ids: Vec<String>) -> pb::ForwardItem {
+pub fn to_item(msg: &Outgoing, conn_ids: Vec<String>, kind: ItemKind) -> pb::ForwardItem {
     pb::ForwardItem {
         envelope: None,
         conn_ids,
         frame: msg.frame.as_bytes().clone(),
         id: msg.id.to_string(),
         accepted_us: msg.accepted_us,
+        from: msg.from.as_ref().map(|f| f.to_string()).unwrap_or_default(),
+        held: kind == ItemKind::Held,
+        notice: kind == ItemKind::Notice,
     }
+}
+
+/// What a forwarded item is to the node that receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// A message nobody holds (for peers that do not confirm).
+    Plain,
+    /// A message the sending node holds until it hears what became of it (a `Confirmation`).
+    Held,
+    /// A notification (a `receipt`): written where it can be, kept nowhere.
+    Notice,
 }
 
 /// The message a mesh item carries: its frame as sent (checked to be UTF-8, as a text frame
@@ -79,6 +112,7 @@ pub fn from_item(item: &mut pb::ForwardItem) -> Result<Outgoing, WireError> {
         id,
         frame,
         accepted_us: item.accepted_us,
+        from: UserId::parse(&item.from).ok(),
     })
 }
 
@@ -190,7 +224,7 @@ mod tests {
     #[test]
     fn mesh_items_carry_the_frame_through_untouched() {
         let msg = env().outgoing();
-        let mut item = to_item(&msg, vec!["c1".into()]);
+        let mut item = to_item(&msg, vec!["c1".into()], ItemKind::Held);
         assert!(item.envelope.is_none());
         let back = from_item(&mut item).expect("valid item");
         assert_eq!(back.frame, msg.frame);
@@ -206,10 +240,10 @@ mod tests {
         assert_eq!(from_item(&mut legacy).expect("valid").frame, msg.frame);
 
         // A frame that is not UTF-8, or a bad id, is refused; so is an item with neither.
-        let mut bad = to_item(&msg, vec![]);
+        let mut bad = to_item(&msg, vec![], ItemKind::Held);
         bad.frame = vec![0xff, 0xfe].into();
         assert!(matches!(from_item(&mut bad), Err(WireError::Frame)));
-        let mut bad = to_item(&msg, vec![]);
+        let mut bad = to_item(&msg, vec![], ItemKind::Held);
         bad.id = "no spaces".into();
         assert!(from_item(&mut bad).is_err());
         let mut empty = pb::ForwardItem::default();
@@ -219,7 +253,7 @@ mod tests {
     #[test]
     fn older_peers_get_the_envelope_back_from_the_frame() {
         let msg = env().outgoing();
-        let legacy = legacy_item(to_item(&msg, vec!["c1".into()]));
+        let legacy = legacy_item(to_item(&msg, vec!["c1".into()], ItemKind::Held));
         assert!(legacy.frame.is_empty());
         assert_eq!(legacy.conn_ids, vec!["c1".to_owned()]);
         let back = Envelope::try_from(legacy.envelope.expect("an envelope")).expect("valid");

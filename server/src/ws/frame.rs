@@ -177,6 +177,13 @@ enum ServerFrame<'a> {
         url: &'a str,
         reason: &'a str,
     },
+    Receipt {
+        id: &'a str,
+        to: &'a str,
+        status: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<&'a str>,
+    },
 }
 
 #[derive(Serialize)]
@@ -233,6 +240,16 @@ pub fn error(err: &FrameError) -> String {
 
 pub fn reconnect(url: &str, reason: &str) -> String {
     encode(&ServerFrame::Reconnect { url, reason })
+}
+
+/// What became of message `id` that the connection's user sent to `to` (PROTOCOL 7.2).
+pub fn receipt(id: &str, to: &str, status: &str, device: Option<&str>) -> String {
+    encode(&ServerFrame::Receipt {
+        id,
+        to,
+        status,
+        device,
+    })
 }
 
 #[cfg(test)]

@@ -7,10 +7,15 @@ use std::collections::{HashSet, VecDeque};
 
 use bytestring::ByteString;
 
-use crate::ids::MsgId;
+use crate::ids::{MsgId, UserId};
+use crate::sessions::Source;
 
-/// How many recently written live message ids a connection remembers (16 bytes each).
-const RECENT_IDS: usize = 128;
+/// How many recently written live message ids a connection remembers, with their senders (for
+/// `read` receipts and to recognise a copy that comes back).
+const RECENT_IDS: usize = 256;
+
+/// What one unacked message costs the ledger beyond its frame.
+const ENTRY_COST: usize = 64;
 
 /// What to do with a message read from the user's inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,28 +29,55 @@ pub enum InboxCopy {
     Acked,
 }
 
+/// A live message written to the connection and not acked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unacked {
+    pub id: MsgId,
+    pub frame: ByteString,
+    pub source: Option<Source>,
+}
+
+/// What an ack from the client meant.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// It was a live message waiting for this ack: where it came from (its sender is told, and
+    /// the peer holding it is sent a confirmation).
+    pub live: Option<Option<Source>>,
+    /// It is an inbox message (or has a stored copy): remove it in Redis.
+    pub inbox: bool,
+}
+
+/// Written live without room in the ledger: the connection is a slow consumer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverBudget;
+
 pub struct Ledger {
-    /// Live messages written and not yet acked by the client, oldest first (at most
-    /// `unacked_max`). Empty, and unallocated, for a client that keeps up with its acks.
-    unacked: VecDeque<(MsgId, ByteString)>,
-    unacked_max: usize,
+    /// Live messages written and not yet acked by the client, oldest first, bounded by
+    /// `max_bytes`. Empty, and unallocated, for a client that keeps up with its acks.
+    unacked: VecDeque<Unacked>,
+    unacked_bytes: usize,
+    max_bytes: usize,
     /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
     /// never sent twice to this connection, and acked in Redis when the client acks them.
     inbox_sent: HashSet<MsgId>,
-    /// The last [`RECENT_IDS`] live messages written here. A message written here whose sender
-    /// did not hear so (a mesh stream broke before the reply) is stored by its sender and comes
-    /// back through the inbox: this is how the connection knows it already has it.
-    recent: VecDeque<MsgId>,
+    /// The last [`RECENT_IDS`] live messages written here, with their senders. A message written
+    /// here whose sender did not hear so (a mesh stream broke before the reply) is sent again or
+    /// stored, and comes back live or through the inbox: this is how the connection knows it
+    /// already has it.
+    recent: VecDeque<(MsgId, Option<UserId>)>,
+    recent_ids: HashSet<MsgId>,
 }
 
 impl Ledger {
-    /// An empty ledger that tracks at most `unacked_max` unacked live messages.
-    pub fn new(unacked_max: usize) -> Self {
+    /// An empty ledger that keeps at most `max_bytes` of unacked live messages.
+    pub fn new(max_bytes: usize) -> Self {
         Self {
             unacked: VecDeque::new(),
-            unacked_max,
+            unacked_bytes: 0,
+            max_bytes,
             inbox_sent: HashSet::new(),
             recent: VecDeque::new(),
+            recent_ids: HashSet::new(),
         }
     }
 
@@ -54,36 +86,62 @@ impl Ledger {
         self.inbox_sent.contains(id)
     }
 
+    /// Whether `id` was written here live recently (or is still unacked): a second live copy
+    /// is not written again.
+    pub fn has_live(&self, id: &MsgId) -> bool {
+        self.recent_ids.contains(id) || self.unacked.iter().any(|u| u.id == *id)
+    }
+
     /// `id` was written as an inbox message: from the inbox, or a live one whose sender stopped
     /// waiting and stores it. The inbox will not send it here again.
     pub fn wrote_inbox(&mut self, id: MsgId) {
         self.inbox_sent.insert(id);
     }
 
-    /// A live message was written: remembered as recent, and as unacked until the client acks
-    /// it. Returns true when the oldest unacked message was let go to make room (the client does
-    /// not ack: it is no longer tracked, rather than the list growing without bound).
-    #[must_use = "a message let go untracked is counted"]
-    pub fn wrote_live(&mut self, id: MsgId, frame: ByteString) -> bool {
-        if self.recent.len() >= RECENT_IDS {
-            self.recent.pop_front();
+    /// A live message was written: remembered as recent, and kept as unacked until the client
+    /// acks it. It is always kept; `Err` says the ledger is now over its budget (the client does
+    /// not ack what it is sent) and the connection should close as a slow consumer.
+    pub fn wrote_live(&mut self, entry: Unacked) -> Result<(), OverBudget> {
+        if self.recent.len() >= RECENT_IDS
+            && let Some((old, _)) = self.recent.pop_front()
+        {
+            self.recent_ids.remove(&old);
         }
-        self.recent.push_back(id.clone());
-        let full = self.unacked.len() >= self.unacked_max;
-        if full {
-            self.unacked.pop_front();
+        let from = entry.source.as_ref().map(|s| s.from.clone());
+        self.recent_ids.insert(entry.id.clone());
+        self.recent.push_back((entry.id.clone(), from));
+        self.unacked_bytes += entry.frame.len() + ENTRY_COST;
+        self.unacked.push_back(entry);
+        if self.unacked_bytes > self.max_bytes {
+            Err(OverBudget)
+        } else {
+            Ok(())
         }
-        self.unacked.push_back((id, frame));
-        full
     }
 
-    /// The client acked `id`: it is no longer unacked. Returns whether it is an inbox message,
-    /// whose stored copy is then removed in Redis.
-    pub fn acked(&mut self, id: &MsgId) -> bool {
-        if let Some(i) = self.unacked.iter().position(|(u, _)| u == id) {
-            self.unacked.remove(i);
+    /// The client acked `id`.
+    pub fn acked(&mut self, id: &MsgId) -> Acked {
+        let live = self.unacked.iter().position(|u| u.id == *id).map(|i| {
+            let u = self.unacked.remove(i).expect("found at i");
+            self.unacked_bytes -= u.frame.len() + ENTRY_COST;
+            if self.unacked.is_empty() {
+                self.unacked = VecDeque::new();
+            }
+            u.source
+        });
+        Acked {
+            live,
+            inbox: self.inbox_sent.contains(id),
         }
-        self.inbox_sent.contains(id)
+    }
+
+    /// Who sent `id`, if it was written here live recently.
+    pub fn sender_of(&self, id: &MsgId) -> Option<UserId> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(r, _)| r == id)
+            .and_then(|(_, from)| from.clone())
     }
 
     /// What to do with inbox message `id`; one written here live is recorded as had.
@@ -91,10 +149,10 @@ impl Ledger {
         if self.inbox_sent.contains(id) {
             return InboxCopy::Had;
         }
-        if !self.recent.contains(id) {
+        let still_unacked = self.unacked.iter().any(|u| u.id == *id);
+        if !still_unacked && !self.recent_ids.contains(id) {
             return InboxCopy::Send;
         }
-        let still_unacked = self.unacked.iter().any(|(u, _)| u == id);
         self.inbox_sent.insert(id.clone());
         if still_unacked {
             InboxCopy::Had
@@ -104,7 +162,8 @@ impl Ledger {
     }
 
     /// The unacked live messages, oldest first; the ledger keeps none.
-    pub fn take_unacked(&mut self) -> VecDeque<(MsgId, ByteString)> {
+    pub fn take_unacked(&mut self) -> VecDeque<Unacked> {
+        self.unacked_bytes = 0;
         std::mem::take(&mut self.unacked)
     }
 }
@@ -117,58 +176,72 @@ mod tests {
         MsgId::parse(&format!("m{n}")).expect("valid")
     }
 
-    fn frame(n: usize) -> ByteString {
-        ByteString::from(format!("frame {n}"))
+    fn entry(n: usize) -> Unacked {
+        Unacked {
+            id: id(n),
+            frame: ByteString::from(format!("frame {n:04}")),
+            source: Some(Source {
+                from: UserId::parse("alice").expect("valid"),
+                holder: None,
+            }),
+        }
     }
 
     fn unacked_ids(ledger: &mut Ledger) -> Vec<MsgId> {
-        ledger
-            .take_unacked()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
+        ledger.take_unacked().into_iter().map(|u| u.id).collect()
     }
 
     #[test]
-    fn the_unacked_list_is_bounded_and_lets_the_oldest_go() {
-        let mut l = Ledger::new(2);
-        assert!(!l.wrote_live(id(1), frame(1)));
-        assert!(!l.wrote_live(id(2), frame(2)));
-        assert!(
-            l.wrote_live(id(3), frame(3)),
-            "the oldest is let go, and said so"
-        );
-        let kept = l.take_unacked();
+    fn the_unacked_list_keeps_everything_and_says_when_it_is_over_budget() {
+        let one = entry(0).frame.len() + ENTRY_COST;
+        let mut l = Ledger::new(one * 2);
+        assert_eq!(l.wrote_live(entry(1)), Ok(()));
+        assert_eq!(l.wrote_live(entry(2)), Ok(()));
         assert_eq!(
-            kept.iter()
-                .map(|(id, f)| (id.clone(), f.clone()))
-                .collect::<Vec<_>>(),
-            [(id(2), frame(2)), (id(3), frame(3))]
+            l.wrote_live(entry(3)),
+            Err(OverBudget),
+            "over budget, and said so"
+        );
+        assert_eq!(
+            l.take_unacked().into_iter().collect::<Vec<_>>(),
+            [entry(1), entry(2), entry(3)],
+            "nothing let go: all of it goes to the inbox"
         );
         assert!(l.take_unacked().is_empty(), "taken once");
+        assert_eq!(l.wrote_live(entry(4)), Ok(()), "the budget is free again");
     }
 
     #[test]
-    fn an_ack_removes_the_message_from_the_unacked_list() {
-        let mut l = Ledger::new(8);
-        let _ = l.wrote_live(id(1), frame(1));
-        let _ = l.wrote_live(id(2), frame(2));
-        assert!(
-            !l.acked(&id(1)),
-            "a live message: nothing to remove in Redis"
+    fn an_ack_removes_the_message_and_says_where_it_came_from() {
+        let one = entry(0).frame.len() + ENTRY_COST;
+        let mut l = Ledger::new(one * 2);
+        l.wrote_live(entry(1)).expect("room");
+        l.wrote_live(entry(2)).expect("room");
+        let acked = l.acked(&id(1));
+        assert_eq!(
+            acked.live,
+            Some(entry(1).source),
+            "a live message, with its sender"
         );
-        assert!(!l.acked(&id(9)), "an unknown id changes nothing");
-        assert_eq!(unacked_ids(&mut l), [id(2)]);
+        assert!(!acked.inbox, "nothing to remove in Redis");
+        assert_eq!(
+            l.acked(&id(9)),
+            Acked::default(),
+            "an unknown id changes nothing"
+        );
+        assert_eq!(l.acked(&id(1)).live, None, "acked once");
+        assert_eq!(l.wrote_live(entry(3)), Ok(()), "the ack freed its bytes");
+        assert_eq!(unacked_ids(&mut l), [id(2), id(3)]);
     }
 
     #[test]
     fn an_inbox_message_already_sent_is_not_sent_twice_and_its_ack_goes_to_redis() {
-        let mut l = Ledger::new(8);
+        let mut l = Ledger::new(1 << 20);
         assert_eq!(l.inbox_copy(&id(1)), InboxCopy::Send);
         l.wrote_inbox(id(1));
         assert!(l.has_from_inbox(&id(1)));
         assert_eq!(l.inbox_copy(&id(1)), InboxCopy::Had);
-        assert!(l.acked(&id(1)), "an inbox message is acked in Redis");
+        assert!(l.acked(&id(1)).inbox, "an inbox message is acked in Redis");
         assert!(
             unacked_ids(&mut l).is_empty(),
             "inbox messages are not tracked as unacked"
@@ -176,27 +249,41 @@ mod tests {
     }
 
     #[test]
-    fn a_live_message_that_comes_back_through_the_inbox_is_recognised() {
-        let mut l = Ledger::new(8);
-        // Written live, not acked yet: the stored copy is not sent, and stays in Redis.
-        let _ = l.wrote_live(id(1), frame(1));
+    fn a_live_message_that_comes_back_live_or_through_the_inbox_is_recognised() {
+        let mut l = Ledger::new(1 << 20);
+        // Written live, not acked yet: the stored copy is not sent, and stays in Redis until
+        // the client acks.
+        l.wrote_live(entry(1)).expect("room");
+        assert!(l.has_live(&id(1)), "a second live copy is not written");
         assert_eq!(l.inbox_copy(&id(1)), InboxCopy::Had);
         assert!(l.has_from_inbox(&id(1)));
+        let acked = l.acked(&id(1));
+        assert!(
+            acked.live.is_some() && acked.inbox,
+            "both: tell the sender, clean Redis"
+        );
         // Written live and acked before the copy came: the copy is removed in Redis.
-        let _ = l.wrote_live(id(2), frame(2));
-        assert!(!l.acked(&id(2)));
+        l.wrote_live(entry(2)).expect("room");
+        assert!(l.acked(&id(2)).live.is_some());
+        assert!(l.has_live(&id(2)), "still recognised after the ack");
         assert_eq!(l.inbox_copy(&id(2)), InboxCopy::Acked);
         assert_eq!(l.inbox_copy(&id(2)), InboxCopy::Had, "and only once");
+        assert_eq!(
+            l.sender_of(&id(2)).map(|u| u.to_string()),
+            Some("alice".into())
+        );
     }
 
     #[test]
     fn only_the_recent_live_messages_are_remembered() {
-        let mut l = Ledger::new(RECENT_IDS + 1);
+        let mut l = Ledger::new(1 << 30);
         for n in 0..=RECENT_IDS {
-            let _ = l.wrote_live(id(n), frame(n));
+            l.wrote_live(entry(n)).expect("room");
             l.acked(&id(n));
         }
-        assert_eq!(l.inbox_copy(&id(0)), InboxCopy::Send, "forgotten");
+        assert!(!l.has_live(&id(0)), "forgotten");
+        assert_eq!(l.sender_of(&id(0)), None);
+        assert_eq!(l.inbox_copy(&id(0)), InboxCopy::Send);
         assert_eq!(l.inbox_copy(&id(RECENT_IDS)), InboxCopy::Acked);
     }
 }

@@ -73,6 +73,7 @@ struct Admitted {
     evict: tokio_util::sync::CancellationToken,
     inbox_waiting: bool,
     mailbox: Arc<Mailbox>,
+    device: Option<Arc<str>>,
 }
 
 impl Admitted {
@@ -86,6 +87,7 @@ impl Admitted {
             ws,
             self.evict,
             self.inbox_waiting,
+            self.device,
         )
         .run(stream, self.mailbox)
         .instrument(self.span);
@@ -147,7 +149,7 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
         route: Route {
             conn: conn.clone(),
             node: state.node.clone(),
-            device,
+            device: device.clone(),
             connected_at_ms,
         },
     };
@@ -181,5 +183,6 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
         evict,
         inbox_waiting,
         mailbox,
+        device,
     })
 }

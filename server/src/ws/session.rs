@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
-use super::ledger::{InboxCopy, Ledger};
+use super::ledger::{InboxCopy, Ledger, Unacked};
+use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
+use crate::holds::{Event, ReceiptStatus};
 use crate::ids::{ConnId, MsgId, UserId};
-use crate::inbox::StoreOutcome;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
 use crate::state::NodeState;
 
@@ -50,6 +51,10 @@ enum End {
 /// acks), before the loop looks at the client's frames and the clock again.
 const MAX_BATCH: usize = 64;
 
+/// How long moving a closed connection's unacked messages to the inbox may retry across a Redis
+/// blip (within the 10 s a stopping node gives its sessions).
+const KEEP_WITHIN: Duration = Duration::from_secs(8);
+
 pub struct Session {
     pub state: Arc<NodeState>,
     pub conn: ConnId,
@@ -63,6 +68,8 @@ pub struct Session {
     pub flood: super::flood::FloodGuard,
     /// Whether messages waited in the inbox when the connection registered.
     pub inbox_waiting: bool,
+    /// The device the client named (`?device=`), told to senders in receipts.
+    pub device: Option<Arc<str>>,
 }
 
 impl Session {
@@ -73,9 +80,16 @@ impl Session {
         ws: Ws,
         evict: CancellationToken,
         inbox_waiting: bool,
+        device: Option<Arc<str>>,
     ) -> Self {
         let flood = super::flood::FloodGuard::new(state.config.limits.msgs_per_sec);
-        let ledger = Ledger::new(state.config.limits.unacked_max);
+        // Room for at least two of the largest frames, whatever the setting.
+        let budget = state
+            .config
+            .limits
+            .unacked_bytes
+            .max(state.config.max_frame_bytes * 2);
+        let ledger = Ledger::new(budget);
         Self {
             state,
             conn,
@@ -85,6 +99,7 @@ impl Session {
             ledger,
             flood,
             inbox_waiting,
+            device,
         }
     }
 }
@@ -371,7 +386,35 @@ impl Session {
         let Ok(id) = MsgId::parse(id) else {
             return;
         };
-        if self.ledger.acked(&id)
+        let acked = self.ledger.acked(&id);
+        if let Some(Some(source)) = acked.live {
+            // Whoever waits to hear: the peer holding it (it tells the sender), or the sender.
+            match source.holder {
+                Some(peer) => {
+                    let sent = self.state.confirms.send(
+                        &peer,
+                        Confirmation {
+                            id: id.clone(),
+                            status: ConfirmStatus::Received,
+                            device: self.device.clone(),
+                        },
+                    );
+                    if !sent {
+                        tracing::debug!(peer = %peer, msg_id = %id, "cannot confirm to the holding peer; its hold will expire into the inbox");
+                    }
+                }
+                None => {
+                    self.state.holds.event(Event::Receipt {
+                        user: source.from,
+                        id: id.clone(),
+                        to: self.user.clone(),
+                        status: ReceiptStatus::Received,
+                        device: self.device.clone(),
+                    });
+                }
+            }
+        }
+        if acked.inbox
             && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
         {
             tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
@@ -458,14 +501,25 @@ impl Session {
 
     /// Sends one queued message; its sender hears whether the connection's writer took it.
     async fn feed_message(&mut self, out: Outbound) -> Result<(), WriteError> {
-        let Outbound::Message {
-            id,
-            frame,
-            from_inbox,
-            accepted_us,
-            written,
-        } = out;
-        if from_inbox && self.ledger.has_from_inbox(&id) {
+        let (id, frame, from_inbox, accepted_us, written, source) = match out {
+            Outbound::Notice(frame) => return self.send(frame).await,
+            Outbound::Message {
+                id,
+                frame,
+                from_inbox,
+                accepted_us,
+                written,
+                source,
+            } => (id, frame, from_inbox, accepted_us, written, source),
+        };
+        // A copy this connection has already (sent again after a broken mesh stream, or
+        // through the inbox) is not written twice.
+        let had = if from_inbox {
+            self.ledger.has_from_inbox(&id)
+        } else {
+            self.ledger.has_live(&id)
+        };
+        if had {
             if let Some(w) = written {
                 let _ = w.send(true);
             }
@@ -482,8 +536,15 @@ impl Session {
             self.state.metrics.observe_delivery(accepted_us);
             if as_inbox {
                 self.ledger.wrote_inbox(id);
-            } else if self.ledger.wrote_live(id, frame) {
-                self.state.metrics.unacked_dropped.inc();
+            } else if self
+                .ledger
+                .wrote_live(Unacked { id, frame, source })
+                .is_err()
+            {
+                // The client takes messages but does not ack them: close it as a slow consumer;
+                // everything it has not acked goes to the inbox.
+                tracing::warn!(user = %self.user, conn_id = %self.conn, "unacked messages over their budget (--unacked-bytes)");
+                return Err(WriteError::Evicted);
             }
         }
         result
@@ -571,6 +632,9 @@ impl Session {
             }
             End::Gone => {}
         }
+        // What was written here and not acked may not have reached the client: it goes to the
+        // inbox before anything else can wait.
+        self.keep_unacked().await;
         // Sends whose ack can no longer be written still finish (a failed delivery must still
         // reach the inbox), in the background.
         if !pending.is_empty() {
@@ -580,7 +644,6 @@ impl Session {
                 .runtime
                 .spawn(self.state.tracker.track_future(drive));
         }
-        self.keep_unacked().await;
         self.state.metrics.connections.dec();
         if let Err(e) = self.state.routes.unregister(&self.user, &self.conn).await {
             tracing::warn!(user = %self.user, conn_id = %self.conn, error = %e, "cannot remove a route; it will be reconciled");
@@ -592,39 +655,84 @@ impl Session {
     /// Sends the close frame and waits (briefly) for the client's answer, reading and dropping
     /// whatever it still sends: closing a socket with unread data would reset it, and the client
     /// could lose the frames just written, the close frame included.
+    /// Acks the client sends meanwhile still count.
     async fn close(&mut self, frame: CloseReason, inbound: &mut Inbound) {
+        let mut acks = Vec::new();
         let closing = async {
             if self.ws.clone().close(Some(frame)).await.is_err() {
                 return;
             }
             while let Some(Ok(msg)) = inbound.next().await {
-                if matches!(msg, AggregatedMessage::Close(_)) {
-                    break;
+                match msg {
+                    AggregatedMessage::Close(_) => break,
+                    AggregatedMessage::Text(text) => {
+                        if let Ok(ClientFrame::Ack { id }) = frame::parse(&text) {
+                            acks.push(id);
+                        }
+                    }
+                    _ => {}
                 }
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+        for id in acks {
+            self.on_ack(&id).await;
+        }
     }
 
-    /// Messages written here but never acked may not have reached the client: keep them.
+    /// Messages written here but never acked may not have reached the client: they go to the
+    /// inbox (whatever its depth, retried across a Redis blip), the user's other connections
+    /// hear of it, and each sender is told (`stored`), through the peer holding it if any.
     async fn keep_unacked(&mut self) {
         let unacked = self.ledger.take_unacked();
         if unacked.is_empty() {
             return;
         }
-        let mut kept = 0;
-        for (id, frame) in &unacked {
-            match self.state.inbox.store_frame(&self.user, id, frame).await {
-                Ok(StoreOutcome::Stored) => kept += 1,
-                Ok(StoreOutcome::Full) => {
-                    tracing::error!(user = %self.user, msg_id = %id, "inbox full: an unacked message cannot be kept");
+        let frames: Vec<(MsgId, &str)> = unacked
+            .iter()
+            .map(|u| (u.id.clone(), u.frame.as_ref()))
+            .collect();
+        let (kept, lost) = self
+            .state
+            .inbox
+            .keep(&self.user, &frames, KEEP_WITHIN)
+            .await;
+        let metrics = &self.state.metrics;
+        metrics
+            .kept
+            .with_label_values(&["connection"])
+            .inc_by(kept.len() as u64);
+        metrics.unacked_dropped.inc_by(lost.len() as u64);
+        tracing::info!(user = %self.user, conn_id = %self.conn, kept = kept.len(), lost = lost.len(), "unacked messages moved to the inbox");
+        if kept.is_empty() {
+            return;
+        }
+        crate::keeper::announce_inbox(&self.state, &self.user).await;
+        let kept: std::collections::HashSet<&MsgId> = kept.iter().collect();
+        for u in unacked.iter().filter(|u| kept.contains(&u.id)) {
+            let Some(source) = &u.source else { continue };
+            match &source.holder {
+                Some(peer) => {
+                    self.state.confirms.send(
+                        peer,
+                        Confirmation {
+                            id: u.id.clone(),
+                            status: ConfirmStatus::Stored,
+                            device: None,
+                        },
+                    );
                 }
-                Err(e) => {
-                    tracing::error!(user = %self.user, msg_id = %id, error = %e, "cannot keep an unacked message");
+                None => {
+                    self.state.holds.event(Event::Receipt {
+                        user: source.from.clone(),
+                        id: u.id.clone(),
+                        to: self.user.clone(),
+                        status: ReceiptStatus::Stored,
+                        device: None,
+                    });
                 }
             }
         }
-        tracing::debug!(user = %self.user, conn_id = %self.conn, kept, "unacked messages moved to the inbox");
     }
 }
 
