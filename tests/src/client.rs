@@ -168,6 +168,24 @@ impl Client {
         }
     }
 
+    /// Reads frames until `done` says the collection is complete or `limit` passes; returns
+    /// every frame read (buffered ones first). For tests that count what arrived.
+    pub async fn collect_until(
+        &mut self,
+        limit: std::time::Duration,
+        mut done: impl FnMut(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut frames: Vec<Value> = self.buffered.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(&frames) {
+            match tokio::time::timeout_at(deadline, self.read_frame()).await {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        frames
+    }
+
     /// Sends a ping and returns every frame that arrived before the pong.
     pub async fn frames_until_pong(&mut self) -> Vec<Value> {
         self.send_json(json!({"type":"ping"})).await;

@@ -387,13 +387,17 @@ impl PeerWorker {
                     }
                     return;
                 }
-                reply = next_reply(&mut link), if !waiting.is_empty() => {
+                reply = next_reply(&mut link), if link.is_some() => {
                     match reply {
                         Some(Ok(reply)) if reply.seq == 0 && reply.results.is_empty() => {
                             self.confirmed(reply.confirmations);
                         }
                         Some(Ok(reply)) => {
-                            let batch = waiting.pop_front().expect("waiting is not empty");
+                            let Some(batch) = waiting.pop_front() else {
+                                let e = self.call_error(format!("answered batch {} that was never sent", reply.seq));
+                                self.broken(&mut link, &mut waiting, e);
+                                continue;
+                            };
                             if reply.seq != batch.seq || reply.results.len() != batch.replies.len() {
                                 let e = self.call_error(format!(
                                     "answered batch {} with {} results for batch {} of {}",

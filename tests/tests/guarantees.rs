@@ -1,0 +1,272 @@
+//! Delivery you can prove (issue #12): the user stories, run as written. A message acked
+//! `delivered` or `stored` reaches its recipient whatever single failure comes between, once per
+//! connection, and its sender is told what became of it (`receipt`, PROTOCOL 7.2).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use wsroute_tests::client::Client;
+use wsroute_tests::cluster::Cluster;
+use wsroute_tests::patience;
+
+/// What one sender saw and one recipient got, and the promise checked over it.
+#[derive(Debug, Default)]
+struct Ledger {
+    sent: usize,
+    delivered: HashSet<String>,
+    stored: HashSet<String>,
+    rejected: usize,
+    /// Ids received, per connection of the recipient, in order.
+    received: Vec<Vec<String>>,
+}
+
+impl Ledger {
+    fn ack(&mut self, ack: &Value) {
+        let id = ack["id"].as_str().unwrap_or_default().to_owned();
+        match ack["status"].as_str() {
+            Some("delivered") => {
+                self.delivered.insert(id);
+            }
+            Some("stored") => {
+                self.stored.insert(id);
+            }
+            _ => self.rejected += 1,
+        }
+    }
+
+    fn connection(&mut self, frames: &[Value]) {
+        self.received.push(
+            frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .map(|f| f["id"].as_str().unwrap_or_default().to_owned())
+                .collect(),
+        );
+    }
+
+    fn received_unique(&self) -> HashSet<&String> {
+        self.received.iter().flatten().collect()
+    }
+
+    /// Acked delivered or stored, never received.
+    fn lost(&self) -> usize {
+        let got = self.received_unique();
+        self.delivered
+            .iter()
+            .chain(&self.stored)
+            .filter(|id| !got.contains(id))
+            .count()
+    }
+
+    /// Copies of one id on one connection, over all connections.
+    fn duplicates(&self) -> usize {
+        self.received
+            .iter()
+            .map(|ids| ids.len() - ids.iter().collect::<HashSet<_>>().len())
+            .sum()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "sent {}, delivered {}, stored {}, rejected {}, received unique {}, lost {}, duplicates {}",
+            self.sent,
+            self.delivered.len(),
+            self.stored.len(),
+            self.rejected,
+            self.received_unique().len(),
+            self.lost(),
+            self.duplicates()
+        )
+    }
+}
+
+/// Sends `n` short messages from `from` to `to` back to back, then collects every ack (and
+/// whatever else arrived, e.g. receipts, stays buffered).
+async fn send_burst(from: &mut Client, to: &str, n: usize, ledger: &mut Ledger) {
+    let mut refs = Vec::with_capacity(n);
+    for i in 0..n {
+        refs.push(from.send_to(to, json!({ "n": i })).await);
+        ledger.sent += 1;
+    }
+    for r in refs {
+        let ack = from.expect_ack(&r).await;
+        ledger.ack(&ack);
+    }
+}
+
+/// Receipts of `status` read from `client` until there is one for every id in `ids`.
+async fn receipts_for(client: &mut Client, status: &str, ids: &HashSet<String>) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    let frames = client
+        .collect_until(patience(), |frames| {
+            seen = frames
+                .iter()
+                .filter(|f| f["type"] == "receipt" && f["status"] == status)
+                .filter_map(|f| f["id"].as_str().map(str::to_owned))
+                .collect();
+            ids.iter().all(|id| seen.contains(id))
+        })
+        .await;
+    frames
+        .iter()
+        .filter(|f| f["type"] == "receipt" && f["status"] == status)
+        .filter_map(|f| f["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Reads messages on a fresh connection until every id in `want` came (or patience runs out).
+async fn receive_all(client: &mut Client, want: &HashSet<String>) -> Vec<Value> {
+    client
+        .collect_until(patience(), |frames| {
+            let got: HashSet<&str> = frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .filter_map(|f| f["id"].as_str())
+                .collect();
+            want.iter().all(|id| got.contains(id.as_str()))
+        })
+        .await
+}
+
+fn fast_heartbeat(extra: &mut Vec<String>) {
+    extra.extend([
+        "--heartbeat-ms".into(),
+        "1000".into(),
+        "--max-msgs-per-sec".into(),
+        "100000".into(),
+    ]);
+}
+
+/// A phone goes into a tunnel: its socket stays open and nothing more is read. Everything its
+/// sender saw `delivered` comes back when it reconnects on another node, and the sender hears
+/// `stored` for each.
+#[tokio::test]
+async fn a_recipient_in_a_tunnel_gets_every_delivered_message_on_another_node() {
+    let c = Cluster::start_with(3, |o| fast_heartbeat(&mut o.extra)).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    // Bob reads his hello and nothing more: no acks, no pongs, no reads.
+    let tunnel = Client::connect(&c.node(2).ws_user("bob"))
+        .await
+        .manual_ack();
+
+    let mut ledger = Ledger::default();
+    send_burst(&mut alice, "bob", 2000, &mut ledger).await;
+    assert_eq!(ledger.rejected, 0, "{}", ledger.summary());
+    assert!(
+        !ledger.delivered.is_empty(),
+        "the node took messages for bob while his socket was open: {}",
+        ledger.summary()
+    );
+
+    // Node 2 closes the silent connection (two heartbeats) and keeps what bob did not ack; the
+    // sender hears of each message acked delivered.
+    let stored_receipts = receipts_for(&mut alice, "stored", &ledger.delivered).await;
+    let missing: Vec<&String> = ledger
+        .delivered
+        .iter()
+        .filter(|id| !stored_receipts.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} delivered messages without a stored receipt ({})",
+        missing.len(),
+        ledger.summary()
+    );
+    drop(tunnel);
+
+    let mut bob = Client::connect(&c.node(3).ws_user("bob")).await;
+    let all: HashSet<String> = ledger.delivered.union(&ledger.stored).cloned().collect();
+    let frames = receive_all(&mut bob, &all).await;
+    ledger.connection(&frames);
+    eprintln!("tunnel: {}", ledger.summary());
+    assert_eq!(ledger.received_unique().len(), 2000, "{}", ledger.summary());
+    assert_eq!(ledger.lost(), 0, "{}", ledger.summary());
+    assert_eq!(ledger.duplicates(), 0, "{}", ledger.summary());
+}
+
+/// Bob's node crashes before his app acks: the sending node held every message it forwarded,
+/// and stores them when its stream to the dead node breaks.
+#[tokio::test]
+async fn messages_held_for_a_recipient_whose_node_is_killed_come_back() {
+    let mut c = Cluster::start_with(3, |o| fast_heartbeat(&mut o.extra)).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut phone = Client::connect(&c.node(2).ws_user("bob"))
+        .await
+        .manual_ack();
+
+    let mut ledger = Ledger::default();
+    send_burst(&mut alice, "bob", 100, &mut ledger).await;
+    assert_eq!(ledger.delivered.len(), 100, "{}", ledger.summary());
+    // The app has every message, and acks none.
+    let frames = receive_all(&mut phone, &ledger.delivered).await;
+    ledger.connection(&frames);
+    assert_eq!(ledger.received_unique().len(), 100);
+
+    c.nodes[1].kill();
+    drop(phone);
+    let stored = receipts_for(&mut alice, "stored", &ledger.delivered).await;
+    assert_eq!(stored.len(), 100, "alice hears each one was stored");
+
+    let mut bob = Client::connect(&c.node(3).ws_user("bob")).await;
+    let frames = receive_all(&mut bob, &ledger.delivered).await;
+    let again: HashSet<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    ledger.connection(&frames);
+    eprintln!("recipient's node killed: {}", ledger.summary());
+    assert_eq!(again.len(), 100, "100 of 100 again after the crash");
+    assert_eq!(ledger.lost(), 0);
+    assert_eq!(ledger.duplicates(), 0, "{}", ledger.summary());
+}
+
+/// Every live connection of the sender hears when a device of the recipient acked a message,
+/// across nodes and on one node, with the device's name.
+#[tokio::test]
+async fn receipts_tell_every_connection_of_the_sender_who_received_a_message() {
+    let c = Cluster::start(3).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut alice_laptop = Client::connect(&c.node(3).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws("?user=bob&device=phone")).await;
+    let mut carol = Client::connect(&c.node(1).ws("?user=carol&device=tablet")).await;
+
+    let to_bob = alice.send_and_ack("bob", json!("across nodes")).await;
+    assert_eq!(to_bob["status"], "delivered", "{to_bob}");
+    let to_carol = alice.send_and_ack("carol", json!("same node")).await;
+    assert_eq!(to_carol["status"], "delivered", "{to_carol}");
+    // Both recipients ack (automatically, as they read).
+    assert_eq!(bob.expect_type("message").await["id"], to_bob["id"]);
+    assert_eq!(carol.expect_type("message").await["id"], to_carol["id"]);
+
+    let mut by_id: HashMap<String, Value> = HashMap::new();
+    for client in [&mut alice, &mut alice_laptop] {
+        for ack in [&to_bob, &to_carol] {
+            let id = ack["id"].clone();
+            let r = client
+                .expect(
+                    |f| f["type"] == "receipt" && f["id"] == id && f["status"] == "received",
+                    "received receipt",
+                )
+                .await;
+            by_id.insert(r["id"].as_str().unwrap_or_default().to_owned(), r);
+        }
+    }
+    let r = &by_id[to_bob["id"].as_str().expect("id")];
+    assert_eq!(
+        (r["to"].clone(), r["device"].clone()),
+        (json!("bob"), json!("phone"))
+    );
+    let r = &by_id[to_carol["id"].as_str().expect("id")];
+    assert_eq!(
+        (r["to"].clone(), r["device"].clone()),
+        (json!("carol"), json!("tablet"))
+    );
+
+    // The recipient never gets a receipt for what it received.
+    let pongs = bob.frames_until_pong().await;
+    assert!(
+        pongs.iter().all(|f| f["type"] != "receipt"),
+        "no receipt to the recipient: {pongs:?}"
+    );
+}
