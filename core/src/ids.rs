@@ -194,6 +194,15 @@ impl IdGen {
         MsgId(self.next_hex(b'm'))
     }
 
+    /// The id of a message from `sender`: derived from its `cid` when it has one (the same on
+    /// every resend), generated otherwise.
+    pub fn msg_for(&self, sender: &UserId, cid: Option<&Cid>) -> MsgId {
+        match cid {
+            Some(cid) => MsgId::derived(sender, cid),
+            None => self.msg(),
+        }
+    }
+
     pub fn conn(&self) -> ConnId {
         ConnId(self.next_hex(b'c'))
     }
@@ -318,9 +327,11 @@ mod tests {
             assert_eq!(id.as_str().len(), 23);
             assert!(id.as_str().starts_with(MsgId::DERIVED_TAG));
             assert_eq!(MsgId::parse(id.as_str()).as_ref(), Ok(&id));
-            let generated = g.msg();
+            let generated = g.msg_for(&user("alice"), None);
             assert!(!generated.as_str().starts_with(MsgId::DERIVED_TAG));
             assert_ne!(generated, id);
+            let c = cid(&format!("c{n}"));
+            assert_eq!(g.msg_for(&user("alice"), Some(&c)), id);
         }
     }
 }

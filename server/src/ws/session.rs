@@ -335,10 +335,8 @@ impl Session {
     ) {
         // A send with a cid keeps its id on every resend (PROTOCOL.md 7.1); `on_send` refused a
         // bad cid.
-        let id = match &send.cid {
-            Ok(Some(cid)) => MsgId::derived(&self.user, cid),
-            Ok(None) | Err(_) => self.state.ids.msg(),
-        };
+        let cid = send.cid.as_ref().ok().and_then(Option::as_ref);
+        let id = self.state.ids.msg_for(&self.user, cid);
         let env = Envelope::new(id, self.user.clone(), to, send.body);
         let id = env.id.clone();
         let reference = send.reference;
