@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use wsroute_tests::router_cli::cli_json;
-use wsroute_tests::{Client, Cluster};
+use wsroute_tests::{Client, Cluster, eventually};
 
 /// Sends `body` to `to` with `cid` and `reference`; returns the ack.
 async fn send_cid(c: &mut Client, to: &str, cid: &str, reference: &str, body: Value) -> Value {
@@ -153,4 +153,38 @@ async fn a_cid_outside_its_rules_is_rejected_and_the_connection_stays_open() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["body"], "ok");
     assert_eq!(got[0]["id"], ack["id"]);
+}
+
+#[tokio::test]
+async fn one_ack_settles_every_copy_of_a_resent_cid() {
+    let c = Cluster::start(2).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob"))
+        .await
+        .manual_ack();
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    for r in ["d1", "d2", "d3"] {
+        let ack = send_cid(&mut alice, "bob", "dup", r, json!("once")).await;
+        assert_eq!(ack["status"], "delivered", "{ack}");
+    }
+    // Bob sees three copies of one id, keeps the first, acks it once and drops the others.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(bob.expect_type("message").await["id"].clone());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    bob.send_json(json!({"type":"ack","id":ids[0]})).await;
+    assert!(bob.frames_until_pong().await.is_empty());
+    bob.close().await;
+
+    // The connection's unacked messages are kept before its route goes: once the route is
+    // gone, nothing of this message may be in the inbox.
+    eventually("bob's route is removed", || async {
+        (c.redis.routes_of_user("bob").await == 0).then_some(())
+    })
+    .await;
+    let inbox = cli_json(&c.redis.url(), &["inbox", "bob"]);
+    assert_eq!(inbox["depth"], 0, "an acked message came back: {inbox}");
+    let mut bob = Client::connect(&c.node(1).ws_user("bob")).await;
+    let got = bob.frames_until_pong().await;
+    assert!(got.is_empty(), "{got:?}");
 }

@@ -77,12 +77,11 @@ impl Ledger {
         full
     }
 
-    /// The client acked `id`: it is no longer unacked. Returns whether it is an inbox message,
-    /// whose stored copy is then removed in Redis.
+    /// The client acked `id`: it is no longer unacked, in any copy (a resent `cid` writes one
+    /// id here more than once, and a client that drops the copies acks it once). Returns
+    /// whether it is an inbox message, whose stored copy is then removed in Redis.
     pub fn acked(&mut self, id: &MsgId) -> bool {
-        if let Some(i) = self.unacked.iter().position(|(u, _)| u == id) {
-            self.unacked.remove(i);
-        }
+        self.unacked.retain(|(u, _)| u != id);
         self.inbox_sent.contains(id)
     }
 
@@ -158,6 +157,16 @@ mod tests {
             "a live message: nothing to remove in Redis"
         );
         assert!(!l.acked(&id(9)), "an unknown id changes nothing");
+        assert_eq!(unacked_ids(&mut l), [id(2)]);
+    }
+
+    #[test]
+    fn one_ack_settles_every_copy_of_an_id() {
+        let mut l = Ledger::new(8);
+        let _ = l.wrote_live(id(1), frame(1));
+        let _ = l.wrote_live(id(2), frame(2));
+        let _ = l.wrote_live(id(1), frame(1));
+        assert!(!l.acked(&id(1)));
         assert_eq!(unacked_ids(&mut l), [id(2)]);
     }
 
