@@ -11,4 +11,5 @@ cargo test --workspace --locked "$@"
 # (redis+cluster://), as an operator who outgrew one Redis would run them.
 # (--workspace, as above, so that the same build is reused.)
 WSROUTE_TEST_REDIS=cluster cargo test --workspace --locked \
-  --test delivery --test inbox --test api --test operations --test limits --test client_input "$@"
+  --test delivery --test inbox --test api --test operations --test limits --test client_input \
+  --test cid "$@"

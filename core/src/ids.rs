@@ -1,9 +1,13 @@
-//! Identifier newtypes (`UserId`, `NodeId`, `ConnId`, `MsgId`) so they cannot be swapped, the
-//! rules a user-supplied id must meet, and the generator of cluster-unique ids.
+//! Identifier newtypes (`UserId`, `NodeId`, `ConnId`, `MsgId`, `Cid`) so they cannot be swapped,
+//! the rules a user-supplied id must meet, and the two ways a message id is made: generated
+//! (cluster-unique) or derived from its sender and the client's `cid` (the same on every resend).
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 /// Why a string is not a valid user or node id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,23 +16,46 @@ pub enum IdError {
     Empty,
     #[error("must be at most {max} bytes, got {len}")]
     TooLong { len: usize, max: usize },
-    #[error("may contain only A-Z a-z 0-9 _ . @ : -")]
-    BadChar,
+    #[error("may contain only {allowed}")]
+    BadChar { allowed: &'static str },
+}
+
+/// The characters of a user, node, connection or message id.
+const ID_CHARS: &str = "A-Z a-z 0-9 _ . @ : -";
+/// The characters of a `cid` (an id's, without `@`).
+const CID_CHARS: &str = "A-Z a-z 0-9 _ . : -";
+
+/// Whether `b` is one of [`ID_CHARS`].
+fn id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-')
+}
+
+/// Whether `b` is one of [`CID_CHARS`].
+fn cid_char(b: u8) -> bool {
+    b != b'@' && id_char(b)
 }
 
 /// The id rules of PROTOCOL.md section 2: 1 to `max` bytes of `[A-Za-z0-9_.@:-]`.
 fn check(s: &str, max: usize) -> Result<(), IdError> {
+    check_chars(s, max, id_char, ID_CHARS)
+}
+
+fn check_chars(
+    s: &str,
+    max: usize,
+    allowed: fn(u8) -> bool,
+    allowed_text: &'static str,
+) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
     }
     if s.len() > max {
         return Err(IdError::TooLong { len: s.len(), max });
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-'))
-    {
-        return Err(IdError::BadChar);
+    if !s.bytes().all(allowed) {
+        return Err(IdError::BadChar {
+            allowed: allowed_text,
+        });
     }
     Ok(())
 }
@@ -81,6 +108,54 @@ id_type!(
     MsgId, 128
 );
 
+/// The client's own key for a message it sends (PROTOCOL.md 7.1): 1 to [`Cid::MAX_BYTES`] bytes
+/// of `[A-Za-z0-9_.:-]`. Only ever used to derive a [`MsgId`] with [`MsgId::derived`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cid(Arc<str>);
+
+impl Cid {
+    pub const MAX_BYTES: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        check_chars(s, Self::MAX_BYTES, cid_char, CID_CHARS)?;
+        Ok(Self(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cid({:?})", &*self.0)
+    }
+}
+
+impl MsgId {
+    /// The first character of every derived id. Generated ids start with `m` ([`IdGen::msg`]),
+    /// so a derived id never equals a generated one.
+    pub const DERIVED_TAG: char = 'k';
+
+    /// The id of the message `sender` sends with `cid`: the same for every resend of that cid by
+    /// that sender, on any node, and different for another sender or another cid. `k` followed
+    /// by the first 128 bits of SHA-256 over a version tag, the sender, a 0 byte (which no user
+    /// id contains, so the split is unambiguous) and the cid, in unpadded base64url (22
+    /// characters, all of them valid in an id).
+    pub fn derived(sender: &UserId, cid: &Cid) -> MsgId {
+        let digest = Sha256::new()
+            .chain_update(b"wsroute.cid.v1\0")
+            .chain_update(sender.as_str().as_bytes())
+            .chain_update([0u8])
+            .chain_update(cid.as_str().as_bytes())
+            .finalize();
+        let mut text = String::with_capacity(23);
+        text.push(Self::DERIVED_TAG);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&digest[..16], &mut text);
+        MsgId(Arc::from(text))
+    }
+}
+
 /// Makes cluster-unique ids: a random 64-bit prefix chosen when the process starts, followed by
 /// a counter. Two processes collide only if they draw the same prefix (p ~ n^2 / 2^65).
 #[derive(Debug)]
@@ -119,6 +194,15 @@ impl IdGen {
         MsgId(self.next_hex(b'm'))
     }
 
+    /// The id of a message from `sender`: derived from its `cid` when it has one (the same on
+    /// every resend), generated otherwise.
+    pub fn msg_for(&self, sender: &UserId, cid: Option<&Cid>) -> MsgId {
+        match cid {
+            Some(cid) => MsgId::derived(sender, cid),
+            None => self.msg(),
+        }
+    }
+
     pub fn conn(&self) -> ConnId {
         ConnId(self.next_hex(b'c'))
     }
@@ -155,9 +239,10 @@ mod tests {
         assert!(UserId::parse("bob").is_ok());
         assert!(UserId::parse("a.b@c:d-e_f9").is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Empty));
-        assert_eq!(UserId::parse("bo b"), Err(IdError::BadChar));
-        assert_eq!(UserId::parse("bob\""), Err(IdError::BadChar));
-        assert_eq!(UserId::parse("é"), Err(IdError::BadChar));
+        let bad_char = Err(IdError::BadChar { allowed: ID_CHARS });
+        assert_eq!(UserId::parse("bo b"), bad_char);
+        assert_eq!(UserId::parse("bob\""), bad_char);
+        assert_eq!(UserId::parse("é"), bad_char);
         assert!(UserId::parse(&"x".repeat(128)).is_ok());
         assert_eq!(
             UserId::parse(&"x".repeat(129)),
@@ -175,5 +260,78 @@ mod tests {
         assert_eq!(ids.len(), 2000);
         assert!(ids.iter().all(|id| MsgId::parse(id).is_ok()));
         assert_ne!(a.conn(), a.conn());
+    }
+
+    fn cid(s: &str) -> Cid {
+        Cid::parse(s).expect("a valid cid")
+    }
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).expect("a valid user id")
+    }
+
+    #[test]
+    fn cid_rules() {
+        assert!(Cid::parse("a").is_ok());
+        assert!(Cid::parse("Az09_.:-").is_ok());
+        assert!(Cid::parse(&"x".repeat(64)).is_ok());
+        assert_eq!(Cid::parse(""), Err(IdError::Empty));
+        assert_eq!(
+            Cid::parse(&"x".repeat(65)),
+            Err(IdError::TooLong { len: 65, max: 64 })
+        );
+        let bad_char = Err(IdError::BadChar { allowed: CID_CHARS });
+        assert_eq!(Cid::parse("a@b"), bad_char, "`@` is an id's, not a cid's");
+        assert_eq!(Cid::parse("a b"), bad_char);
+        assert_eq!(Cid::parse("a/b"), bad_char);
+        assert_eq!(Cid::parse("é"), bad_char);
+        assert_eq!(Cid::parse("a\0"), bad_char);
+    }
+
+    #[test]
+    fn a_derived_id_depends_on_the_sender_and_the_cid_only() {
+        let a = MsgId::derived(&user("alice"), &cid("c1"));
+        assert_eq!(a, MsgId::derived(&user("alice"), &cid("c1")), "stable");
+        assert_ne!(a, MsgId::derived(&user("bob"), &cid("c1")), "per sender");
+        assert_ne!(a, MsgId::derived(&user("alice"), &cid("c2")), "per cid");
+        // The 0 byte between sender and cid keeps ("ab", "c") apart from ("a", "bc").
+        assert_ne!(
+            MsgId::derived(&user("ab"), &cid("c")),
+            MsgId::derived(&user("a"), &cid("bc"))
+        );
+    }
+
+    #[test]
+    fn a_derived_id_is_fixed_across_releases() {
+        // Resends may reach nodes of another release: the derivation must never change. The
+        // expected value is SHA-256("wsroute.cid.v1\0alice\0c1"), first 16 bytes, base64url.
+        let digest = Sha256::digest(b"wsroute.cid.v1\0alice\0c1");
+        let expected = format!(
+            "k{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+        );
+        let id = MsgId::derived(&user("alice"), &cid("c1"));
+        assert_eq!(id.as_str(), expected);
+        assert_eq!(
+            id.as_str(),
+            "kC5fRZaEcaHZYbYGDxbpBPQ",
+            "computed with Python's hashlib"
+        );
+    }
+
+    #[test]
+    fn a_derived_id_is_a_valid_id_that_no_generator_makes() {
+        let g = IdGen::new();
+        for n in 0..500 {
+            let id = MsgId::derived(&user("alice"), &cid(&format!("c{n}")));
+            assert_eq!(id.as_str().len(), 23);
+            assert!(id.as_str().starts_with(MsgId::DERIVED_TAG));
+            assert_eq!(MsgId::parse(id.as_str()).as_ref(), Ok(&id));
+            let generated = g.msg_for(&user("alice"), None);
+            assert!(!generated.as_str().starts_with(MsgId::DERIVED_TAG));
+            assert_ne!(generated, id);
+            let c = cid(&format!("c{n}"));
+            assert_eq!(g.msg_for(&user("alice"), Some(&c)), id);
+        }
     }
 }

@@ -61,6 +61,7 @@ pub async fn send(
         to: args.user.clone(),
         body_json: args.body,
         from: args.from.unwrap_or_default(),
+        cid: None,
     });
     req.metadata_mut().insert(
         "authorization",

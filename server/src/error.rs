@@ -48,6 +48,8 @@ pub enum RejectCode {
     BadBody,
     /// The connection sends faster than `--max-msgs-per-sec`.
     RateLimited,
+    /// A field of the send is outside its rules (a `cid` of the wrong shape).
+    BadField,
 }
 
 impl RejectCode {
@@ -60,6 +62,7 @@ impl RejectCode {
             Self::Draining => "draining",
             Self::BadBody => "bad_body",
             Self::RateLimited => "rate_limited",
+            Self::BadField => "bad_field",
         }
     }
 
@@ -72,6 +75,7 @@ impl RejectCode {
             "draining" => Self::Draining,
             "bad_body" => Self::BadBody,
             "rate_limited" => Self::RateLimited,
+            "bad_field" => Self::BadField,
             _ => return None,
         })
     }

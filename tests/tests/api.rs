@@ -75,6 +75,82 @@ async fn http_push_delivers_and_refuses_without_the_key() {
 }
 
 #[tokio::test]
+async fn a_push_with_a_cid_keeps_its_id_on_every_retry_over_http_and_grpc() {
+    let c = Cluster::start(2).await;
+    let mut dave = Client::connect(&c.node(2).ws_user("dave")).await;
+    let body = r#"{"body":"invoice","from":"billing","cid":"invoice-42"}"#;
+    let (s1, h1) = push(
+        &c.node(1).http("/v1/users/dave/messages"),
+        Some(API_KEY),
+        body,
+    )
+    .await;
+    let (s2, h2) = push(
+        &c.node(2).http("/v1/users/dave/messages"),
+        Some(API_KEY),
+        body,
+    )
+    .await;
+    assert_eq!((s1, s2), (200, 200), "{h1} {h2}");
+    assert_eq!(h1["status"], "delivered", "{h1}");
+    assert_eq!(h1["id"], h2["id"], "one cid, one id, on any node");
+
+    // Over gRPC, the same sender label and cid: the same message.
+    let router = RouterClient::connect(c.node(1).grpc())
+        .await
+        .expect("grpc connects");
+    let send = |from: &str, cid: &str| pb::SendToUserRequest {
+        to: "dave".into(),
+        body_json: r#""invoice""#.into(),
+        from: from.into(),
+        cid: Some(cid.into()),
+    };
+    let grpc = |req: pb::SendToUserRequest| {
+        let mut router = router.clone();
+        async move {
+            router
+                .send_to_user(authed(req, API_KEY))
+                .await
+                .expect("authorized call")
+                .into_inner()
+        }
+    };
+    let g = grpc(send("billing", "invoice-42")).await;
+    assert_eq!(g.status, "delivered", "{g:?}");
+    assert_eq!(h1["id"], g.id.as_str());
+    // Another label or another cid: another message.
+    let other_from = grpc(send("shipping", "invoice-42")).await;
+    let other_cid = grpc(send("billing", "invoice-43")).await;
+    assert_ne!(other_from.id, g.id);
+    assert_ne!(other_cid.id, g.id);
+    assert_ne!(other_cid.id, other_from.id);
+    for _ in 0..5 {
+        dave.expect_type("message").await;
+    }
+
+    // A cid outside its rules: 400 over HTTP, `rejected`/`bad_field` over gRPC; nothing sent.
+    let bad = r#"{"body":1,"cid":"no spaces"}"#;
+    let (status, v) = push(
+        &c.node(1).http("/v1/users/dave/messages"),
+        Some(API_KEY),
+        bad,
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("cid")),
+        "{v}"
+    );
+    for cid in [String::new(), "x".repeat(65)] {
+        let r = grpc(send("billing", &cid)).await;
+        assert_eq!(r.status, "rejected", "{cid:?}: {r:?}");
+        assert_eq!(r.error_code, "bad_field", "{cid:?}: {r:?}");
+        assert!(r.id.is_empty(), "{r:?}");
+    }
+    assert!(dave.frames_until_pong().await.is_empty());
+}
+
+#[tokio::test]
 async fn grpc_router_sends_looks_up_and_refuses_without_the_key() {
     let c = Cluster::start(2).await;
     let mut bob = Client::connect(&c.node(2).ws("?user=bob&device=tablet")).await;
@@ -86,6 +162,7 @@ async fn grpc_router_sends_looks_up_and_refuses_without_the_key() {
         to: "bob".into(),
         body_json: r#"{"k":"v"}"#.into(),
         from: String::new(),
+        cid: None,
     };
     let r = router
         .send_to_user(authed(send.clone(), API_KEY))

@@ -114,6 +114,59 @@ async fn malformed_frames_get_an_error_and_the_connection_keeps_working() {
 }
 
 #[tokio::test]
+async fn a_read_frame_is_accepted_a_bad_id_refused_and_reads_count_against_the_rate() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--max-msgs-per-sec".into(), "2".into()];
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+
+    // A good one is taken without an answer (receipts are not wired yet).
+    alice
+        .send_json(json!({"type":"read","id":"m0123456789abcdef1"}))
+        .await;
+    let got = alice.frames_until_pong().await;
+    assert!(got.is_empty(), "{got:?}");
+
+    let too_long = "m".repeat(129);
+    for (what, id) in [
+        ("missing", json!(null)),
+        ("a number", json!(5)),
+        ("empty", json!("")),
+        ("a space", json!("m 1")),
+        ("too long", json!(too_long)),
+    ] {
+        let mut frame = json!({"type":"read"});
+        if !id.is_null() {
+            frame["id"] = id;
+        }
+        alice.send_json(frame).await;
+        let e = alice.expect_type("error").await;
+        assert_eq!(e["code"], "bad_field", "{what}: {e}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains("id")),
+            "{what}: {e}"
+        );
+    }
+
+    // Reads are frames the client starts: past the burst (20 at 2/s, 8 spent above) they are
+    // refused, and a client that keeps on is closed like any flood.
+    for _ in 0..40 {
+        alice
+            .send_json(json!({"type":"read","id":"m0123456789abcdef1"}))
+            .await;
+    }
+    let (frames, close) = alice.expect_close().await;
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "error" && f["code"] == "rate_limited"),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_oversized_frame_closes_with_1009() {
     let c = Cluster::start_with(1, |o| {
         o.extra = vec!["--max-frame-bytes".into(), "4096".into()]

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::bearer::{self, BearerError};
 use crate::envelope::Envelope;
 use crate::error::Refusal;
-use crate::ids::UserId;
+use crate::ids::{Cid, UserId};
 use crate::state::NodeState;
 
 /// `from` when the caller gives none.
@@ -21,6 +21,8 @@ pub const DEFAULT_SENDER: &str = "api";
 struct PushBody {
     body: Box<RawValue>,
     from: Option<String>,
+    /// The caller's idempotency key: the id is derived from `from` and `cid` (PROTOCOL.md 7.1).
+    cid: Option<String>,
 }
 
 /// Checks `Authorization: Bearer <api-key>` (in constant time): the answer to a call refused,
@@ -68,7 +70,7 @@ pub async fn push(
         Ok(p) => p,
         Err(e) => {
             return Refusal::BadBody.http(&format!(
-                "expected {{\"body\": <JSON>, \"from\": \"<optional label>\"}}: {e}"
+                "expected {{\"body\": <JSON>, \"from\": \"<optional label>\", \"cid\": \"<optional key>\"}}: {e}"
             ));
         }
     };
@@ -79,7 +81,16 @@ pub async fn push(
             return Refusal::BadBody.http(&format!("`from` must follow the user id rules: {e}"));
         }
     };
-    let env = Envelope::new(state.ids.msg(), from, to, parsed.body);
+    let cid = match parsed.cid.as_deref().map(Cid::parse).transpose() {
+        Ok(cid) => cid,
+        Err(e) => return Refusal::BadBody.http(&format!("`cid` is not valid: {e}")),
+    };
+    let env = Envelope::new(
+        state.ids.msg_for(&from, cid.as_ref()),
+        from,
+        to,
+        parsed.body,
+    );
     let id = env.id.to_string();
     let outcome = state.delivery.send(env).await;
     HttpResponse::Ok().json(super::outcome_json(&id, &outcome))

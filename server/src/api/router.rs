@@ -12,7 +12,7 @@ use crate::bearer;
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{Refusal, RejectCode};
-use crate::ids::UserId;
+use crate::ids::{Cid, UserId};
 use crate::state::NodeState;
 
 /// Largest `SendToUsers` batch.
@@ -62,7 +62,12 @@ impl RouterService {
                 }
             }
         };
-        let env = Envelope::new(self.state.ids.msg(), from, to, body);
+        let cid = match m.cid.as_deref().map(Cid::parse).transpose() {
+            Ok(cid) => cid,
+            Err(e) => return rejected(RejectCode::BadField, format!("`cid`: {e}")),
+        };
+        let id = self.state.ids.msg_for(&from, cid.as_ref());
+        let env = Envelope::new(id, from, to, body);
         let id = env.id.to_string();
         let outcome = self.state.delivery.send(env).await;
         let (error_code, error_message) = match &outcome {

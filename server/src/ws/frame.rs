@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{FrameErrorCode, RejectCode};
+use crate::ids::{Cid, IdError, MsgId};
 
 /// Longest `ref` a client may attach to a send (it is echoed back verbatim).
 pub const MAX_REF_BYTES: usize = 256;
@@ -13,7 +14,13 @@ pub const MAX_REF_BYTES: usize = 256;
 #[derive(Debug)]
 pub enum ClientFrame {
     Send(SendFrame),
-    Ack { id: String },
+    Ack {
+        id: String,
+    },
+    /// The user has read message `id` (PROTOCOL.md 7.2).
+    Read {
+        id: MsgId,
+    },
     Ping,
 }
 
@@ -23,6 +30,10 @@ pub struct SendFrame {
     pub to: String,
     /// The client's own reference, echoed in the ack (`null` when absent).
     pub reference: Option<String>,
+    /// The client's key for this message (PROTOCOL.md 7.1), `Ok(None)` when absent or `null`.
+    /// One that is not a string is refused here; one that is a string outside the cid rules is
+    /// kept as its error, for the caller to answer with a `rejected` ack (`bad_field`), like `to`.
+    pub cid: Result<Option<Cid>, IdError>,
     /// The body, exactly as the client wrote it (valid JSON).
     pub body: Box<RawValue>,
 }
@@ -57,6 +68,8 @@ struct RawFrame<'a> {
     body: Option<&'a RawValue>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cid: Option<&'a RawValue>,
 }
 
 fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError> {
@@ -109,6 +122,11 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 e
             };
             let to = string_field(raw.to, "to").map_err(with_ref)?;
+            let cid = match raw.cid {
+                None => Ok(None),
+                Some(c) if c.get() == "null" => Ok(None),
+                Some(_) => Cid::parse(&string_field(raw.cid, "cid").map_err(with_ref)?).map(Some),
+            };
             let body = raw
                 .body
                 .ok_or_else(|| {
@@ -121,12 +139,23 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             Ok(ClientFrame::Send(SendFrame {
                 to,
                 reference,
+                cid,
                 body,
             }))
         }
         "ack" => Ok(ClientFrame::Ack {
             id: string_field(raw.id, "id")?,
         }),
+        "read" => {
+            let id = string_field(raw.id, "id")?;
+            let id = MsgId::parse(&id).map_err(|e| {
+                FrameError::new(
+                    FrameErrorCode::BadField,
+                    format!("`id` is not a message id: {e}"),
+                )
+            })?;
+            Ok(ClientFrame::Read { id })
+        }
         "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::new(
             FrameErrorCode::BadFrame,
@@ -304,6 +333,64 @@ mod tests {
             r#"{{"type":"send","to":"b","body":1,"ref":"{}"}}"#,
             "x".repeat(300)
         );
+        assert_eq!(code(&long), FrameErrorCode::BadField);
+    }
+
+    #[test]
+    fn a_send_takes_an_optional_cid() {
+        let cid_of = |extra: &str| {
+            let text = format!(r#"{{"type":"send","to":"bob","ref":"r1","body":1{extra}}}"#);
+            match parse(&text) {
+                Ok(ClientFrame::Send(s)) => s.cid,
+                other => panic!("not a send: {other:?}"),
+            }
+        };
+        assert_eq!(cid_of(""), Ok(None));
+        assert_eq!(cid_of(r#","cid":null"#), Ok(None));
+        assert_eq!(
+            cid_of(r#","cid":"a.b:c-d_9""#),
+            Ok(Some(Cid::parse("a.b:c-d_9").expect("valid")))
+        );
+        // A string outside the rules is kept as its error: the caller answers with an ack.
+        assert!(matches!(cid_of(r#","cid":"""#), Err(IdError::Empty)));
+        assert!(matches!(
+            cid_of(r#","cid":"a b""#),
+            Err(IdError::BadChar { .. })
+        ));
+        assert!(matches!(
+            cid_of(r#","cid":"a@b""#),
+            Err(IdError::BadChar { .. })
+        ));
+        let long = format!(r#","cid":"{}""#, "x".repeat(65));
+        assert!(matches!(
+            cid_of(&long),
+            Err(IdError::TooLong { len: 65, .. })
+        ));
+        // Not a string at all: refused as a bad field, with the ref.
+        let e = parse(r#"{"type":"send","to":"bob","ref":"r2","body":1,"cid":7}"#)
+            .expect_err("a number is not a cid");
+        assert_eq!(e.code, FrameErrorCode::BadField);
+        assert_eq!(e.reference.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn parses_read_and_refuses_a_bad_id() {
+        assert!(matches!(
+            parse(r#"{"type":"read","id":"m1"}"#),
+            Ok(ClientFrame::Read { id }) if id.as_str() == "m1"
+        ));
+        assert_eq!(code(r#"{"type":"read"}"#), FrameErrorCode::BadField);
+        assert_eq!(
+            code(r#"{"type":"read","id":null}"#),
+            FrameErrorCode::BadField
+        );
+        assert_eq!(code(r#"{"type":"read","id":5}"#), FrameErrorCode::BadField);
+        assert_eq!(code(r#"{"type":"read","id":""}"#), FrameErrorCode::BadField);
+        assert_eq!(
+            code(r#"{"type":"read","id":"a b"}"#),
+            FrameErrorCode::BadField
+        );
+        let long = format!(r#"{{"type":"read","id":"{}"}}"#, "m".repeat(129));
         assert_eq!(code(&long), FrameErrorCode::BadField);
     }
 

@@ -284,6 +284,8 @@ impl Session {
                 self.on_ack(&id).await;
                 None
             }
+            // Receipts: see delivery. Accepted (and counted against the rate above), no answer.
+            Ok(ClientFrame::Read { .. }) => None,
             Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
             Err(e) => self.refuse(&e).await,
         }
@@ -298,24 +300,14 @@ impl Session {
         let to = match UserId::parse(&send.to) {
             Ok(to) => to,
             Err(e) => {
-                let ack = frame::ack(
-                    send.reference.as_deref(),
-                    None,
-                    "rejected",
-                    0,
-                    Some((
-                        RejectCode::BadRecipient,
-                        &format!("`to` is not a valid user id: {e}"),
-                    )),
-                );
-                self.state
-                    .metrics
-                    .rejected
-                    .with_label_values(&[RejectCode::BadRecipient.as_str()])
-                    .inc();
-                return self.reply(ack).await;
+                let why = format!("`to` is not a valid user id: {e}");
+                return self.reject(&send, RejectCode::BadRecipient, &why).await;
             }
         };
+        if let Err(e) = &send.cid {
+            let why = format!("`cid` is not valid: {e}");
+            return self.reject(&send, RejectCode::BadField, &why).await;
+        }
         match self.state.admission.clone().try_acquire_owned() {
             // Boxed: the send path holds delivery's futures, and inline they would double every
             // idle connection's task (the session future is allocated for the connection's life).
@@ -326,6 +318,28 @@ impl Session {
         None
     }
 
+    /// Answers a send that is refused before delivery with a `rejected` ack.
+    async fn reject(
+        &mut self,
+        send: &frame::SendFrame,
+        code: RejectCode,
+        message: &str,
+    ) -> Option<End> {
+        let ack = frame::ack(
+            send.reference.as_deref(),
+            None,
+            "rejected",
+            0,
+            Some((code, message)),
+        );
+        self.state
+            .metrics
+            .rejected
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.reply(ack).await
+    }
+
     /// Hands an admitted send to delivery; its permit is released when its outcome is known.
     async fn dispatch(
         &mut self,
@@ -334,7 +348,11 @@ impl Session {
         permit: tokio::sync::OwnedSemaphorePermit,
         pending: &mut FuturesUnordered<PendingAck>,
     ) {
-        let env = Envelope::new(self.state.ids.msg(), self.user.clone(), to, send.body);
+        // A send with a cid keeps its id on every resend (PROTOCOL.md 7.1); `on_send` refused a
+        // bad cid.
+        let cid = send.cid.as_ref().ok().and_then(Option::as_ref);
+        let id = self.state.ids.msg_for(&self.user, cid);
+        let env = Envelope::new(id, self.user.clone(), to, send.body);
         let id = env.id.clone();
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
