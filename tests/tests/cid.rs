@@ -72,7 +72,10 @@ async fn a_resent_cid_keeps_its_id_across_nodes_and_reconnects() {
     assert_eq!(from_carol[0].1, json!(ids[2]));
     assert_eq!(from_carol[0].2, json!("me"));
     let more = bob.frames_until_pong().await;
-    assert!(more.iter().all(|f| f["type"] != "message"), "no copy: {more:?}");
+    assert!(
+        more.iter().all(|f| f["type"] != "message"),
+        "no copy: {more:?}"
+    );
 }
 
 #[tokio::test]
@@ -165,7 +168,10 @@ async fn a_resent_cid_reaches_a_connection_once_and_one_ack_settles_it() {
     // Bob's connection gets the message once, and acks it once.
     let id = bob.expect_type("message").await["id"].clone();
     let more = bob.frames_until_pong().await;
-    assert!(more.iter().all(|f| f["type"] != "message"), "no copy: {more:?}");
+    assert!(
+        more.iter().all(|f| f["type"] != "message"),
+        "no copy: {more:?}"
+    );
     bob.send_json(json!({"type":"ack","id":id})).await;
     assert!(bob.frames_until_pong().await.is_empty());
     bob.close().await;

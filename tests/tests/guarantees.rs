@@ -263,6 +263,31 @@ async fn receipts_tell_every_connection_of_the_sender_who_received_a_message() {
         (json!("carol"), json!("tablet"))
     );
 
+    // Bob reads it: alice hears so, on every connection. A read of an id bob never got is
+    // nobody's business: no receipt.
+    bob.send_json(json!({"type":"read","id":"m0000000000000000ff"}))
+        .await;
+    bob.send_json(json!({"type":"read","id":to_bob["id"]}))
+        .await;
+    for client in [&mut alice, &mut alice_laptop] {
+        let id = to_bob["id"].clone();
+        let r = client
+            .expect(
+                |f| f["type"] == "receipt" && f["id"] == id && f["status"] == "read",
+                "read receipt",
+            )
+            .await;
+        assert_eq!(
+            (r["to"].clone(), r["device"].clone()),
+            (json!("bob"), json!("phone"))
+        );
+        let rest = client.frames_until_pong().await;
+        assert!(
+            rest.iter().all(|f| f["type"] != "receipt"),
+            "one receipt per event: {rest:?}"
+        );
+    }
+
     // The recipient never gets a receipt for what it received.
     let pongs = bob.frames_until_pong().await;
     assert!(

@@ -102,14 +102,8 @@ impl Ledger {
     /// acks it. It is always kept; `Err` says the ledger is now over its budget (the client does
     /// not ack what it is sent) and the connection should close as a slow consumer.
     pub fn wrote_live(&mut self, entry: Unacked) -> Result<(), OverBudget> {
-        if self.recent.len() >= RECENT_IDS
-            && let Some((old, _)) = self.recent.pop_front()
-        {
-            self.recent_ids.remove(&old);
-        }
         let from = entry.source.as_ref().map(|s| s.from.clone());
-        self.recent_ids.insert(entry.id.clone());
-        self.recent.push_back((entry.id.clone(), from));
+        self.remember(entry.id.clone(), from);
         self.unacked_bytes += entry.frame.len() + ENTRY_COST;
         self.unacked.push_back(entry);
         if self.unacked_bytes > self.max_bytes {
@@ -135,13 +129,34 @@ impl Ledger {
         }
     }
 
-    /// Who sent `id`, if it was written here live recently.
+    /// Who sent `id`, if it was written here recently (or is still unacked).
     pub fn sender_of(&self, id: &MsgId) -> Option<UserId> {
         self.recent
             .iter()
             .rev()
             .find(|(r, _)| r == id)
             .and_then(|(_, from)| from.clone())
+            .or_else(|| {
+                self.unacked
+                    .iter()
+                    .find(|u| u.id == *id)
+                    .and_then(|u| u.source.as_ref().map(|s| s.from.clone()))
+            })
+    }
+
+    /// Remembers who sent `id`, written here from the inbox (for a `read` receipt later).
+    pub fn remember_sender(&mut self, id: MsgId, from: UserId) {
+        self.remember(id, Some(from));
+    }
+
+    fn remember(&mut self, id: MsgId, from: Option<UserId>) {
+        if self.recent.len() >= RECENT_IDS
+            && let Some((old, _)) = self.recent.pop_front()
+        {
+            self.recent_ids.remove(&old);
+        }
+        self.recent_ids.insert(id.clone());
+        self.recent.push_back((id, from));
     }
 
     /// What to do with inbox message `id`; one written here live is recorded as had.

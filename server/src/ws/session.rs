@@ -284,8 +284,10 @@ impl Session {
                 self.on_ack(&id).await;
                 None
             }
-            // Receipts: see delivery. Accepted (and counted against the rate above), no answer.
-            Ok(ClientFrame::Read { .. }) => None,
+            Ok(ClientFrame::Read { id }) => {
+                self.on_read(id);
+                None
+            }
             Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
             Err(e) => self.refuse(&e).await,
         }
@@ -439,6 +441,25 @@ impl Session {
         }
     }
 
+    /// The user read a message this connection received: its sender hears so (`read`
+    /// receipt). An id this connection did not receive (or no longer remembers) gets nothing.
+    fn on_read(&mut self, id: MsgId) {
+        match self.ledger.sender_of(&id) {
+            Some(from) => {
+                self.state.holds.event(Event::Receipt {
+                    user: from,
+                    id,
+                    to: self.user.clone(),
+                    status: ReceiptStatus::Read,
+                    device: self.device.clone(),
+                });
+            }
+            None => {
+                tracing::debug!(user = %self.user, msg_id = %id, "read of a message this connection did not get recently; no receipt");
+            }
+        }
+    }
+
     async fn refuse(&mut self, e: &FrameError) -> Option<End> {
         self.state
             .metrics
@@ -589,8 +610,12 @@ impl Session {
                     continue;
                 }
             }
-            self.send(frame_text).await?;
+            self.send(frame_text.as_str()).await?;
             self.state.metrics.inbox_replayed.inc();
+            // Its sender, for a `read` receipt later.
+            if let Some(from) = sender_in(&frame_text) {
+                self.ledger.remember_sender(id.clone(), from);
+            }
             self.ledger.wrote_inbox(id);
         }
         Ok(())
@@ -781,6 +806,17 @@ where
         r = write => r.map_err(|_| WriteError::Gone),
         _ = evict.cancelled() => Err(WriteError::Evicted),
     }
+}
+
+/// The `from` of a stored `message` frame.
+fn sender_in(frame_text: &str) -> Option<UserId> {
+    #[derive(serde::Deserialize)]
+    struct From<'a> {
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+    }
+    let f: From<'_> = serde_json::from_str(frame_text).ok()?;
+    UserId::parse(&f.from).ok()
 }
 
 fn ack_frame(reference: Option<&str>, id: &MsgId, outcome: &Outcome) -> String {
