@@ -255,7 +255,8 @@ pub struct Limits {
     pub inbox_max: usize,
     /// How long an inbox is kept after its last write.
     pub inbox_ttl: Duration,
-    /// How long a send may take to learn its fate before it is `rejected` with `unavailable`.
+    /// How long a send normally takes at most to learn its fate; one still waiting then is
+    /// logged and counted, and waited for (it may be delivered or stored already).
     pub send_deadline: Duration,
     /// Largest batch of messages in one mesh call.
     pub mesh_batch: usize,

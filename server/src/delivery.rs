@@ -96,7 +96,8 @@ pub struct Delivery {
     pub(crate) peers: Arc<PeerPool>,
     pub(crate) inbox: Inbox,
     pub(crate) metrics: Metrics,
-    /// How long a send may take to learn its fate before it is `rejected` with `unavailable`.
+    /// How long a send normally takes at most to learn its fate; one still waiting then is
+    /// logged and counted, and waited for (it may be delivered or stored already).
     pub(crate) deadline: Duration,
     /// How long to wait for local writers before a connection counts as not written.
     pub(crate) write_wait: Duration,
@@ -160,14 +161,21 @@ impl Delivery {
         InFlight { env, state }
     }
 
-    /// Second half: the honest outcome, within the send deadline.
+    /// Second half: the honest outcome. By the time it runs the message has been handed to
+    /// connections or peers, or is about to be stored, so it may already be delivered or stored
+    /// and is never given up as `rejected`: past the send deadline it is still waited for, which
+    /// ends because every step below has its own bound (writers' wait, mesh call timeout,
+    /// Redis call timeout).
     pub async fn finish(&self, in_flight: InFlight) -> Outcome {
         let InFlight { env, state } = in_flight;
-        let outcome = match tokio::time::timeout(self.deadline, self.settle(&env, state)).await {
+        let settle = self.settle(&env, state);
+        tokio::pin!(settle);
+        let outcome = match tokio::time::timeout(self.deadline, &mut settle).await {
             Ok(o) => o,
             Err(_) => {
-                tracing::warn!(to = %env.to, msg_id = %env.id, "send deadline passed");
-                Outcome::rejected(RejectCode::Unavailable, "delivery did not finish in time")
+                tracing::warn!(to = %env.to, msg_id = %env.id, "send past its deadline; waiting for its outcome (it may be delivered or stored)");
+                self.metrics.sends_overdue.inc();
+                settle.await
             }
         };
         match &outcome {

@@ -47,6 +47,8 @@ pub struct Inner {
     pub kept: IntCounterVec,
     /// Receipts sent to senders' connections.
     pub receipts: IntCounter,
+    /// Sends still waiting for their outcome at the send deadline (then awaited to the end).
+    pub sends_overdue: IntCounter,
     /// Time of each Redis operation, by operation (as counted in `redis_ops`).
     pub redis_latency: HistogramVec,
     /// Time from sending a batch to a peer until its reply.
@@ -170,6 +172,10 @@ impl Metrics {
             "wsroute_receipts_total",
             "Receipts sent to senders' live connections",
         );
+        let sends_overdue = counter(
+            "wsroute_sends_overdue_total",
+            "Sends still waiting for their outcome at the send deadline (their outcome is still awaited and reported)",
+        );
         let redis_latency = HistogramVec::new(
             latency(
                 "wsroute_redis_command_duration_seconds",
@@ -227,6 +233,7 @@ impl Metrics {
             Box::new(unacked_dropped.clone()),
             Box::new(kept.clone()),
             Box::new(receipts.clone()),
+            Box::new(sends_overdue.clone()),
             Box::new(redis_latency.clone()),
             Box::new(mesh_forward_latency.clone()),
             Box::new(inbox_depth.clone()),
@@ -254,6 +261,7 @@ impl Metrics {
             unacked_dropped,
             kept,
             receipts,
+            sends_overdue,
             redis_latency,
             mesh_forward_latency,
             inbox_depth,
