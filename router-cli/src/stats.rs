@@ -163,7 +163,7 @@ fn print_human(s: &pb::StatsReply) {
             ),
         ),
         ("slow consumers", s.slow_consumers.to_string()),
-        ("unacked dropped", s.unacked_dropped.to_string()),
+        ("delivered but lost", s.unacked_dropped.to_string()),
         (
             "sends in flight",
             format!("{} of {}", s.sends_in_flight, s.sends_in_flight_max),
