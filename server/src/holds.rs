@@ -9,7 +9,7 @@
 //! inbox at the next sweep (a copy: the recipient's connection recognises its id), and past twice
 //! that no new message is held (counted, and logged as an error).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -83,8 +83,18 @@ pub struct Holds {
     held: DashMap<MsgId, Held>,
     bytes: AtomicUsize,
     max_bytes: usize,
-    early: Mutex<VecDeque<Confirmation>>,
+    /// Confirmations for ids not held (yet): a few at most, usually none, so a hold only
+    /// looks here when `early_len` says there is something.
+    early: Mutex<Early>,
+    early_len: AtomicUsize,
     events: mpsc::Sender<Event>,
+}
+
+/// Early confirmations by id, and their arrival order (the oldest is let go first).
+#[derive(Default)]
+struct Early {
+    by_id: HashMap<MsgId, Confirmation>,
+    order: VecDeque<MsgId>,
 }
 
 impl Holds {
@@ -96,7 +106,8 @@ impl Holds {
                 held: DashMap::new(),
                 bytes: AtomicUsize::new(0),
                 max_bytes,
-                early: Mutex::new(VecDeque::new()),
+                early: Mutex::default(),
+                early_len: AtomicUsize::new(0),
                 events,
             },
             rx,
@@ -106,12 +117,16 @@ impl Holds {
     /// A peer wrote `id` to a connection of its recipient: hold it until the peer says what
     /// became of it. A confirmation that came first settles it at once.
     pub fn hold(&self, id: MsgId, held: Held) {
-        let early = {
+        let early = if self.early_len.load(Ordering::Relaxed) == 0 {
+            None
+        } else {
             let mut early = self.early.lock().unwrap_or_else(PoisonError::into_inner);
-            early
-                .iter()
-                .position(|c| c.id == id)
-                .and_then(|i| early.remove(i))
+            let c = early.by_id.remove(&id);
+            if c.is_some() {
+                early.order.retain(|o| *o != id);
+                self.early_len.store(early.by_id.len(), Ordering::Relaxed);
+            }
+            c
         };
         if let Some(c) = early {
             self.settled(id, &held, c);
@@ -139,11 +154,18 @@ impl Holds {
                 self.settled(id, &held, c);
             }
             None => {
+                // Came before its hold (or for a message no longer held: a second device's
+                // ack, a hold already stored); remembered a while, bounded.
                 let mut early = self.early.lock().unwrap_or_else(PoisonError::into_inner);
-                if early.len() >= EARLY_MAX {
-                    early.pop_front();
+                if early.by_id.len() >= EARLY_MAX
+                    && let Some(old) = early.order.pop_front()
+                {
+                    early.by_id.remove(&old);
                 }
-                early.push_back(c);
+                if early.by_id.insert(c.id.clone(), c.clone()).is_none() {
+                    early.order.push_back(c.id);
+                }
+                self.early_len.store(early.by_id.len(), Ordering::Relaxed);
             }
         }
     }
