@@ -28,30 +28,33 @@ const KEPT_BY_HOLD: &str = "wsroute_kept_total{by=\"hold\"}";
 /// How far a stream got, shared with the test that watches it.
 #[derive(Clone)]
 struct Progress {
-    /// Sends written so far.
-    sent: Arc<AtomicUsize>,
-    /// Sends to make in all (the test may lower or raise it while the stream runs).
+    /// Sends written so far (watched: the test acts the moment a count is reached).
+    sent: Arc<watch::Sender<usize>>,
+    /// Sends to make in all (the test may lower it while the stream runs).
     limit: Arc<AtomicUsize>,
 }
 
 impl Progress {
     fn new(limit: usize) -> Self {
         Self {
-            sent: Arc::new(AtomicUsize::new(0)),
+            sent: Arc::new(watch::Sender::new(0)),
             limit: Arc::new(AtomicUsize::new(limit)),
         }
     }
 
     fn sent(&self) -> usize {
-        self.sent.load(Ordering::SeqCst)
+        *self.sent.borrow()
     }
 
     /// Waits until at least `n` sends went out.
     async fn reached(&self, n: usize) {
-        eventually(&format!("{n} sends out"), || async {
-            (self.sent() >= n).then_some(())
-        })
-        .await;
+        let mut sent = self.sent.subscribe();
+        let reached = tokio::time::timeout(patience(), sent.wait_for(|s| *s >= n)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "the stream did not reach {n} sends (it stopped at {})",
+            self.sent()
+        );
     }
 
     /// `more` sends after those made so far, then the stream ends.
@@ -109,7 +112,7 @@ async fn stream(
         }
         ledger.sent(n);
         n += 1;
-        progress.sent.store(n, Ordering::SeqCst);
+        progress.sent.send_replace(n);
         let ready = client.ready_frames().await;
         take(ready, &mut ledger);
     }
