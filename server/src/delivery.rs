@@ -275,17 +275,23 @@ impl Delivery {
 
     /// Writes a notice (a `receipt` about message `id`) to every live connection of `user`,
     /// wherever they are. Best effort: nothing waits for it and nothing keeps it; a user with no
-    /// live connection misses it (PROTOCOL 7.2).
+    /// live connection misses it (PROTOCOL 7.2). The user's connections on this node are taken
+    /// from the session table, not the route table: they get it even while their routes are
+    /// not in Redis (Redis restarted empty and the node has not put them back yet) or cannot
+    /// be read.
     pub async fn notify(&self, user: &UserId, id: &MsgId, frame: bytestring::ByteString) {
         if self.broadcast.is_some() {
             return;
         }
+        let local = self.sessions.conns_of(user);
+        let _ = LocalAttempt::notice(&self.sessions, &frame, &local);
+        self.metrics.receipts.inc();
         let routes = match self.cache.get(user) {
             Some(r) => r,
             None => match self.read_routes(user).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(%user, msg_id = %id, error = %e, "cannot resolve a receipt's recipient; dropped");
+                    tracing::debug!(%user, msg_id = %id, error = %e, "cannot resolve a receipt's recipient on other nodes; dropped there");
                     return;
                 }
             },
@@ -296,19 +302,13 @@ impl Delivery {
             accepted_us: 0,
             from: None,
         };
-        let mut local = Vec::new();
         let mut remote: Vec<(&NodeId, Vec<String>)> = Vec::new();
-        for r in routes.iter() {
-            if r.node == self.node {
-                local.push(r.conn.clone());
-            } else {
-                match remote.iter_mut().find(|(n, _)| **n == r.node) {
-                    Some((_, conns)) => conns.push(r.conn.to_string()),
-                    None => remote.push((&r.node, vec![r.conn.to_string()])),
-                }
+        for r in routes.iter().filter(|r| r.node != self.node) {
+            match remote.iter_mut().find(|(n, _)| **n == r.node) {
+                Some((_, conns)) => conns.push(r.conn.to_string()),
+                None => remote.push((&r.node, vec![r.conn.to_string()])),
             }
         }
-        let _ = LocalAttempt::notice(&self.sessions, &msg.frame, &local);
         for (node, conns) in remote {
             // Nobody waits for the answer.
             drop(
@@ -317,7 +317,6 @@ impl Delivery {
                     .await,
             );
         }
-        self.metrics.receipts.inc();
     }
 
     /// A cache miss: read the user's routes from Redis and cache them (unless an invalidation

@@ -22,6 +22,8 @@ pub struct Client {
     /// Ack every `message` as it is read, as a well-behaved client does (default on). Unacked
     /// live messages go back to the inbox when a connection ends.
     pub auto_ack: bool,
+    /// The connection ended (a read found it closed).
+    closed: bool,
 }
 
 /// What a refused handshake answered.
@@ -74,6 +76,7 @@ impl Client {
             hello: Value::Null,
             next_ref: 0,
             auto_ack: true,
+            closed: false,
         };
         let hello = c.next_frame().await;
         assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
@@ -97,6 +100,18 @@ impl Client {
 
     pub async fn send_json(&mut self, v: Value) {
         self.send_text(v.to_string()).await;
+    }
+
+    /// Sends a frame; false if the connection is gone (for clients whose node may be killed).
+    pub async fn try_send_json(&mut self, v: Value) -> bool {
+        self.ws.send(Message::text(v.to_string())).await.is_ok()
+    }
+
+    /// Every frame that can be read without waiting (buffered ones first); for a client that
+    /// pipelines sends and picks up its acks as they come.
+    pub async fn ready_frames(&mut self) -> Vec<Value> {
+        self.collect_until(std::time::Duration::ZERO, |_| false)
+            .await
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -233,7 +248,18 @@ impl Client {
         self
     }
 
+    /// Whether a read found the connection closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     async fn read_frame(&mut self) -> Option<Value> {
+        let frame = self.read_frame_inner().await;
+        self.closed |= frame.is_none();
+        frame
+    }
+
+    async fn read_frame_inner(&mut self) -> Option<Value> {
         loop {
             match self.ws.next().await? {
                 Ok(Message::Text(t)) => {
