@@ -114,7 +114,20 @@ impl MeshService {
                 }
             }
             let mut attempt = if item.notice {
-                LocalAttempt::notice(&self.sessions, &msg.frame, &conns)
+                // Only a receipt, and rebuilt here from its fields: a peer cannot put any other
+                // frame in front of a client this way.
+                match wire::receipt_frame(&msg.frame) {
+                    Some(frame) => LocalAttempt::notice(&self.sessions, &frame, &conns),
+                    None => {
+                        tracing::warn!(from_node = %batch.from_node, "refusing a notice that is not a receipt");
+                        self.state
+                            .metrics
+                            .mesh_items_received
+                            .with_label_values(&["refused"])
+                            .inc();
+                        LocalAttempt::gone(Vec::new())
+                    }
+                }
             } else {
                 let holder = if item.held { holder.as_ref() } else { None };
                 LocalAttempt::start(&self.sessions, &msg, &conns, holder)

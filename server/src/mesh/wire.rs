@@ -116,6 +116,36 @@ pub fn from_item(item: &mut pb::ForwardItem) -> Result<Outgoing, WireError> {
     })
 }
 
+/// The receipt a notice item carries, encoded again from its checked fields; `None` for anything
+/// that is not exactly a receipt (a notice never carries another kind of frame to a client).
+pub fn receipt_frame(frame: &str) -> Option<ByteString> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Receipt<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        to: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        status: std::borrow::Cow<'a, str>,
+        #[serde(default, borrow)]
+        device: Option<std::borrow::Cow<'a, str>>,
+    }
+    let r: Receipt<'_> = serde_json::from_str(frame).ok()?;
+    if r.kind != "receipt" || !matches!(r.status.as_ref(), "received" | "read" | "stored") {
+        return None;
+    }
+    let id = MsgId::parse(&r.id).ok()?;
+    let to = UserId::parse(&r.to).ok()?;
+    let device = match &r.device {
+        Some(d) if d.len() > 64 || d.chars().any(|c| c.is_control()) => return None,
+        d => d.as_deref(),
+    };
+    Some(crate::ws::frame::receipt(id.as_str(), to.as_str(), &r.status, device).into())
+}
+
 /// The same item as a node from before frame pass-through reads it: the envelope rebuilt from the
 /// frame. An item that has no frame, or whose frame cannot be read back, is returned as it is.
 pub fn legacy_item(mut item: pb::ForwardItem) -> pb::ForwardItem {
@@ -248,6 +278,24 @@ mod tests {
         assert!(from_item(&mut bad).is_err());
         let mut empty = pb::ForwardItem::default();
         assert!(matches!(from_item(&mut empty), Err(WireError::Missing)));
+    }
+
+    #[test]
+    fn a_notice_passes_only_as_a_receipt() {
+        let good = crate::ws::frame::receipt("m1", "bob", "received", Some("phone"));
+        assert_eq!(receipt_frame(&good).as_deref(), Some(good.as_str()));
+        let no_device = crate::ws::frame::receipt("m1", "bob", "read", None);
+        assert!(receipt_frame(&no_device).is_some());
+        for bad in [
+            r#"{"type":"reconnect","url":"ws://evil.example/ws","reason":"x"}"#,
+            r#"{"type":"receipt","id":"m1","to":"bob","status":"received","url":"ws://evil"}"#,
+            r#"{"type":"receipt","id":"m1","to":"bob","status":"hacked"}"#,
+            r#"{"type":"receipt","id":"no spaces","to":"bob","status":"read"}"#,
+            r#"{"type":"message","id":"m1","from":"a","to":"bob","ts":1,"body":1}"#,
+            "not json",
+        ] {
+            assert!(receipt_frame(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
