@@ -97,3 +97,126 @@ async fn a_silent_route_event_subscription_is_noticed_and_replaced() {
     let on_phone = phone.expect_type("message").await;
     assert_eq!(on_phone["id"], ack["id"]);
 }
+
+/// A sweep of a node whose lease ran out, and that node coming back (a long pause, a partition
+/// that healed), cannot interleave: the sweep used to read the node's index and delete what it
+/// read in separate steps, so a node that re-registered in between lost its fresh routes for
+/// good. Driven step by step with the node's own route-table code on a real Redis (a Redis
+/// Cluster under `WSROUTE_TEST_REDIS=cluster`): the claim refuses a node whose lease is back,
+/// and a node that comes back after the claim writes its routes only once the sweep is over.
+#[tokio::test]
+async fn a_sweep_and_the_node_coming_back_cannot_interleave() {
+    use std::time::Duration;
+    use wsroute_core::db::{NODE_HELD_CONNECTIONS, Redis};
+    use wsroute_core::ids::ConnId;
+    use wsroute_core::nodes::NodeRecord;
+    use wsroute_server::metrics::Metrics;
+    use wsroute_server::route::Route;
+    use wsroute_server::route::membership::Membership;
+    use wsroute_server::route::table::{Registration, RouteTable};
+    use wsroute_tests::{keys, node_id, user_id};
+
+    let redis = RedisServer::start().await;
+    let db = Redis::open(&redis.url(), Duration::from_secs(2), NODE_HELD_CONNECTIONS)
+        .expect("a Redis URL");
+    let metrics = Metrics::new();
+    let lease_ttl = Duration::from_secs(10);
+    let ghost = node_id("ghost");
+    let node = Membership::new(db.clone(), ghost.clone(), lease_ttl, metrics.clone());
+    let table = RouteTable::new(db.clone(), ghost.clone(), metrics.clone());
+    let sweeper = Membership::new(db.clone(), node_id("sweeper"), lease_ttl, metrics);
+    let record = NodeRecord {
+        node: ghost.clone(),
+        grpc_addr: "127.0.0.1:1".into(),
+        public_url: "ws://127.0.0.1:1/ws".into(),
+        started_at_ms: 1,
+        connections: 1,
+        lease_left_ms: 0,
+        draining: false,
+        max_connections: 0,
+    };
+    let bob = Registration {
+        user: user_id("bob"),
+        route: Route {
+            conn: ConnId::parse("c-bob").expect("a valid conn id"),
+            node: ghost.clone(),
+            device: None,
+            connected_at_ms: 1,
+        },
+    };
+    let lease = keys::node_lease(&ghost);
+    let cmd = |name: &str, key: &str| {
+        let mut c = redis::cmd(name);
+        c.arg(key);
+        c
+    };
+    let registered = || async {
+        let listed: Option<bool> = redis
+            .query(redis::cmd("SISMEMBER").arg(keys::nodes()).arg("ghost"))
+            .await;
+        let grpc: Option<String> = redis
+            .query(redis::cmd("HGET").arg(keys::node_info(&ghost)).arg("grpc"))
+            .await;
+        (
+            redis.routes_of_user("bob").await,
+            redis.routes_on_node("ghost").await,
+            listed == Some(true) && grpc.as_deref() == Some("127.0.0.1:1"),
+        )
+    };
+    node.register_node(&record).await.expect("registers");
+    table
+        .register(std::slice::from_ref(&bob))
+        .await
+        .expect("route");
+    assert_eq!(registered().await, (1, 1, true));
+
+    // The lease runs out, and is back before a sweep claims the node: the claim refuses, and
+    // takes nothing.
+    let _: Option<u64> = redis.query(&cmd("DEL", &lease)).await;
+    node.register_node(&record).await.expect("registers again");
+    let claim = sweeper.claim_dead(&ghost).await.expect("claim runs");
+    assert!(
+        claim.is_none(),
+        "a node with a lease was claimed: {claim:?}"
+    );
+    assert_eq!(
+        registered().await,
+        (1, 1, true),
+        "the refused claim removed something"
+    );
+    let lock: Option<bool> = redis
+        .query(&cmd("EXISTS", &keys::node_cleanup_lock(&ghost)))
+        .await;
+    assert_eq!(lock, Some(false), "a refused claim keeps no lock");
+
+    // The lease runs out and a sweep claims the node; the node comes back while the sweep is
+    // still removing what it claimed. Its routes, written again, survive the sweep.
+    let _: Option<u64> = redis.query(&cmd("DEL", &lease)).await;
+    let claim = sweeper
+        .claim_dead(&ghost)
+        .await
+        .expect("claim runs")
+        .expect("the lease is gone: claimed");
+    let back = tokio::spawn(async move {
+        node.register_node(&record).await?;
+        table.register(std::slice::from_ref(&bob)).await
+    });
+    eventually("the node took its lease again", || async {
+        let held: Option<bool> = redis.query(&cmd("EXISTS", &lease)).await;
+        (held == Some(true)).then_some(())
+    })
+    .await;
+    let users = sweeper
+        .finish_sweep(claim)
+        .await
+        .expect("the sweep finishes");
+    assert_eq!(users, vec![user_id("bob")]);
+    back.await
+        .expect("the node's task")
+        .expect("the node registers again");
+    assert_eq!(
+        registered().await,
+        (1, 1, true),
+        "the node came back during a sweep and lost its routes or its record"
+    );
+}
