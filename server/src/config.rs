@@ -11,6 +11,10 @@ use serde::Deserialize;
 use crate::fanout::Fanout;
 use crate::ids::{IdError, NodeId};
 
+/// The largest `--max-frame-bytes` a node accepts. The mesh sizes its batch limit by it
+/// (`mesh::wire::MAX_BATCH_BYTES`), so that a message any node accepts can cross to any other.
+pub const MAX_FRAME_BYTES_CEILING: usize = 16 * 1024 * 1024;
+
 /// Flags as typed by the operator. Every field is optional so that the TOML file can fill the
 /// gaps; defaults are applied in [`Config::resolve`].
 #[derive(Debug, Default, Parser)]
@@ -357,7 +361,7 @@ impl Config {
             .max_frame_bytes
             .or(file.max_frame_bytes)
             .unwrap_or(65536);
-        if !(256..=16 * 1024 * 1024).contains(&max_frame_bytes) {
+        if !(256..=MAX_FRAME_BYTES_CEILING).contains(&max_frame_bytes) {
             return Err(ConfigError::FrameBytes(max_frame_bytes));
         }
 

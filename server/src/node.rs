@@ -283,7 +283,9 @@ impl Node {
         let http_workers = state.config.http_workers;
         let grpc_router = builder
             .tcp_nodelay(true)
-            .add_service(MeshServer::new(mesh))
+            .add_service(
+                MeshServer::new(mesh).max_decoding_message_size(crate::mesh::wire::MAX_BATCH_BYTES),
+            )
             .add_service(RouterServer::new(router));
         // The gRPC server starts on the first HTTP worker, beside the client sessions there: a
         // forwarded message then reaches its recipient's session, and the session's "written"

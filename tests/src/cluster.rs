@@ -19,6 +19,8 @@ pub struct NodeOpts {
     pub api_key: Option<String>,
     pub mesh_secret: Option<String>,
     pub extra: Vec<String>,
+    /// `--redis-url` when not the Redis the node is started with (e.g. a proxy in front of it).
+    pub redis_url: Option<String>,
     /// Environment variables for the process (e.g. `WSROUTE_LOG_FORMAT=json`).
     pub env: Vec<(String, String)>,
 }
@@ -32,6 +34,7 @@ impl NodeOpts {
             api_key: Some(API_KEY.into()),
             mesh_secret: Some(MESH_SECRET.into()),
             extra: Vec::new(),
+            redis_url: None,
             env: Vec::new(),
         }
     }
@@ -75,7 +78,7 @@ impl Node {
             .arg("--grpc-listen")
             .arg(format!("127.0.0.1:{grpc_port}"))
             .arg("--redis-url")
-            .arg(redis.url())
+            .arg(opts.redis_url.clone().unwrap_or_else(|| redis.url()))
             .env_remove("WSROUTE_JWT_SECRET")
             .env_remove("WSROUTE_API_KEY")
             .env_remove("WSROUTE_MESH_SECRET")
@@ -159,6 +162,27 @@ impl Node {
         assert!(self.child.is_none(), "node {} is still running", self.id);
         *self = Self::spawn_on(redis, &self.opts.clone(), self.ws_port, self.grpc_port);
         self.wait_ready().await;
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open but it reads and answers nothing,
+    /// like a node stuck in a long GC pause or a VM that was suspended. [`Node::resume`] thaws it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the node is running");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// Sends SIGTERM (graceful drain).

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod ledger;
 pub mod redis_server;
 pub mod router_cli;
+pub mod tcp_proxy;
 pub mod traffic;
 
 use std::future::Future;

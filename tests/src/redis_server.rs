@@ -465,7 +465,7 @@ impl RedisServer {
 
     /// Runs one command on the server, or on a cluster through a cluster client; `None` when
     /// Redis is away or the command failed.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         if self.is_cluster() {
             let client = redis::cluster::ClusterClient::new(self.seeds("redis://")).ok()?;
             let mut c = client.get_async_connection().await.ok()?;

@@ -482,8 +482,10 @@ async fn a_stream_across_a_broken_mesh_stream() {
     );
     report("mesh stream broken", &ledger);
     ledger.assert_kept("mesh stream broken");
+    // Live again once bob is back (the first second after a failed reopen fails fast and is
+    // stored: the peer worker's reopen back-off).
     assert!(
-        ledger.ids("delivered").len() > 300,
+        ledger.ids("delivered").len() > got_before.len(),
         "the stream reached bob live before and after: {}",
         ledger.summary()
     );

@@ -27,9 +27,17 @@ use crate::holds::{Held, Holds};
 use crate::ids::{MsgId, NodeId, UserId};
 use crate::metrics::Metrics;
 
-/// Messages waiting for one peer. When full, senders wait (backpressure on the sending clients)
-/// rather than drop anything.
+/// Messages waiting for one peer. When full, a sender waits for room (backpressure on the
+/// sending clients) for at most the call timeout; then its forward fails with
+/// [`MeshError::Timeout`] and the sender repairs the route or stores the message. Nothing is
+/// dropped unanswered.
 const PEER_QUEUE: usize = 8192;
+
+/// After a stream to a peer could not be opened, batches for it fail at once for this long
+/// instead of each waiting for another attempt: a peer that accepts connections but answers
+/// nothing (frozen, overloaded) would otherwise cost every queued message a whole call timeout,
+/// one batch after another, past the senders' deadline.
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MeshError {
@@ -41,6 +49,10 @@ pub enum MeshError {
     Call { node: NodeId, message: String },
     #[error("peer {0} did not answer in time")]
     Timeout(NodeId),
+    #[error("peer {0} is not reading its mesh stream")]
+    Stalled(NodeId),
+    #[error("a message of {bytes} bytes is over the mesh's limit of {limit} bytes per batch")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("this node is shutting down")]
     ShuttingDown,
 }
@@ -50,9 +62,20 @@ pub type ForwardReply = oneshot::Receiver<Result<Forwarded, MeshError>>;
 
 struct Job {
     item: pb::ForwardItem,
+    /// What the item adds to an encoded `ForwardBatch` (computed once, by the sender).
+    bytes: usize,
     reply: oneshot::Sender<Result<Forwarded, MeshError>>,
     /// For a held message, its recipient: once the peer writes it, it is held until confirmed.
     held_for: Option<UserId>,
+}
+
+/// The bytes a batch's own fields take, at most: `from_node` (a node id) and `seq`.
+const BATCH_HEADER_BYTES: usize = 512;
+
+/// What `item` adds to an encoded `ForwardBatch`: its field tag, its length, itself.
+fn batch_bytes(item: &pb::ForwardItem) -> usize {
+    let len = prost::Message::encoded_len(item);
+    1 + prost::length_delimiter_len(len) + len
 }
 
 struct Peer {
@@ -179,21 +202,32 @@ impl PeerPool {
         } else {
             wire::legacy_item(item)
         };
+        // No batch may pass what the peer decodes: a message that cannot fit even alone fails
+        // here, honestly, rather than breaking the stream for every message on it.
+        let bytes = batch_bytes(&item);
+        if bytes + BATCH_HEADER_BYTES > wire::MAX_BATCH_BYTES {
+            let _ = reply.send(Err(MeshError::TooLarge {
+                bytes,
+                limit: wire::MAX_BATCH_BYTES,
+            }));
+            return rx;
+        }
         // The peer's queue usually has room; waiting for room (backpressure) is the rare path,
-        // boxed so that every send's future stays small.
-        let closed = match queue.try_send(Job {
+        // bounded by the call timeout and boxed so that every send's future stays small.
+        let refused = match queue.try_send(Job {
             item,
+            bytes,
             reply,
             held_for,
         }) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Closed(job)) => Some(job),
+            Err(mpsc::error::TrySendError::Closed(job)) => Some((job, MeshError::ShuttingDown)),
             Err(mpsc::error::TrySendError::Full(job)) => {
-                Box::pin(queue.send(job)).await.err().map(|e| e.0)
+                Box::pin(wait_for_room(&queue, job, self.call_timeout, node)).await
             }
         };
-        if let Some(job) = closed {
-            let _ = job.reply.send(Err(MeshError::ShuttingDown));
+        if let Some((job, e)) = refused {
+            let _ = job.reply.send(Err(e));
         }
         rx
     }
@@ -249,6 +283,7 @@ impl PeerPool {
             suspect: suspect.clone(),
             stream_up: stream_up.clone(),
             holds: self.holds.clone(),
+            reopen_at: None,
         };
         let cancel = self.cancel.clone();
         let span = tracing::info_span!("peer", node = %self.me, peer = %node);
@@ -283,6 +318,24 @@ impl PeerPool {
     /// Forgets a peer (it died or left); its worker ends once its queue is drained.
     pub fn forget(&self, node: &NodeId) {
         self.peers.remove(node);
+    }
+}
+
+/// Queues `job` once the peer's queue has room, waiting at most `limit`; hands the job back
+/// with the reason when it cannot.
+async fn wait_for_room(
+    queue: &mpsc::Sender<Job>,
+    job: Job,
+    limit: Duration,
+    node: &NodeId,
+) -> Option<(Job, MeshError)> {
+    match tokio::time::timeout(limit, queue.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(job);
+            None
+        }
+        Ok(Err(_)) => Some((job, MeshError::ShuttingDown)),
+        Err(_) => Some((job, MeshError::Timeout(node.clone()))),
     }
 }
 
@@ -339,6 +392,52 @@ struct PeerWorker {
     suspect: Arc<AtomicBool>,
     stream_up: Arc<AtomicBool>,
     holds: Arc<Holds>,
+    /// Set when a stream could not be opened: until then, batches fail at once (see
+    /// [`REOPEN_BACKOFF`]).
+    reopen_at: Option<tokio::time::Instant>,
+}
+
+/// The peer's queue, taken from in batches bounded by count and by encoded bytes.
+struct Batcher {
+    rx: mpsc::Receiver<Job>,
+    /// The job that did not fit in the last batch: it opens the next one.
+    carry: Option<Job>,
+}
+
+impl Batcher {
+    /// The next batch: at least one job (waiting for it), then whatever is queued, up to `max`
+    /// jobs and [`wire::BATCH_TARGET_BYTES`] (a job bigger than that goes alone). `None` once
+    /// the queue is closed and empty. Cancel-safe: the only wait is for the first job.
+    async fn next(&mut self, max: usize) -> Option<Vec<Job>> {
+        let first = match self.carry.take() {
+            Some(job) => job,
+            None => self.rx.recv().await?,
+        };
+        let mut bytes = BATCH_HEADER_BYTES + first.bytes;
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            let Ok(job) = self.rx.try_recv() else {
+                break;
+            };
+            if bytes + job.bytes > wire::BATCH_TARGET_BYTES {
+                self.carry = Some(job);
+                break;
+            }
+            bytes += job.bytes;
+            jobs.push(job);
+        }
+        Some(jobs)
+    }
+
+    /// Closes the queue and hands back every job still in it.
+    fn close(&mut self) -> Vec<Job> {
+        self.rx.close();
+        let mut left: Vec<Job> = self.carry.take().into_iter().collect();
+        while let Ok(job) = self.rx.try_recv() {
+            left.push(job);
+        }
+        left
+    }
 }
 
 /// Batches sent on a peer's stream and not yet answered, at most.
@@ -371,7 +470,8 @@ impl PeerWorker {
     /// Sends batches back to back on one stream (up to `BATCHES_IN_FLIGHT` unanswered) and
     /// matches replies in order. Any failure fails every unanswered batch honestly and the
     /// stream is opened again for the next batch.
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+    async fn run(mut self, rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+        let mut queue = Batcher { rx, carry: None };
         let mut link: Option<Link> = None;
         let mut waiting: VecDeque<InFlightBatch> = VecDeque::new();
         let mut seq = 0u64;
@@ -381,8 +481,7 @@ impl PeerWorker {
                 biased;
                 _ = cancel.cancelled() => {
                     self.fail(&mut waiting, &MeshError::ShuttingDown);
-                    rx.close();
-                    while let Ok(job) = rx.try_recv() {
+                    for job in queue.close() {
                         let _ = job.reply.send(Err(MeshError::ShuttingDown));
                     }
                     return;
@@ -426,8 +525,8 @@ impl PeerWorker {
                     let e = MeshError::Timeout(self.node.clone());
                     self.broken(&mut link, &mut waiting, e);
                 }
-                job = rx.recv(), if waiting.len() < BATCHES_IN_FLIGHT => {
-                    let Some(first) = job else {
+                jobs = queue.next(self.batch_max), if waiting.len() < BATCHES_IN_FLIGHT => {
+                    let Some(jobs) = jobs else {
                         // Forgotten by the pool: answer what is on the wire, then stop.
                         while !waiting.is_empty() {
                             match tokio::time::timeout(self.call_timeout, next_reply(&mut link)).await {
@@ -444,13 +543,6 @@ impl PeerWorker {
                         self.fail(&mut waiting, &MeshError::ShuttingDown);
                         return;
                     };
-                    let mut jobs = vec![first];
-                    while jobs.len() < self.batch_max {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
-                    }
                     self.send(&mut link, &mut waiting, &mut seq, jobs).await;
                 }
             }
@@ -474,15 +566,30 @@ impl PeerWorker {
             replies.push(job.reply);
         }
         if link.is_none() {
-            match self.open().await {
+            // A peer that could not be reached a moment ago is not waited for again yet.
+            let opened = match self.reopen_at {
+                Some(at) if tokio::time::Instant::now() < at => {
+                    Err(self
+                        .call_error("no stream (the last attempt failed); retrying shortly".into()))
+                }
+                _ => self.open().await,
+            };
+            match opened {
                 Ok(l) => {
                     *link = Some(l);
+                    self.reopen_at = None;
                     self.stream_up.store(true, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.metrics.mesh_errors.inc();
                     self.suspect.store(true, Ordering::Relaxed);
-                    tracing::warn!(peer = %self.node, error = %e, messages = replies.len(), "mesh stream cannot open");
+                    if self
+                        .reopen_at
+                        .is_none_or(|at| tokio::time::Instant::now() >= at)
+                    {
+                        self.reopen_at = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
+                        tracing::warn!(peer = %self.node, error = %e, messages = replies.len(), "mesh stream cannot open");
+                    }
                     for r in replies {
                         let _ = r.send(Err(e.clone()));
                     }
@@ -496,9 +603,15 @@ impl PeerWorker {
             items,
             seq: *seq,
         };
+        // Never waits: a peer that stopped reading must not keep this loop from its timeouts
+        // (and the senders past their deadline). The stream holds as many batches as may be in
+        // flight, so a full one means the peer has stopped reading: the stream is given up.
         let sent = match link.as_ref() {
-            Some(l) => l.batches.send(batch).await.is_ok(),
-            None => false,
+            Some(l) => l.batches.try_send(batch).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => MeshError::Stalled(self.node.clone()),
+                mpsc::error::TrySendError::Closed(_) => self.call_error("stream closed".into()),
+            }),
+            None => Err(self.call_error("stream closed".into())),
         };
         waiting.push_back(InFlightBatch {
             seq: *seq,
@@ -506,8 +619,7 @@ impl PeerWorker {
             holds,
             sent_at: tokio::time::Instant::now(),
         });
-        if !sent {
-            let e = self.call_error("stream closed".into());
+        if let Err(e) = sent {
             self.broken(link, waiting, e);
         }
     }
@@ -627,5 +739,62 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(frame_bytes: usize) -> Job {
+        let item = pb::ForwardItem {
+            frame: vec![b'x'; frame_bytes].into(),
+            id: "m".into(),
+            ..Default::default()
+        };
+        Job {
+            bytes: batch_bytes(&item),
+            item,
+            reply: oneshot::channel().0,
+            held_for: None,
+        }
+    }
+
+    async fn batches(sizes: &[usize], max: usize) -> Vec<usize> {
+        let (tx, rx) = mpsc::channel(sizes.len());
+        for &s in sizes {
+            tx.try_send(job(s)).expect("room");
+        }
+        drop(tx);
+        let mut q = Batcher { rx, carry: None };
+        let mut out = Vec::new();
+        while let Some(b) = q.next(max).await {
+            let bytes: usize = b.iter().map(|j| j.bytes).sum();
+            assert!(
+                b.len() == 1 || bytes + BATCH_HEADER_BYTES <= wire::BATCH_TARGET_BYTES,
+                "a batch of {} jobs and {bytes} bytes",
+                b.len()
+            );
+            out.push(b.len());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_by_bytes_and_by_count() {
+        // 60 KiB frames: 17 fit in 1 MiB with their overhead, not 18; nothing is left behind.
+        let sizes = vec![60 * 1024; 40];
+        assert_eq!(batches(&sizes, 512).await, vec![17, 17, 6]);
+        // Small ones: the count bounds.
+        assert_eq!(batches(&[10; 5], 2).await, vec![2, 2, 1]);
+        // One bigger than a batch goes alone, between its neighbours.
+        let big = 2 * wire::BATCH_TARGET_BYTES;
+        assert_eq!(batches(&[10, big, 10], 512).await, vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn the_largest_frame_any_node_accepts_fits_a_batch_alone() {
+        let j = job(crate::config::MAX_FRAME_BYTES_CEILING + 1024);
+        assert!(j.bytes + BATCH_HEADER_BYTES <= wire::MAX_BATCH_BYTES);
     }
 }

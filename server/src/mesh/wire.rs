@@ -7,6 +7,7 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 use wsroute_proto::v1 as pb;
 
+use crate::config::MAX_FRAME_BYTES_CEILING;
 use crate::envelope::{Envelope, Outgoing};
 use crate::ids::{IdError, MsgId, UserId};
 
@@ -33,6 +34,21 @@ impl PeerProto {
         }
     }
 }
+
+/// A sender closes a batch before its encoded size would pass this; a message bigger than this
+/// travels alone. Small enough that one big batch does not hold the stream for long.
+pub const BATCH_TARGET_BYTES: usize = 1024 * 1024;
+
+/// Room for what a forwarded item carries beside its frame (id, connection ids, envelope fields)
+/// and for the batch's own fields.
+pub const ITEM_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The largest `ForwardBatch` a node decodes (set explicitly on the mesh server: tonic's default
+/// is 4 MiB, which a few big frames pass). A batch is at most [`BATCH_TARGET_BYTES`], or one
+/// message alone, and no node accepts a frame over [`MAX_FRAME_BYTES_CEILING`]: every batch a
+/// sender builds fits, whatever `--max-frame-bytes` either node runs with.
+pub const MAX_BATCH_BYTES: usize =
+    BATCH_TARGET_BYTES + MAX_FRAME_BYTES_CEILING + ITEM_OVERHEAD_BYTES;
 
 /// A mesh item (or envelope) that cannot be turned back into a message.
 #[derive(Debug, thiserror::Error)]

@@ -51,13 +51,36 @@ impl RouteEvent {
 /// How often a subscriber behind Sentinel asks whether its server is still the primary.
 const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
+/// How often the subscription connection is asked for a PING. A half-open connection (the
+/// server or a middlebox gone without a FIN, a frozen primary) delivers nothing and says
+/// nothing: without asking, the node would stay ready with a cache it can no longer keep fresh.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a PING may go unanswered before the subscription counts as dead. A dead one is
+/// noticed within `PING_EVERY + PING_WAIT`.
+const PING_WAIT: Duration = Duration::from_secs(2);
+
+/// Pings the subscription connection every [`PING_EVERY`]; resolves, with the reason, on the
+/// first PING that fails or goes unanswered for [`PING_WAIT`].
+async fn until_unanswered(mut sink: redis::aio::PubSubSink) -> String {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_WAIT, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("PING failed: {e}"),
+            Err(_) => return format!("no answer to PING within {PING_WAIT:?}"),
+        }
+    }
+}
+
 /// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
 /// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
 /// dropped and every local session re-checks its inbox. `subs` names the server for each attempt:
 /// the seeds of a Redis Cluster in turn (a subscriber on any node hears every publish), or the
 /// primary the sentinels name at that moment; behind Sentinel the subscription is also moved when
-/// they name another primary (a demoted one keeps it open as a replica). `subscribed` says
-/// whether it listens now (`/readyz` waits for it).
+/// they name another primary (a demoted one keeps it open as a replica). The subscription is
+/// pinged every second: one that stops answering counts as lost, like one that closed.
+/// `subscribed` says whether it listens now (`/readyz` waits for it).
 pub async fn listen(
     subs: Subscriptions,
     cache: Arc<RouteCache>,
@@ -81,7 +104,7 @@ pub async fn listen(
             _ = cancel.cancelled() => return,
             r = attempt => r,
         };
-        let (server, mut pubsub) = match pubsub {
+        let (server, pubsub) = match pubsub {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "route events: cannot subscribe");
@@ -101,13 +124,20 @@ pub async fn listen(
             sessions.control(&conn, Control::InboxChanged);
         }
         tracing::info!("route events: subscribed");
-        let mut stream = pubsub.on_message();
+        let (sink, mut stream) = pubsub.split();
+        let health = until_unanswered(sink);
+        tokio::pin!(health);
         let mut check = tokio::time::interval(PRIMARY_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => return,
                 m = stream.next() => m,
+                why = &mut health => {
+                    subscribed.store(false, Ordering::Release);
+                    tracing::warn!(reason = %why, "route events: the subscription stopped answering; resubscribing");
+                    break;
+                }
                 _ = check.tick(), if subs.follows_sentinels() => {
                     if subs.still_primary(&server).await {
                         continue;

@@ -4,6 +4,13 @@
 //!
 //! A route lives exactly as long as its node's lease: routes carry no TTL of their own, a live
 //! node puts them back if Redis lost them, and a survivor removes a dead node's routes.
+//!
+//! A sweep and the dead node coming back cannot interleave: the sweeper takes the node's cleanup
+//! lock, then checks that the lease is still gone, deletes the node's record and reads its index
+//! in one script ([`CLAIM_DEAD`]); a node that takes its lease again waits for that lock to be
+//! released before it writes its routes back (see [`Membership::register_node`]). So either the
+//! sweep sees the lease and removes nothing, or it removes only what it claimed, before any
+//! route the node writes again.
 
 use std::time::Duration;
 
@@ -15,6 +22,36 @@ use wsroute_core::nodes::{NodeReader, NodeRecord};
 use super::table::removal;
 use crate::ids::{NodeId, UserId};
 use crate::metrics::Metrics;
+
+/// Claims a dead node's routes for removal, in one step: refuses (nil) if the node's lease is
+/// back; else deletes the node's record and returns its index's entries (`conn, user, ...`).
+/// The index itself is removed entry by entry after the users' routes (so that a sweep that
+/// fails half way is taken up again by the next). KEYS (all in the node's slot): lease, index,
+/// record.
+static CLAIM_DEAD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+redis.call('DEL', KEYS[3])
+return redis.call('HGETALL', KEYS[2])
+",
+    )
+});
+
+/// How long a sweeper may hold a node's cleanup lock (if it dies holding it, the lock expires).
+const CLEANUP_LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// How often a node that took its lease again looks whether a sweeper still holds its cleanup
+/// lock.
+const CLEANUP_POLL: Duration = Duration::from_millis(50);
+
+/// A dead node's routes, claimed by a sweep that holds the node's cleanup lock; removed by
+/// [`Membership::finish_sweep`].
+#[derive(Debug)]
+pub struct Claim {
+    pub node: NodeId,
+    entries: Vec<(String, String)>,
+}
 
 /// This node's membership of the cluster. Cheap to clone (the Redis handle is shared).
 #[derive(Clone)]
@@ -65,30 +102,58 @@ impl Membership {
         self.redis.primary_moves()
     }
 
-    /// Publishes this node's record and takes its lease.
+    /// Publishes this node's record and takes its lease. If a survivor was sweeping this node
+    /// (its lease had run out), waits until that sweep is over, so that the routes the caller
+    /// writes next cannot be removed by it.
     pub async fn register_node(&self, record: &NodeRecord) -> Result<(), DbError> {
         let _timer = self.metrics.redis_op("register_node");
         let (info_key, lease) = (keys::node_info(&self.node), keys::node_lease(&self.node));
+        // The lease before the record (one pipeline on their slot, in order): a sweep's claim
+        // between the two sees the lease and leaves the record alone; one before both deletes
+        // only the old record.
         let mut w = Writes::new();
-        w.add(
-            &info_key,
-            Cmd::hset_multiple(
+        w.add(&lease, Cmd::pset_ex(&lease, "1", self.lease_ttl_ms()))
+            .add(
                 &info_key,
-                &[
-                    (info::GRPC, record.grpc_addr.clone()),
-                    (info::URL, record.public_url.clone()),
-                    (info::STARTED_MS, record.started_at_ms.to_string()),
-                    (info::CONNS, record.connections.to_string()),
-                    (info::DRAINING, u8::from(record.draining).to_string()),
-                    (info::MAX_CONNS, record.max_connections.to_string()),
-                    (info::MESH, crate::mesh::wire::MESH_PROTOCOL.to_owned()),
-                ],
-            ),
-        )
-        .add(&lease, Cmd::pset_ex(&lease, "1", self.lease_ttl_ms()))
-        .then()
-        .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
-        self.cold().await?.write(w).await
+                Cmd::hset_multiple(
+                    &info_key,
+                    &[
+                        (info::GRPC, record.grpc_addr.clone()),
+                        (info::URL, record.public_url.clone()),
+                        (info::STARTED_MS, record.started_at_ms.to_string()),
+                        (info::CONNS, record.connections.to_string()),
+                        (info::DRAINING, u8::from(record.draining).to_string()),
+                        (info::MAX_CONNS, record.max_connections.to_string()),
+                        (info::MESH, crate::mesh::wire::MESH_PROTOCOL.to_owned()),
+                    ],
+                ),
+            )
+            .then()
+            .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
+        let mut c = self.cold().await?;
+        c.write(w).await?;
+        // A sweep that claimed this node before the lease was back holds the lock until it has
+        // removed what it claimed (the lock's TTL bounds the wait).
+        let lock = keys::node_cleanup_lock(&self.node);
+        let since = tokio::time::Instant::now();
+        let mut swept = false;
+        while c.exists::<_, bool>(&lock).await? {
+            swept = true;
+            if since.elapsed() > CLEANUP_LOCK_TTL {
+                tracing::warn!(lock = %lock, "a sweep of this node outlived its lock; going on");
+                break;
+            }
+            tokio::time::sleep(CLEANUP_POLL).await;
+        }
+        if swept {
+            tracing::warn!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "waited for a sweep of this node to finish before registering again"
+            );
+            // The sweep took this node off the node list last: back on it.
+            let _: () = c.sadd(keys::nodes(), self.node.as_str()).await?;
+        }
+        Ok(())
     }
 
     fn lease_ttl_ms(&self) -> u64 {
@@ -182,24 +247,78 @@ impl Membership {
             if alive {
                 continue;
             }
-            let locked: Option<String> = redis::cmd("SET")
-                .arg(keys::node_cleanup_lock(&node))
-                .arg(self.node.as_str())
-                .arg("NX")
-                .arg("PX")
-                .arg(30_000)
-                .query_async(&mut c)
-                .await?;
-            if locked.is_none() {
+            let Some(claim) = self.claim_dead(&node).await? else {
                 continue;
-            }
-            let users = self.remove_node(&node).await;
-            // Released either way: a node restarting under this id must be cleanable again.
-            let _: Result<(), _> = c.del(keys::node_cleanup_lock(&node)).await;
-            let users = users?;
+            };
+            let users = self.finish_sweep(claim).await?;
             tracing::warn!(dead_node = %node, routes_users = users.len(), "removed the routes of a node whose lease ran out");
             cleaned.push((node, users));
         }
         Ok(cleaned)
+    }
+
+    /// First step of sweeping `node`: takes its cleanup lock, then, in one script, checks that
+    /// its lease is still gone, deletes its record and reads its index ([`CLAIM_DEAD`]). `None` when another
+    /// survivor sweeps it or its lease is back (the lock is then released at once). The lock is
+    /// held until [`Self::finish_sweep`].
+    pub async fn claim_dead(&self, node: &NodeId) -> Result<Option<Claim>, DbError> {
+        let mut c = self.cold().await?;
+        let lock = keys::node_cleanup_lock(node);
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&lock)
+            .arg(self.node.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(CLEANUP_LOCK_TTL.as_millis() as u64)
+            .query_async(&mut c)
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let claimed: Result<Option<Vec<String>>, _> = CLAIM_DEAD
+            .key(keys::node_lease(node))
+            .key(keys::node_conns(node))
+            .key(keys::node_info(node))
+            .invoke_async(&mut c)
+            .await;
+        let flat = match claimed {
+            Ok(Some(flat)) => flat,
+            other => {
+                // The lease is back, or the claim failed: nothing was taken.
+                let _: Result<(), _> = c.del(&lock).await;
+                other?;
+                tracing::info!(node = %node, "not sweeping a node whose lease is back");
+                return Ok(None);
+            }
+        };
+        let mut entries = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(conn), Some(user)) = (it.next(), it.next()) {
+            entries.push((conn, user));
+        }
+        Ok(Some(Claim {
+            node: node.clone(),
+            entries,
+        }))
+    }
+
+    /// Second step: removes the claimed node's users' routes, then their index entries, then
+    /// takes the node off the node list, and releases its cleanup lock (also when this fails:
+    /// what is left is still indexed, and the next sweep takes it up). Returns the users whose
+    /// routes changed.
+    pub async fn finish_sweep(&self, claim: Claim) -> Result<Vec<UserId>, DbError> {
+        let _timer = self.metrics.redis_op("remove_node");
+        let mut c = self.cold().await?;
+        let (mut w, mut users) = removal(&claim.node, claim.entries.iter());
+        w.add(
+            &keys::nodes(),
+            Cmd::srem(keys::nodes(), claim.node.as_str()),
+        );
+        let removed = c.write(w).await;
+        let _: Result<(), _> = c.del(keys::node_cleanup_lock(&claim.node)).await;
+        removed?;
+        users.sort();
+        users.dedup();
+        Ok(users)
     }
 }
