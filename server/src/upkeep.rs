@@ -19,6 +19,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     // The primary moves seen when everything was last registered.
     let mut registered_on = state.nodes.primary_moves();
     loop {
+        let sent = tokio::time::Instant::now();
         let moves = state.nodes.primary_moves();
         let result = if state.in_table.load(Ordering::Acquire) && moves != registered_on {
             tracing::warn!(
@@ -71,7 +72,13 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             }
         };
         match result {
-            Ok(()) => state.in_table.store(true, Ordering::Release),
+            Ok(()) => {
+                state.lease_renewed(sent);
+                state.in_table.store(true, Ordering::Release);
+                if state.cut_off.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("Redis reachable again: registered anew, taking clients again");
+                }
+            }
             Err(e) => {
                 if state.in_table.swap(false, Ordering::AcqRel) || first {
                     tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
@@ -87,6 +94,45 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How often the lease's deadline is checked.
+const LEASE_WATCH: Duration = Duration::from_millis(250);
+
+/// Watches the lease's deadline, apart from the lease loop (whose renewal may be waiting on a
+/// Redis that does not answer). When the lease runs out without a renewal, the other nodes count
+/// this node dead: they ignore its routes, store messages for its users, and a survivor removes
+/// its routes. Its clients would stay connected to a node that nobody routes to and that cannot
+/// hear of their inboxes, so it stops taking clients (`/readyz` 503) and closes every client with
+/// 1001, in waves, so that they reconnect through `/gateway` to a node that can reach Redis.
+/// Their unacked messages go to the inbox, or wait in the node's backlog until Redis answers (the
+/// peers holding cross-node ones wait for this node's `stored` confirmation). The lease loop
+/// registers the node again once Redis answers, which ends the cut.
+pub(crate) async fn lease_watch(state: Arc<NodeState>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LEASE_WATCH) => {}
+        }
+        let expired = state
+            .lease_deadline()
+            .is_some_and(|d| tokio::time::Instant::now() >= d);
+        if !expired || state.is_cut_off() || state.is_draining() {
+            continue;
+        }
+        state.cut_off.store(true, Ordering::Release);
+        state.in_table.store(false, Ordering::Release);
+        tracing::error!(
+            clients = state.sessions.len(),
+            "lease ran out without a renewal (Redis unreachable): this node counts as dead; sending its clients away until Redis answers"
+        );
+        crate::handover::hand_over(
+            &state,
+            crate::handover::Away::Close,
+            "node cut off from Redis",
+        )
+        .await;
     }
 }
 
