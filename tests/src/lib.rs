@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod netns;
 pub mod redis_server;
 pub mod router_cli;
 pub mod traffic;
