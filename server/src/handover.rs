@@ -11,15 +11,14 @@ const WAVES: usize = 10;
 /// Pause between waves.
 const WAVE_PAUSE: Duration = Duration::from_millis(200);
 
-/// Where the clients are sent.
-#[derive(Debug, Clone, Copy)]
+/// Where the clients are sent: a `reconnect` frame to the node's URL, then close 1001; with no
+/// node to name, close 1001 (clients find one through `/gateway`).
+#[derive(Debug, Clone)]
 pub(crate) enum Away {
-    /// A `reconnect` to the least-loaded other node (asked of Redis before each wave); with no
-    /// other node, or no answer, close with 1001.
+    /// The least-loaded other node, asked of Redis before each wave.
     ToAnotherNode,
-    /// Close with 1001: the clients find another node through `/gateway` (this node cannot
-    /// tell them which).
-    Close,
+    /// This URL (a node that said over the mesh that it takes clients).
+    To(String),
 }
 
 /// Sends every client of this node away, in waves, with `reason` in the frame or close.
@@ -30,7 +29,7 @@ pub(crate) async fn hand_over(state: &NodeState, away: Away, reason: &str) {
         if i > 0 {
             tokio::time::sleep(WAVE_PAUSE).await;
         }
-        let target = match away {
+        let target = match &away {
             Away::ToAnotherNode => match state.pick_node(Some(&state.node)).await {
                 Ok(t) => t.map(|(_, url)| url),
                 Err(e) => {
@@ -38,7 +37,7 @@ pub(crate) async fn hand_over(state: &NodeState, away: Away, reason: &str) {
                     None
                 }
             },
-            Away::Close => None,
+            Away::To(url) => Some(url.clone()),
         };
         for (conn, _) in wave {
             let ctl = match &target {
