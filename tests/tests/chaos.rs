@@ -308,7 +308,8 @@ async fn one_node_at_a_time_looks_for_dead_nodes() {
 /// node3 runs in a namespace of its own and reaches Redis over a link that is taken down for
 /// 18 s, longer than its 10 s lease, while its clients and peers still reach it. Once its lease
 /// runs out the others count it dead and store for its users, so it must not keep them: it turns
-/// not ready, sends every client away (close 1001) and takes none until Redis answers; their
+/// not ready, sends every client to another node (`reconnect`, close 1001) and takes none until
+/// Redis answers; their
 /// unacked messages wait for Redis on it, or are held by the senders' nodes. Then it registers
 /// again and takes clients. Needs root (network namespaces), as CI has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,10 +369,18 @@ async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
         (ready().await == Some(503)).then_some(())
     })
     .await;
-    // Once its lease runs out it closes its clients with 1001 ("going away": reconnect).
-    let (_, close) = phone.expect_close().await;
+    // Once its lease runs out, while the other nodes take clients, it sends its clients to one
+    // of them (`reconnect`, then close 1001), as a drain does.
+    let (frames, close) = phone.expect_close().await;
     let code = close.map(|f| u16::from(f.code));
     assert_eq!(code, Some(1001), "node3 closed its clients with {code:?}");
+    let others = [c.node(1).ws(""), c.node(2).ws("")];
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "reconnect" && others.iter().any(|u| f["url"] == u.as_str())),
+        "no reconnect to node1 or node2 before the close: {frames:?}"
+    );
     let metrics = x.http("/metrics");
     eventually("node3 has sent its clients away", || async {
         (wsroute_tests::metric(&metrics, "wsroute_connections ").await == 0.0).then_some(())
@@ -385,13 +394,13 @@ async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
     let swept = cut.elapsed();
     println!("node3 cut off: clients sent away after {away:?}, routes swept after {swept:?}");
     // Not before its lease could run out (10 s after the last renewal, every 3 s), and soon
-    // after: the lease, the hand-over's waves (2 s) and the close handshakes.
+    // after: the lease, asking the peers (1 s), the hand-over's waves (2 s), the close handshakes.
     assert!(
         away > Duration::from_secs(6),
         "clients sent away after {away:?}"
     );
     assert!(
-        away < Duration::from_secs(16),
+        away < Duration::from_secs(18),
         "clients sent away after {away:?}"
     );
     // It takes no client while cut off.
@@ -476,4 +485,51 @@ async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
         0.0,
         "node3 dropped messages it should have kept"
     );
+}
+
+/// Redis away for every node for longer than a lease: no node can take another's clients, so
+/// each keeps its own (not ready meanwhile), and they go on, on the same connections, once Redis
+/// is back. (A node whose lease ran out sends its clients away only to nodes that take them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_for_every_node_past_the_lease_keeps_the_clients() {
+    use serde_json::json;
+    use wsroute_tests::Client;
+
+    let mut c = Cluster::start(2).await;
+    let mut ann = Client::connect(&c.node(1).ws_user("ann")).await;
+    let mut ben = Client::connect(&c.node(2).ws_user("ben")).await;
+    // Each node has dialled the other (a node asks the peers it knows whether they take clients).
+    for (from, to) in [(&mut ann, "ben"), (&mut ben, "ann")] {
+        assert_eq!(
+            from.send_and_ack(to, json!("hi")).await["status"],
+            "delivered"
+        );
+    }
+    ben.expect_type("message").await;
+    ann.expect_type("message").await;
+
+    c.redis.stop();
+    // Past the lease (10 s after the last renewal, every 3 s) and the peers' check (about 2 s).
+    run_for(Duration::from_secs(15)).await;
+    for n in &c.nodes {
+        let metrics = n.http("/metrics");
+        assert_eq!(
+            wsroute_tests::metric(&metrics, "wsroute_connections ").await,
+            1.0,
+            "{} sent its client away with nowhere to go",
+            n.id
+        );
+        let r = reqwest::get(n.http("/readyz")).await.expect("http");
+        assert_eq!(r.status(), 503, "{} ready without Redis", n.id);
+    }
+    c.redis.start_again().await;
+    all_routes_back(&c, 2).await;
+    for n in &c.nodes {
+        n.wait_ready().await;
+    }
+    assert_eq!(
+        ann.send_and_ack("ben", json!("still here")).await["status"],
+        "delivered"
+    );
+    assert_eq!(ben.expect_type("message").await["body"], "still here");
 }
