@@ -4,14 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::handover::{Away, hand_over};
 use crate::node::Node;
-use crate::sessions::Control;
-use crate::state::NodeState;
-
-/// A drain hands its clients over in this many waves, so that they do not all reconnect at once.
-const DRAIN_WAVES: usize = 10;
-/// Pause between drain waves.
-const DRAIN_WAVE_PAUSE: Duration = Duration::from_millis(200);
 
 impl Node {
     /// Drains and stops: stop accepting, send clients elsewhere, wait for them (up to the grace
@@ -28,7 +22,7 @@ impl Node {
         {
             tracing::warn!(error = %e, "cannot mark this node draining in Redis");
         }
-        hand_over(state).await;
+        hand_over(state, Away::ToAnotherNode, "node draining").await;
         let grace = state.config.limits.drain_grace;
         if !state.sessions.wait_empty(grace).await {
             tracing::warn!(
@@ -64,38 +58,5 @@ impl Node {
             Err(_) => tracing::warn!("the gRPC server never started"),
         }
         tracing::info!(node = %state.node, "stopped");
-    }
-}
-
-/// Sends every client a `reconnect` to the least-loaded other node, in waves; with no other
-/// node, clients are closed with 1001 and find their way back through `/gateway` later.
-async fn hand_over(state: &NodeState) {
-    let clients = state.sessions.snapshot();
-    let per_wave = clients.len().div_ceil(DRAIN_WAVES).max(1);
-    for (i, wave) in clients.chunks(per_wave).enumerate() {
-        if i > 0 {
-            tokio::time::sleep(DRAIN_WAVE_PAUSE).await;
-        }
-        let target = match state.pick_node(Some(&state.node)).await {
-            Ok(t) => t.map(|(_, url)| url),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot find a node to send clients to");
-                None
-            }
-        };
-        for (conn, _) in wave {
-            let ctl = match &target {
-                Some(url) => Control::Reconnect {
-                    url: url.clone(),
-                    reason: "node draining".into(),
-                },
-                None => Control::Close {
-                    code: crate::error::close::GOING_AWAY,
-                    reason: "node stopping".into(),
-                },
-            };
-            state.sessions.control(conn, ctl);
-        }
-        tracing::info!(wave = i + 1, clients = wave.len(), "drain wave sent");
     }
 }

@@ -114,7 +114,8 @@ impl Inbox {
     /// or the peer holding them, ended first). They are stored whatever the inbox's depth: they
     /// were accepted already, and what can come here at once is bounded by the connection's
     /// unacked budget or the node's holds. Each store is retried across a Redis blip until
-    /// `within` has passed. Returns the ids stored (or already there) and those that could not be.
+    /// `within` has passed. Returns the ids stored (or already there) and those that could not be
+    /// (the caller hands them to the node's backlog, stored once Redis answers again).
     pub async fn keep(
         &self,
         user: &UserId,
@@ -125,7 +126,14 @@ impl Inbox {
         let mut kept = Vec::with_capacity(messages.len());
         let mut lost = Vec::new();
         let mut pause = Duration::from_millis(50);
+        // Once a store failed past the deadline Redis is away: the rest are not tried (each try
+        // could wait out the response timeout), they are handed back.
+        let mut away = false;
         for (id, frame) in messages {
+            if away {
+                lost.push(id.clone());
+                continue;
+            }
             loop {
                 match self.store_capped(user, id, frame, usize::MAX).await {
                     Ok(_) => {
@@ -138,8 +146,9 @@ impl Inbox {
                         pause = (pause * 2).min(Duration::from_secs(1));
                     }
                     Err(e) => {
-                        tracing::error!(%user, msg_id = %id, error = %e, "cannot keep a delivered message: lost");
+                        tracing::warn!(%user, msg_id = %id, error = %e, "cannot keep a delivered message in the inbox now");
                         lost.push(id.clone());
+                        away = true;
                         break;
                     }
                 }

@@ -22,6 +22,7 @@
 //! the route table and inboxes.
 
 pub mod api;
+pub mod backlog;
 pub mod bearer;
 pub mod config;
 pub mod confirm;
@@ -30,6 +31,7 @@ pub mod drain;
 pub mod envelope;
 pub mod error;
 pub mod fanout;
+pub mod handover;
 pub mod holds;
 pub mod ids;
 pub mod inbox;

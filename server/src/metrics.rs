@@ -161,11 +161,11 @@ impl Metrics {
         );
         let unacked_dropped = counter(
             "wsroute_delivered_lost_total",
-            "Messages acked delivered that could not be kept when their connection or holder ended (inbox store failed past its retries); should stay 0",
+            "Messages acked delivered that could not be kept when their connection or holder ended (Redis away and the backlog full, or the node stopped before Redis answered); should stay 0",
         );
         let kept = counter_vec(
             "wsroute_kept_total",
-            "Messages acked delivered and moved to the inbox before any device acked them, by who moved them (connection, hold)",
+            "Messages acked delivered and moved to the inbox before any device acked them, by who moved them (connection, hold; backlog: kept by the node until Redis answered)",
             &["by"],
         );
         let receipts = counter(

@@ -207,6 +207,9 @@ impl Node {
             in_table: AtomicBool::new(false),
             subscribed: Arc::new(AtomicBool::new(false)),
             draining: AtomicBool::new(false),
+            lease_until: std::sync::Mutex::new(None),
+            cut_off: AtomicBool::new(false),
+            backlog: crate::backlog::Backlog::new(limits.hold_bytes),
             reconcile_needed: AtomicBool::new(false),
             drain_requested: CancellationToken::new(),
             admission: Arc::new(tokio::sync::Semaphore::new(limits.node_sends_in_flight)),
@@ -234,6 +237,9 @@ impl Node {
         state
             .tracker
             .spawn(crate::upkeep::sweep_loop(state.clone()).instrument(span.clone()));
+        state
+            .tracker
+            .spawn(crate::upkeep::lease_watch(state.clone()).instrument(span.clone()));
         state
             .tracker
             .spawn(crate::keeper::run(state.clone(), hold_events).instrument(span.clone()));

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use wsroute_core::db::DbError;
 use wsroute_core::nodes::NodeRecord;
 
+use crate::backlog::Backlog;
 use crate::config::Config;
 use crate::confirm::Confirms;
 use crate::delivery::Delivery;
@@ -54,6 +55,15 @@ pub struct NodeState {
     /// drops the cache anyway: it takes no clients before.
     pub(crate) subscribed: Arc<AtomicBool>,
     pub(crate) draining: AtomicBool,
+    /// When this node's lease runs out unless renewed before: the send time of the last renewal
+    /// that Redis answered, plus the lease's length. `None` until the first registration.
+    pub(crate) lease_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// True from the moment the lease ran out without a renewal (Redis cut off) until the node
+    /// is registered again: other nodes count it dead and store for its users, so it has sent
+    /// its clients away and takes none.
+    pub(crate) cut_off: AtomicBool,
+    /// Messages for inboxes that wait until Redis answers again.
+    pub backlog: Backlog,
     /// Set when a route could not be removed; the lease loop then reconciles Redis with the
     /// connections this node really holds.
     pub(crate) reconcile_needed: AtomicBool,
@@ -77,6 +87,29 @@ impl NodeState {
         self.in_table.load(Ordering::Acquire)
             && self.subscribed.load(Ordering::Acquire)
             && !self.is_draining()
+            && !self.is_cut_off()
+    }
+
+    /// Whether the lease ran out without a renewal and the node has not registered again since.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
+    }
+
+    /// When the lease runs out unless renewed (see `lease_until`).
+    pub(crate) fn lease_deadline(&self) -> Option<tokio::time::Instant> {
+        *self
+            .lease_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Redis answered a renewal (or registration) sent at `sent`.
+    pub(crate) fn lease_renewed(&self, sent: tokio::time::Instant) {
+        *self
+            .lease_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(sent + self.config.limits.lease_ttl);
     }
 
     /// Whether this node may take another client (`--max-connections`).

@@ -19,6 +19,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     // The primary moves seen when everything was last registered.
     let mut registered_on = state.nodes.primary_moves();
     loop {
+        let sent = tokio::time::Instant::now();
         let moves = state.nodes.primary_moves();
         let result = if state.in_table.load(Ordering::Acquire) && moves != registered_on {
             tracing::warn!(
@@ -71,7 +72,13 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             }
         };
         match result {
-            Ok(()) => state.in_table.store(true, Ordering::Release),
+            Ok(()) => {
+                state.lease_renewed(sent);
+                state.in_table.store(true, Ordering::Release);
+                if state.cut_off.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("Redis reachable again: registered anew, taking clients again");
+                }
+            }
             Err(e) => {
                 if state.in_table.swap(false, Ordering::AcqRel) || first {
                     tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
@@ -87,6 +94,80 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How often the lease's deadline is checked.
+const LEASE_WATCH: Duration = Duration::from_millis(250);
+/// Past the lease, how often the peers are asked whether they take clients.
+const ASK_PEERS: Duration = Duration::from_secs(1);
+/// How long peers must have been taking clients while this node's lease is out before it
+/// sends its clients to them (so that after a Redis outage for every node, a node that
+/// registers again a moment after the others keeps its clients).
+const PEERS_TAKING_FOR: Duration = Duration::from_secs(1);
+
+/// Watches the lease's deadline, apart from the lease loop (whose renewal may be waiting on a
+/// Redis that does not answer). When the lease runs out without a renewal, the other nodes count
+/// this node dead: they ignore its routes, store messages for its users, and a survivor removes
+/// its routes. Its clients would stay connected to a node that nobody routes to and that cannot
+/// hear of their inboxes. So, once other nodes say over the mesh that they take clients (they
+/// reach Redis), the node is cut off: it takes no clients (`/readyz` 503) and sends every client
+/// a `reconnect` to the least-loaded of them, in waves, then closes it with 1001. Their unacked
+/// messages go to the inbox, or wait in the node's backlog until Redis answers (the peers holding
+/// cross-node ones wait for this node's `stored` confirmation). The lease loop registers the node
+/// again once Redis answers, which ends the cut. If no other node takes clients (Redis is away for
+/// every node, or there is no other node), the node keeps its clients, not ready, as while Redis
+/// is away: nobody could take them.
+pub(crate) async fn lease_watch(state: Arc<NodeState>) {
+    let mut asked: Option<tokio::time::Instant> = None;
+    let mut peers_taking_since: Option<tokio::time::Instant> = None;
+    let mut told = false;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LEASE_WATCH) => {}
+        }
+        let expired = || {
+            state
+                .lease_deadline()
+                .is_some_and(|d| tokio::time::Instant::now() >= d)
+        };
+        if !expired() || state.is_cut_off() || state.is_draining() {
+            (asked, peers_taking_since, told) = (None, None, false);
+            continue;
+        }
+        if asked.is_some_and(|a| a.elapsed() < ASK_PEERS) {
+            continue;
+        }
+        asked = Some(tokio::time::Instant::now());
+        let Some((_, url)) = state.delivery.peers.takers().await.into_iter().min() else {
+            if !told {
+                tracing::error!(
+                    clients = state.sessions.len(),
+                    "lease ran out without a renewal (Redis unreachable), and no other node takes clients: keeping them"
+                );
+                told = true;
+            }
+            peers_taking_since = None;
+            continue;
+        };
+        let since = *peers_taking_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < PEERS_TAKING_FOR || !expired() {
+            continue;
+        }
+        state.cut_off.store(true, Ordering::Release);
+        state.in_table.store(false, Ordering::Release);
+        tracing::error!(
+            clients = state.sessions.len(),
+            to = %url,
+            "lease ran out without a renewal (Redis unreachable) while other nodes take clients: this node counts as dead; sending its clients away until Redis answers"
+        );
+        crate::handover::hand_over(
+            &state,
+            crate::handover::Away::To(url),
+            "node cut off from Redis",
+        )
+        .await;
     }
 }
 

@@ -23,6 +23,12 @@ pub struct NodeOpts {
     pub redis_url: Option<String>,
     /// Environment variables for the process (e.g. `WSROUTE_LOG_FORMAT=json`).
     pub env: Vec<(String, String)>,
+    /// The address the node listens on and is reached at (default 127.0.0.1).
+    pub host: String,
+    /// A command the node runs under (e.g. `ip netns exec NAME`, see [`crate::netns`]).
+    pub prefix: Vec<String>,
+    /// `--redis-url` when not the Redis the node is started with (e.g. another address of it).
+    pub redis_url: Option<String>,
 }
 
 impl NodeOpts {
@@ -36,12 +42,17 @@ impl NodeOpts {
             extra: Vec::new(),
             redis_url: None,
             env: Vec::new(),
+            host: "127.0.0.1".into(),
+            prefix: Vec::new(),
+            redis_url: None,
         }
     }
 }
 
 pub struct Node {
     pub id: String,
+    /// Where the node listens and is reached.
+    pub host: String,
     pub opts: NodeOpts,
     pub ws_port: u16,
     pub grpc_port: u16,
@@ -70,13 +81,22 @@ impl Node {
             opts.id
         ));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary("wsroute-server"));
+        let server = binary("wsroute-server");
+        let mut cmd = match opts.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(server);
+                c
+            }
+            None => Command::new(server),
+        };
+        let host = &opts.host;
         cmd.arg("--node-id")
             .arg(&opts.id)
             .arg("--ws-listen")
-            .arg(format!("127.0.0.1:{ws_port}"))
+            .arg(format!("{host}:{ws_port}"))
             .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg(format!("{host}:{grpc_port}"))
             .arg("--redis-url")
             .arg(opts.redis_url.clone().unwrap_or_else(|| redis.url()))
             .env_remove("WSROUTE_JWT_SECRET")
@@ -107,6 +127,7 @@ impl Node {
         let child = cmd.spawn().expect("wsroute-server starts");
         Self {
             id: opts.id.clone(),
+            host: opts.host.clone(),
             opts: opts.clone(),
             ws_port,
             grpc_port,
@@ -129,20 +150,20 @@ impl Node {
     }
 
     pub fn http(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ws_port)
+        format!("http://{}:{}{path}", self.host, self.ws_port)
     }
 
     /// `ws://.../ws?user=USER` (dev auth).
     pub fn ws_user(&self, user: &str) -> String {
-        format!("ws://127.0.0.1:{}/ws?user={user}", self.ws_port)
+        format!("ws://{}:{}/ws?user={user}", self.host, self.ws_port)
     }
 
     pub fn ws(&self, query: &str) -> String {
-        format!("ws://127.0.0.1:{}/ws{query}", self.ws_port)
+        format!("ws://{}:{}/ws{query}", self.host, self.ws_port)
     }
 
     pub fn grpc(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.host, self.grpc_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -263,6 +284,15 @@ impl Cluster {
                 Node::spawn(&redis, &o)
             })
             .collect();
+        for n in &nodes {
+            n.wait_ready().await;
+        }
+        Self { nodes, redis }
+    }
+
+    /// Nodes with the given options (one each), on `redis`, started concurrently.
+    pub async fn start_nodes(redis: RedisServer, opts: Vec<NodeOpts>) -> Self {
+        let nodes: Vec<Node> = opts.iter().map(|o| Node::spawn(&redis, o)).collect();
         for n in &nodes {
             n.wait_ready().await;
         }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod cluster;
 pub mod ledger;
+pub mod netns;
 pub mod redis_server;
 pub mod router_cli;
 pub mod tcp_proxy;

@@ -61,6 +61,18 @@ impl RedisServer {
         r
     }
 
+    /// One server that also listens on `host` (an address of this machine, e.g. the root side
+    /// of a veth link into a network namespace), without protected mode so that a node there
+    /// may connect; [`Self::url_via`] gives the URL to reach it there.
+    pub async fn start_also_on(host: &str) -> Self {
+        Self::start_with_args(&["--bind", "127.0.0.1", host, "--protected-mode", "no"]).await
+    }
+
+    /// `redis://HOST:PORT`: this (single) server reached at another of its addresses.
+    pub fn url_via(&self, host: &str) -> String {
+        format!("redis://{host}:{}", self.port)
+    }
+
     /// One server that also listens with TLS (certificate `node.pem`, for localhost, from the test
     /// CA `ca.pem` in `tests/fixtures`); `url()` is its `rediss://` URL, and a client trusts it
     /// with `SSL_CERT_FILE` pointing at the CA. The harness itself uses the plain port.

@@ -303,3 +303,233 @@ async fn one_node_at_a_time_looks_for_dead_nodes() {
         delta("exists")
     );
 }
+
+/// A node cut off from Redis but not from its clients (a partition, in network namespaces):
+/// node3 runs in a namespace of its own and reaches Redis over a link that is taken down for
+/// 18 s, longer than its 10 s lease, while its clients and peers still reach it. Once its lease
+/// runs out the others count it dead and store for its users, so it must not keep them: it turns
+/// not ready, sends every client to another node (`reconnect`, close 1001) and takes none until
+/// Redis answers; their
+/// unacked messages wait for Redis on it, or are held by the senders' nodes. Then it registers
+/// again and takes clients. Needs root (network namespaces), as CI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
+    use serde_json::json;
+    use wsroute_tests::netns::NetNs;
+    use wsroute_tests::{Client, NodeOpts, RedisServer};
+
+    // Declared first, dropped last: the nodes stop before their namespace goes.
+    let ns = NetNs::create();
+    let redis = RedisServer::start_also_on(&ns.redis_host()).await;
+    let mut opts: Vec<NodeOpts> = ["node1", "node2"]
+        .iter()
+        .map(|id| NodeOpts {
+            host: ns.outside(),
+            ..NodeOpts::new(id)
+        })
+        .collect();
+    opts.push(NodeOpts {
+        host: ns.inside(),
+        prefix: ns.prefix(),
+        redis_url: Some(redis.url_via(&ns.redis_host())),
+        ..NodeOpts::new("node3")
+    });
+    let c = Cluster::start_nodes(redis, opts).await;
+    let x = c.node(3);
+    let t = Traffic::start(endpoints(&c), TrafficOpts::default()).await;
+    // A phone on node3 that has read ten messages and acked none yet: five from a user on
+    // node1 (held there until node3 confirms them) and five from a user on node3 (held by no
+    // other node). Nothing tells node3 to forget them before the cut.
+    let mut phone = Client::connect(&x.ws_user("phone")).await.manual_ack();
+    let mut near = Client::connect(&x.ws_user("near")).await;
+    let mut far = Client::connect(&c.node(1).ws_user("far")).await;
+    let mut unacked = std::collections::HashSet::new();
+    for i in 0..5 {
+        for sender in [&mut near, &mut far] {
+            let ack = sender.send_and_ack("phone", json!({ "n": i })).await;
+            assert_eq!(ack["status"], "delivered", "{ack}");
+            unacked.insert(ack["id"].as_str().expect("an id").to_owned());
+        }
+    }
+    for _ in 0..unacked.len() {
+        phone.expect_type("message").await;
+    }
+    run_for(Duration::from_secs(2)).await;
+    assert!(routes_of(&c, "node3").await > 0, "users on node3");
+
+    ns.cut_redis();
+    let cut = Instant::now();
+    let ready = || async {
+        reqwest::get(x.http("/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+    };
+    eventually("node3 not ready once cut off", || async {
+        (ready().await == Some(503)).then_some(())
+    })
+    .await;
+    // Once its lease runs out, while the other nodes take clients, it sends its clients to one
+    // of them (`reconnect`, then close 1001), as a drain does.
+    let (frames, close) = phone.expect_close().await;
+    let code = close.map(|f| u16::from(f.code));
+    assert_eq!(code, Some(1001), "node3 closed its clients with {code:?}");
+    let others = [c.node(1).ws(""), c.node(2).ws("")];
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "reconnect" && others.iter().any(|u| f["url"] == u.as_str())),
+        "no reconnect to node1 or node2 before the close: {frames:?}"
+    );
+    let metrics = x.http("/metrics");
+    eventually("node3 has sent its clients away", || async {
+        (wsroute_tests::metric(&metrics, "wsroute_connections ").await == 0.0).then_some(())
+    })
+    .await;
+    let away = cut.elapsed();
+    eventually("node3's routes removed by the other nodes", || async {
+        (routes_of(&c, "node3").await == 0).then_some(())
+    })
+    .await;
+    let swept = cut.elapsed();
+    println!("node3 cut off: clients sent away after {away:?}, routes swept after {swept:?}");
+    // Not before its lease could run out (10 s after the last renewal, every 3 s), and soon
+    // after: the lease, asking the peers (1 s), the hand-over's waves (2 s), the close handshakes.
+    assert!(
+        away > Duration::from_secs(6),
+        "clients sent away after {away:?}"
+    );
+    assert!(
+        away < Duration::from_secs(18),
+        "clients sent away after {away:?}"
+    );
+    // It takes no client while cut off.
+    assert!(
+        tokio_tungstenite::connect_async(x.ws_user("latecomer"))
+            .await
+            .is_err(),
+        "a node cut off from Redis accepted a client"
+    );
+
+    // The cut lasts 18 s in all, traffic going on between the users now on node1 and node2.
+    run_for(Duration::from_secs(18).saturating_sub(cut.elapsed())).await;
+    ns.restore_redis();
+    let restored = Instant::now();
+    x.wait_ready().await;
+    println!(
+        "node3 ready again {:?} after the link came back",
+        restored.elapsed()
+    );
+    // It takes clients again, and routes to and from them.
+    let mut late = Client::connect(&x.ws_user("latecomer")).await;
+    let mut there = Client::connect(&c.node(1).ws_user("elsewhere")).await;
+    assert_eq!(
+        late.send_and_ack("elsewhere", json!("back")).await["status"],
+        "delivered"
+    );
+    there.expect_type("message").await;
+    assert_eq!(
+        there.send_and_ack("latecomer", json!("welcome")).await["status"],
+        "delivered"
+    );
+    late.expect_type("message").await;
+
+    // The phone, now on node1, gets the ten messages it had not acked (node3 kept them until
+    // Redis answered, then put them in its inbox), once each; the sender on node1 hears they
+    // were stored.
+    let mut phone = Client::connect(&c.node(1).ws_user("phone")).await;
+    let mut got = Vec::new();
+    let frames = phone
+        .collect_until(wsroute_tests::patience(), |frames| {
+            let ids: std::collections::HashSet<&str> = frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .filter_map(|f| f["id"].as_str())
+                .collect();
+            unacked.iter().all(|id| ids.contains(id.as_str()))
+        })
+        .await;
+    for f in frames.iter().filter(|f| f["type"] == "message") {
+        got.push(f["id"].as_str().unwrap_or_default().to_owned());
+    }
+    let missing: Vec<&String> = unacked.iter().filter(|id| !got.contains(id)).collect();
+    assert!(missing.is_empty(), "the phone never got {missing:?}");
+    let unique: std::collections::HashSet<&String> = got.iter().collect();
+    assert_eq!(
+        unique.len(),
+        got.len(),
+        "an id twice on one connection: {got:?}"
+    );
+    for _ in 0..5 {
+        far.expect(
+            |f| f["type"] == "receipt" && f["status"] == "stored",
+            "stored receipt",
+        )
+        .await;
+    }
+
+    run_for(Duration::from_secs(2)).await;
+    let users = t.users.len() as u64;
+    let a = t.finish().await;
+    a.assert_kept("node cut off from Redis");
+    assert!(a.delivered > 0);
+    assert!(a.connects > users, "node3's users reconnected elsewhere");
+    let waited = wsroute_tests::metric(&metrics, r#"wsroute_kept_total{by="backlog"}"#).await;
+    println!("node3 kept {waited} unacked messages until Redis answered, then in the inbox");
+    assert!(
+        waited >= unacked.len() as f64,
+        "the phone's messages did not wait on node3"
+    );
+    assert_eq!(
+        wsroute_tests::metric(&metrics, "wsroute_delivered_lost_total").await,
+        0.0,
+        "node3 dropped messages it should have kept"
+    );
+}
+
+/// Redis away for every node for longer than a lease: no node can take another's clients, so
+/// each keeps its own (not ready meanwhile), and they go on, on the same connections, once Redis
+/// is back. (A node whose lease ran out sends its clients away only to nodes that take them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_for_every_node_past_the_lease_keeps_the_clients() {
+    use serde_json::json;
+    use wsroute_tests::Client;
+
+    let mut c = Cluster::start(2).await;
+    let mut ann = Client::connect(&c.node(1).ws_user("ann")).await;
+    let mut ben = Client::connect(&c.node(2).ws_user("ben")).await;
+    // Each node has dialled the other (a node asks the peers it knows whether they take clients).
+    for (from, to) in [(&mut ann, "ben"), (&mut ben, "ann")] {
+        assert_eq!(
+            from.send_and_ack(to, json!("hi")).await["status"],
+            "delivered"
+        );
+    }
+    ben.expect_type("message").await;
+    ann.expect_type("message").await;
+
+    c.redis.stop();
+    // Past the lease (10 s after the last renewal, every 3 s) and the peers' check (about 2 s).
+    run_for(Duration::from_secs(15)).await;
+    for n in &c.nodes {
+        let metrics = n.http("/metrics");
+        assert_eq!(
+            wsroute_tests::metric(&metrics, "wsroute_connections ").await,
+            1.0,
+            "{} sent its client away with nowhere to go",
+            n.id
+        );
+        let r = reqwest::get(n.http("/readyz")).await.expect("http");
+        assert_eq!(r.status(), 503, "{} ready without Redis", n.id);
+    }
+    c.redis.start_again().await;
+    all_routes_back(&c, 2).await;
+    for n in &c.nodes {
+        n.wait_ready().await;
+    }
+    assert_eq!(
+        ann.send_and_ack("ben", json!("still here")).await["status"],
+        "delivered"
+    );
+    assert_eq!(ben.expect_type("message").await["body"], "still here");
+}

@@ -19,6 +19,8 @@ pub async fn readyz(state: web::Data<Arc<NodeState>>) -> HttpResponse {
     } else {
         let why = if state.is_draining() {
             "draining"
+        } else if state.is_cut_off() {
+            "lease lost: Redis unreachable"
         } else if !state.in_table.load(std::sync::atomic::Ordering::Acquire) {
             "not registered in the route table"
         } else {

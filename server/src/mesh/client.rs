@@ -315,6 +315,39 @@ impl PeerPool {
         peers
     }
 
+    /// The peers this node has dialled that say (`Mesh.Stats`, within the call timeout) they take
+    /// clients: `(connections, public url)` each. Asks nothing of Redis: for a node that cannot
+    /// reach it, to learn whether other nodes can.
+    pub async fn takers(&self) -> Vec<(u64, String)> {
+        let peers: Vec<(NodeId, String)> = self
+            .peers
+            .iter()
+            .map(|p| (p.key().clone(), p.addr.clone()))
+            .collect();
+        let asks = peers.into_iter().map(|(node, addr)| {
+            let mut client = mesh_client(&addr, self.secret.clone(), self.tls.clone());
+            let timeout = self.call_timeout;
+            async move {
+                let req = pb::StatsRequest {
+                    node_id: node.to_string(),
+                };
+                let reply = tokio::time::timeout(timeout, client.stats(req)).await;
+                match reply {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        (r.accepting && !r.draining).then_some((r.connections, r.public_url))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Forgets a peer (it died or left); its worker ends once its queue is drained.
     pub fn forget(&self, node: &NodeId) {
         self.peers.remove(node);

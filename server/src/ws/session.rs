@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
 use super::ledger::{InboxCopy, Ledger, Unacked};
+use crate::backlog::{Tell, Waiting};
 use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::holds::{Event, ReceiptStatus};
 use crate::ids::{ConnId, MsgId, UserId};
-use crate::sessions::{Control, Mail, Mailbox, Outbound};
+use crate::sessions::{Control, Mail, Mailbox, Outbound, Source};
 use crate::state::NodeState;
 
 type PendingAck = Pin<Box<dyn Future<Output = (Option<String>, MsgId, Outcome)> + Send>>;
@@ -688,7 +689,11 @@ impl Session {
                 .spawn(self.state.tracker.track_future(drive));
         }
         self.state.metrics.connections.dec();
-        if let Err(e) = self.state.routes.unregister(&self.user, &self.conn).await {
+        if self.state.is_cut_off() {
+            // Other nodes count this node dead and remove its routes; what is left when it
+            // registers again is reconciled then.
+            self.state.request_reconcile();
+        } else if let Err(e) = self.state.routes.unregister(&self.user, &self.conn).await {
             tracing::warn!(user = %self.user, conn_id = %self.conn, error = %e, "cannot remove a route; it will be reconciled");
             self.state.request_reconcile();
         }
@@ -724,58 +729,32 @@ impl Session {
     }
 
     /// Messages written here but never acked may not have reached the client: they go to the
-    /// inbox (whatever its depth, retried across a Redis blip), the user's other connections
-    /// hear of it, and each sender is told (`stored`), through the peer holding it if any.
+    /// inbox (whatever its depth, retried across a Redis blip, then kept by the node until Redis
+    /// answers), the user's other connections hear of it, and each sender is told (`stored`),
+    /// through the peer holding it if any.
     async fn keep_unacked(&mut self) {
         let unacked = self.ledger.take_unacked();
         if unacked.is_empty() {
             return;
         }
-        let frames: Vec<(MsgId, &str)> = unacked
-            .iter()
-            .map(|u| (u.id.clone(), u.frame.as_ref()))
+        let count = unacked.len();
+        let waiting: Vec<Waiting> = unacked
+            .into_iter()
+            .map(|u| Waiting {
+                to: self.user.clone(),
+                id: u.id,
+                frame: u.frame,
+                tell: match u.source {
+                    Some(Source {
+                        holder: Some(peer), ..
+                    }) => Tell::Peer(peer),
+                    Some(Source { from, holder: None }) => Tell::Sender(from),
+                    None => Tell::Nobody,
+                },
+            })
             .collect();
-        let (kept, lost) = self
-            .state
-            .inbox
-            .keep(&self.user, &frames, KEEP_WITHIN)
-            .await;
-        let metrics = &self.state.metrics;
-        metrics
-            .kept
-            .with_label_values(&["connection"])
-            .inc_by(kept.len() as u64);
-        metrics.unacked_dropped.inc_by(lost.len() as u64);
-        tracing::info!(user = %self.user, conn_id = %self.conn, kept = kept.len(), lost = lost.len(), "unacked messages moved to the inbox");
-        if kept.is_empty() {
-            return;
-        }
-        crate::keeper::announce_inbox(&self.state, &self.user).await;
-        let kept: std::collections::HashSet<&MsgId> = kept.iter().collect();
-        for u in unacked.iter().filter(|u| kept.contains(&u.id)) {
-            let Some(source) = &u.source else { continue };
-            match &source.holder {
-                Some(peer) => {
-                    self.state.confirms.send(
-                        peer,
-                        Confirmation {
-                            id: u.id.clone(),
-                            status: ConfirmStatus::Stored,
-                            device: None,
-                        },
-                    );
-                }
-                None => {
-                    self.state.holds.event(Event::Receipt {
-                        user: source.from.clone(),
-                        id: u.id.clone(),
-                        to: self.user.clone(),
-                        status: ReceiptStatus::Stored,
-                        device: None,
-                    });
-                }
-            }
-        }
+        crate::keeper::keep(&self.state, &self.user, waiting, KEEP_WITHIN, "connection").await;
+        tracing::info!(user = %self.user, conn_id = %self.conn, messages = count, "unacked messages moved to the inbox (or waiting for Redis)");
     }
 }
 
