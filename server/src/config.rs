@@ -80,8 +80,8 @@ pub struct Args {
     /// Frames queued per connection before it is closed as a slow consumer (1013) [default: 1024]
     #[arg(long, env = "WSROUTE_SESSION_QUEUE")]
     pub session_queue: Option<usize>,
-    /// Bytes of messages written to one connection and not acked by its client; past this the
-    /// connection is closed as a slow consumer (1013) and all of them go to the inbox [default: 1048576]
+    /// Bytes of messages written to one connection and not acked by its client (a window: past
+    /// it nothing more is written until the client acks) [default: 1048576]
     #[arg(long, env = "WSROUTE_UNACKED_BYTES")]
     pub unacked_bytes: Option<usize>,
     /// Bytes of messages this node holds for peers' confirmations (delivered elsewhere, not yet
@@ -228,7 +228,8 @@ pub struct Limits {
     /// Frames queued for one connection before it counts as a slow consumer.
     pub session_queue: usize,
     /// Bytes of messages written to a connection and not yet acked by the client, kept so that
-    /// they go to the inbox if the connection ends; past this the connection is a slow consumer.
+    /// they go to the inbox if the connection ends; past this nothing more is written to it until
+    /// the client acks (a window).
     pub unacked_bytes: usize,
     /// Bytes of messages held for peers' confirmations (soft: past it the oldest are stored to
     /// the inbox; past twice it no new message is held).

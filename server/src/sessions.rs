@@ -166,6 +166,23 @@ impl Mailbox {
         }
     }
 
+    /// The next instruction, or message frame when `messages` is true (a session whose client
+    /// has too much unacked takes instructions only, and its messages wait in the queue).
+    pub async fn recv_gated(&self, messages: bool) -> Mail {
+        loop {
+            {
+                let mut slots = self.slots();
+                if let Some(c) = slots.control.pop_front() {
+                    return Mail::Control(c);
+                }
+                if messages && let Some(m) = slots.pop_message() {
+                    return Mail::Message(m);
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
     fn try_recv(&self) -> Option<Mail> {
         let mut slots = self.slots();
         if let Some(c) = slots.control.pop_front() {

@@ -19,7 +19,8 @@ pub struct NodeOpts {
     pub api_key: Option<String>,
     pub mesh_secret: Option<String>,
     pub extra: Vec<String>,
-    /// `--redis-url` when not the Redis the node is started with (e.g. a proxy in front of it).
+    /// `--redis-url` when not the Redis the node is started with (a proxy in front of it, or
+    /// another address of it).
     pub redis_url: Option<String>,
     /// Environment variables for the process (e.g. `WSROUTE_LOG_FORMAT=json`).
     pub env: Vec<(String, String)>,
@@ -27,8 +28,6 @@ pub struct NodeOpts {
     pub host: String,
     /// A command the node runs under (e.g. `ip netns exec NAME`, see [`crate::netns`]).
     pub prefix: Vec<String>,
-    /// `--redis-url` when not the Redis the node is started with (e.g. another address of it).
-    pub redis_url: Option<String>,
 }
 
 impl NodeOpts {
@@ -44,7 +43,6 @@ impl NodeOpts {
             env: Vec::new(),
             host: "127.0.0.1".into(),
             prefix: Vec::new(),
-            redis_url: None,
         }
     }
 }

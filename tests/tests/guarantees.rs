@@ -295,3 +295,72 @@ async fn receipts_tell_every_connection_of_the_sender_who_received_a_message() {
         "no receipt to the recipient: {pongs:?}"
     );
 }
+
+/// A connection's unacked budget is a window: a client that reads but does not ack gets about
+/// `--unacked-bytes` of messages and then nothing more until it acks; then the rest comes, each
+/// message once.
+#[tokio::test]
+async fn unacked_bytes_are_a_window_that_acks_open() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra.extend([
+            "--max-frame-bytes".into(),
+            "4096".into(),
+            "--unacked-bytes".into(),
+            "65536".into(),
+        ]);
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(1).ws_user("bob"))
+        .await
+        .manual_ack();
+    let pad = "x".repeat(1000);
+    let mut ledger = Ledger::default();
+    let mut refs = Vec::new();
+    for i in 0..200 {
+        refs.push(alice.send_to("bob", json!({ "n": i, "pad": pad })).await);
+        ledger.sent += 1;
+    }
+    for r in refs {
+        let ack = alice.expect_ack(&r).await;
+        ledger.ack(&ack);
+    }
+    assert_eq!(ledger.rejected, 0, "{}", ledger.summary());
+    // Only about 64 KiB went to bob live while he did not ack: the rest waited in his queue
+    // until their senders stopped waiting (2 s) and stored them (inbox copies cost the node
+    // nothing: they stay in Redis until acked).
+    let frame_bytes = 1100;
+    assert!(
+        !ledger.delivered.is_empty() && ledger.delivered.len() <= 65536 / frame_bytes + 2,
+        "{} messages delivered live before any ack (budget 64 KiB, ~{frame_bytes} B each): {}",
+        ledger.delivered.len(),
+        ledger.summary()
+    );
+    let first = bob.frames_until_pong().await;
+    // He acks: the window opens, and the rest comes (some through the inbox, stored while
+    // their senders waited), each once.
+    let mut all = first.clone();
+    let mut acked: HashSet<String> = HashSet::new();
+    let want: HashSet<String> = ledger.delivered.union(&ledger.stored).cloned().collect();
+    let deadline = tokio::time::Instant::now() + patience();
+    loop {
+        let ids: Vec<String> = all
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .filter_map(|f| f["id"].as_str().map(str::to_owned))
+            .collect();
+        for id in ids {
+            if acked.insert(id.clone()) {
+                bob.send_json(json!({"type":"ack","id":id})).await;
+            }
+        }
+        if want.iter().all(|id| acked.contains(id)) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        all.extend(bob.frames_until_pong().await);
+    }
+    ledger.connection(&all);
+    eprintln!("window: {}", ledger.summary());
+    assert_eq!(ledger.lost(), 0, "{}", ledger.summary());
+    assert_eq!(ledger.duplicates(), 0, "{}", ledger.summary());
+}

@@ -99,8 +99,8 @@ impl Ledger {
     }
 
     /// A live message was written: remembered as recent, and kept as unacked until the client
-    /// acks it. It is always kept; `Err` says the ledger is now over its budget (the client does
-    /// not ack what it is sent) and the connection should close as a slow consumer.
+    /// acks it. It is always kept; `Err` says the ledger is now over its budget: the session
+    /// writes nothing more until acks bring it under (see [`Ledger::over_budget`]).
     pub fn wrote_live(&mut self, entry: Unacked) -> Result<(), OverBudget> {
         let from = entry.source.as_ref().map(|s| s.from.clone());
         self.remember(entry.id.clone(), from);
@@ -111,6 +111,12 @@ impl Ledger {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether the unacked messages are over the budget: nothing more is written until acks
+    /// bring them under it.
+    pub fn over_budget(&self) -> bool {
+        self.unacked_bytes > self.max_bytes
     }
 
     /// The client acked `id`.

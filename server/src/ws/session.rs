@@ -156,7 +156,9 @@ impl Session {
                         break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
                     }
                     _ = &mut evicted => break 'session Box::pin(self.write_failed(WriteError::Evicted)).await,
-                    mail = mailbox.recv() => match mail {
+                    // A client with too much unacked gets nothing more until it acks (its queue
+                    // fills meanwhile, and a full queue closes it as a slow consumer).
+                    mail = mailbox.recv_gated(!self.ledger.over_budget()) => match mail {
                         Mail::Control(Control::Reconnect { url, reason: why }) => {
                             let _ = self.send(frame::reconnect(&url, &why)).await;
                             break 'session End::Close(reason(close::GOING_AWAY, &why));
@@ -215,7 +217,7 @@ impl Session {
     ) -> Result<(), WriteError> {
         let mut result = fed;
         let mut budget = MAX_BATCH;
-        while result.is_ok() && budget > 0 {
+        while result.is_ok() && budget > 0 && !self.ledger.over_budget() {
             match mailbox.try_message() {
                 Some(out) => result = self.feed_message(out).await,
                 None => break,
@@ -581,10 +583,9 @@ impl Session {
                 .wrote_live(Unacked { id, frame, source })
                 .is_err()
             {
-                // The client takes messages but does not ack them: close it as a slow consumer;
-                // everything it has not acked goes to the inbox.
-                tracing::warn!(user = %self.user, conn_id = %self.conn, "unacked messages over their budget (--unacked-bytes)");
-                return Err(WriteError::Evicted);
+                // The client has this much unacked: nothing more is written to it until it
+                // acks (the loop takes no messages meanwhile).
+                tracing::debug!(user = %self.user, conn_id = %self.conn, "unacked messages over their budget (--unacked-bytes); waiting for acks");
             }
         }
         result
