@@ -155,7 +155,7 @@ impl Node {
         let peers = Arc::new(PeerPool::new(
             node.clone(),
             nodes.reader().clone(),
-            config.mesh_secret.clone(),
+            config.mesh_secret.as_deref().map(str::to_owned),
             tls.as_ref().map(|t| t.client.clone()),
             limits.mesh_batch,
             limits.mesh_timeout,
@@ -220,9 +220,11 @@ impl Node {
                 "--dev-auth is ON: anyone can connect as any user with ?user=ID. Never use this in production."
             );
         }
-        if state.config.mesh_secret.is_none() {
+        let mesh_mtls = state.config.grpc_tls.as_ref().is_some_and(|t| t.mesh_mtls);
+        if state.config.mesh_secret.is_none() && !mesh_mtls {
+            // Only with --insecure-mesh or --dev-auth: the configuration refuses it otherwise.
             tracing::warn!(
-                "no --mesh-secret: the mesh accepts forwarded messages from anyone who can reach {grpc_addr}"
+                "no --mesh-secret and no --mesh-mtls: the mesh accepts forwarded messages and drains from anyone who can reach {grpc_addr}"
             );
         }
 
@@ -262,7 +264,7 @@ impl Node {
         // gRPC: the mesh and the public Router API on one listener.
         let mesh = MeshService {
             sessions: state.sessions.clone(),
-            secret: state.config.mesh_secret.clone(),
+            secret: state.config.mesh_secret.as_deref().map(str::to_owned),
             write_deadline: limits.write_wait,
             node: state.node.clone(),
             drain: state.drain_requested.clone(),
