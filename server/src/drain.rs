@@ -44,7 +44,14 @@ impl Node {
         {
             tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
         }
-        match state.nodes.remove_node(&state.node).await {
+        // A node that never took its id's lease owns no routes under it (another live process
+        // may): nothing to remove.
+        let removed = if state.nodes.claimed() {
+            state.nodes.remove_node(&state.node).await
+        } else {
+            Ok(Vec::new())
+        };
+        match removed {
             Ok(users) => {
                 if let Err(e) = state.routes.publish_invalidations(&users).await {
                     tracing::debug!(error = %e, "cannot announce the removed routes");
@@ -83,6 +90,7 @@ async fn hand_over(state: &NodeState) {
                 None
             }
         };
+        let mut gone = 0usize;
         for (conn, _) in wave {
             let ctl = match &target {
                 Some(url) => Control::Reconnect {
@@ -94,8 +102,12 @@ async fn hand_over(state: &NodeState) {
                     reason: "node stopping".into(),
                 },
             };
-            state.sessions.control(conn, ctl);
+            // Lands however many instructions wait (see `Mailbox::control`); false only for
+            // a connection that closed meanwhile.
+            if !state.sessions.control(conn, ctl) {
+                gone += 1;
+            }
         }
-        tracing::info!(wave = i + 1, clients = wave.len(), "drain wave sent");
+        tracing::info!(wave = i + 1, clients = wave.len(), gone, "drain wave sent");
     }
 }
