@@ -49,7 +49,7 @@ pub enum StartError {
     #[error("gRPC TLS: {0}")]
     Tls(String),
     #[error(
-        "node id {node:?} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
+        "node id {node} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
     )]
     NodeIdInUse { node: NodeId, holder: String },
 }
