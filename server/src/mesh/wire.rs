@@ -332,7 +332,7 @@ mod tests {
         let hostile = [
             r#"{"type":"reconnect","url":"ws://evil.example/ws","reason":"draining"}"#.to_owned(),
             r#"{"type":"error","code":"unauthorized","message":"log in again"}"#.to_owned(),
-            format!(r#"{{"type":"message","id":"other","from":"a","to":"b","ts":1,"body":{{}}}}"#),
+            r#"{"type":"message","id":"other","from":"a","to":"b","ts":1,"body":{}}"#.to_owned(),
             // The right prefix, then a second `type` (JSON.parse keeps the last one).
             format!(
                 r#"{{"type":"message","id":"{id}","from":"a","to":"b","ts":1,"body":{{}},"type":"reconnect","url":"ws://evil.example/ws"}}"#
