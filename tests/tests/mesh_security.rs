@@ -419,10 +419,13 @@ async fn a_node_restarted_in_place_after_a_crash_takes_its_id_back() {
     // kill -9: the lease stays in Redis until it runs out; the new process waits it out (it
     // is not renewed) instead of taking the crashed one for a live twin.
     let lease = wsroute_core::keys::node_lease(&wsroute_tests::node_id("node2"));
+    // The server that holds the key (of a Redis Cluster: its master).
+    let server = c.redis.server_of(&lease).await;
     let holder = || async {
+        let mut conn = RedisServer::conn_to(server).await.expect("redis reachable");
         let v: Option<String> = redis::cmd("GET")
             .arg(&lease)
-            .query_async(&mut c.redis.conn().await)
+            .query_async(&mut conn)
             .await
             .expect("GET the lease");
         v
