@@ -7,6 +7,9 @@
 #
 # Nodes: node1..3 on ws://127.0.0.1:8081..8083/ws and gRPC 127.0.0.1:50051..50053.
 # Redis: 127.0.0.1:6399. Logs: .local/logs/. Dev auth is on (connect with ?user=NAME).
+# Secrets: .local/secrets/ (jwt-secret, api-key, mesh-secret; random, made on the first run),
+# handed to the nodes as files (--*-file), so that `ps` shows none of them. A WSROUTE_API_KEY
+# (or WSROUTE_JWT_SECRET, WSROUTE_MESH_SECRET) in the environment is written there instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +43,26 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
 pids+=($!)
 export WSROUTE_REDIS_URL="redis://127.0.0.1:$redis_port"
 export WSROUTE_DEV_AUTH=1
-export WSROUTE_API_KEY="${WSROUTE_API_KEY:-dev-api-key}"
-export WSROUTE_MESH_SECRET="${WSROUTE_MESH_SECRET:-dev-mesh-secret}"
+
+# One file per secret, readable by this user only.
+secrets="$PWD/.local/secrets"
+mkdir -p "$secrets"
+chmod 700 "$secrets"
+secret_file() { # NAME ENV_VAR: the file for the secret, from $ENV_VAR or made up once
+  local file="$secrets/$1" given="${!2:-}"
+  if [ -n "$given" ]; then
+    (umask 077 && printf '%s\n' "$given" >"$file")
+  elif [ ! -s "$file" ]; then
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$file" && echo >>"$file")
+  fi
+  echo "$file"
+}
+WSROUTE_JWT_SECRET_FILE="$(secret_file jwt-secret WSROUTE_JWT_SECRET)"
+WSROUTE_API_KEY_FILE="$(secret_file api-key WSROUTE_API_KEY)"
+WSROUTE_MESH_SECRET_FILE="$(secret_file mesh-secret WSROUTE_MESH_SECRET)"
+# A secret and its file together is an error: only the files go to the nodes.
+unset WSROUTE_JWT_SECRET WSROUTE_API_KEY WSROUTE_MESH_SECRET
+export WSROUTE_JWT_SECRET_FILE WSROUTE_API_KEY_FILE WSROUTE_MESH_SECRET_FILE
 for i in 1 2 3; do
   "$bin/wsroute-server" --node-id "node$i" \
     --ws-listen "127.0.0.1:808$i" --grpc-listen "127.0.0.1:5005$i" \
@@ -67,7 +88,8 @@ wsroute is up: 3 nodes, dev auth on.
   node1  ws://127.0.0.1:8081/ws   gRPC 127.0.0.1:50051
   node2  ws://127.0.0.1:8082/ws   gRPC 127.0.0.1:50052
   node3  ws://127.0.0.1:8083/ws   gRPC 127.0.0.1:50053
-  redis  $WSROUTE_REDIS_URL   (API key: $WSROUTE_API_KEY)
+  redis  $WSROUTE_REDIS_URL
+  secrets $secrets/ (jwt-secret, api-key, mesh-secret)
 
 Try it in a browser: http://127.0.0.1:8081/?user=alice and http://127.0.0.1:8082/?user=bob
 
@@ -79,6 +101,8 @@ Or in two more terminals:
 Look around:
   WSROUTE_REDIS_URL=$WSROUTE_REDIS_URL $bin/router-cli nodes list
   WSROUTE_REDIS_URL=$WSROUTE_REDIS_URL $bin/router-cli routes get bob
+  WSROUTE_REDIS_URL=$WSROUTE_REDIS_URL $bin/router-cli send bob '{"text":"hi"}' --api-key-file $WSROUTE_API_KEY_FILE
+  WSROUTE_REDIS_URL=$WSROUTE_REDIS_URL $bin/router-cli stats node1 --mesh-secret-file $WSROUTE_MESH_SECRET_FILE
 
 Logs in .local/logs/. Ctrl-C to stop.
 TXT

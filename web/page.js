@@ -11,6 +11,13 @@ $("user").value = query.get("user") || "";
 $("to").value = query.get("to") || "";
 $("url").value = sameHostUrl();
 
+// The cluster's nodes when the page was served (the node fills them in): a drain's `reconnect`
+// is followed to these, to this host, or to the server typed in, and nowhere else.
+function clusterNodes() {
+  const meta = document.querySelector('meta[name="wsroute-nodes"]');
+  return (meta?.content || "").split(" ").filter(Boolean);
+}
+
 function showState(state, text) {
   $("state").dataset.state = state;
   $("state").textContent = text;
@@ -53,6 +60,7 @@ function start(event) {
   }
   client?.close();
   client = connect($("url").value.trim() || sameHostUrl(), {
+    nodes: clusterNodes(),
     user: token ? undefined : user,
     token: token || undefined,
     device: $("device").value.trim() || undefined,

@@ -13,6 +13,12 @@
 // sends them again), drops copies of a message id it has already seen, pings every
 // `heartbeat_ms` from `hello` and reconnects when the server goes silent, follows `reconnect`
 // frames (a draining node) to the url given, and reconnects with back-off after any other close.
+//
+// A `reconnect` is followed only to a node this client trusts with its token: one on the host
+// it was given (the `url`), on this page's own host, or listed in `options.nodes` (URLs or
+// `ws(s)://host:port` origins); never from `wss:` to `ws:`. Any other target is not followed
+// (`onError` says so) and the client reconnects to its own `url` with back-off instead, so a
+// forged or mistaken frame cannot send the token to another host.
 
 const DEFAULTS = {
   ackTimeoutMs: 10000, // the server answers every send within 8 s; past this the send fails
@@ -35,7 +41,8 @@ export function connect(url, options = {}) {
 export class WsRouteClient {
   /**
    * url: ws://host:port/ws (default: this page's host). options: user (dev auth) or token,
-   * device, and callbacks onMessage(msg), onHello(hello), onState(state, detail), onError(err).
+   * device, nodes (where a `reconnect` may send it besides `url`'s host and this page's host),
+   * and callbacks onMessage(msg), onHello(hello), onState(state, detail), onError(err).
    * state is "connecting" | "open" | "closed" (will retry) | "stopped" (after close()).
    */
   constructor(url, options = {}) {
@@ -172,13 +179,38 @@ export class WsRouteClient {
         break;
       }
       case "reconnect":
-        this._redirect = f.url; // the server closes next; _onClose connects there at once
+        // The server closes next; _onClose connects there at once, if it is a trusted node.
+        if (this._trusted(f.url)) this._redirect = f.url;
+        else this._emitError(new Error(`wsroute: not following a reconnect to ${f.url}: not this client's server, this page's host or one of its nodes`));
         break;
       case "pong":
         break;
       default:
         break; // newer servers may send more types
     }
+  }
+
+  /** Whether `url` is a node this client may send its token to (see the file's header). */
+  _trusted(url) {
+    let target;
+    try {
+      target = new URL(url);
+    } catch {
+      return false;
+    }
+    if (target.protocol !== "ws:" && target.protocol !== "wss:") return false;
+    const base = new URL(this.baseUrl);
+    if (base.protocol === "wss:" && target.protocol !== "wss:") return false; // no downgrade
+    const trusted = [base.host];
+    if (globalThis.location?.host) trusted.push(globalThis.location.host);
+    for (const n of this.options.nodes || []) {
+      try {
+        trusted.push(new URL(n).host);
+      } catch {
+        // not a URL: trusts nothing
+      }
+    }
+    return trusted.includes(target.host);
   }
 
   _onClose(ws, ev) {

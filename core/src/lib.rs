@@ -10,7 +10,8 @@
 //!   staged multi-slot writes, pub/sub subscriptions) and [`db::DbError`], the error of every
 //!   Redis call;
 //! - the read side of what the nodes keep in Redis: `routes` (a user's routes, a node's index),
-//!   `nodes` (the node list, a node's record and mesh endpoint), `inbox` (what waits for a user).
+//!   `nodes` (the node list, a node's record and mesh endpoint), `inbox` (what waits for a user);
+//! - `secret`: secrets read from files, shared by the node and router-cli (no Redis in it).
 
 pub mod clock;
 pub mod db;
@@ -20,3 +21,4 @@ pub mod keys;
 pub mod nodes;
 pub mod observe;
 pub mod routes;
+pub mod secret;

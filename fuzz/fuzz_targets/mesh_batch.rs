@@ -1,6 +1,7 @@
 //! Fuzzes what a peer can send over the mesh: any bytes as a `ForwardBatch`. Decoding and turning
 //! each item into a message must never panic, and an accepted envelope must make a valid frame
-//! (a passed-through frame is only checked to be UTF-8 and its id valid).
+//! (a passed-through frame is checked to be exactly a `message` frame for the item's id, so an
+//! accepted one is valid JSON of type `message` with no key twice).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,7 +25,14 @@ fuzz_target!(|data: &[u8]| {
             // Whatever the item, rebuilding an envelope for an older peer and turning it into a
             // message must not panic.
             let _ = wire::legacy_item(item.clone());
-            let _ = wire::from_item(&mut item);
+            let notice = item.notice;
+            if let Ok(msg) = wire::from_item(&mut item)
+                && !notice
+            {
+                assert!(wsroute_server::envelope::is_valid_json(&msg.frame));
+                let head = format!(r#"{{"type":"message","id":"{}","#, msg.id.as_str());
+                assert!(msg.frame.starts_with(&head), "{}", &*msg.frame);
+            }
         }
     }
     // Route-table entries and events come from Redis, which a peer can write to as well.

@@ -22,6 +22,21 @@ pub struct MeshAuth {
     /// The cluster's mesh secret
     #[arg(long, env = "WSROUTE_MESH_SECRET", hide_env_values = true)]
     pub mesh_secret: Option<String>,
+    /// File holding the mesh secret (one trailing newline trimmed), to keep it out of `ps`
+    #[arg(long, env = "WSROUTE_MESH_SECRET_FILE")]
+    pub mesh_secret_file: Option<std::path::PathBuf>,
+}
+
+impl MeshAuth {
+    /// The secret from the flag (or env) or its file; both, or an unreadable or empty file, is
+    /// an error.
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        Ok(wsroute_core::secret::secret_or_file(
+            "mesh-secret",
+            self.mesh_secret.clone(),
+            self.mesh_secret_file.as_deref(),
+        )?)
+    }
 }
 
 /// An open channel to one node's Mesh service.
@@ -57,7 +72,7 @@ impl NodeLink {
         tls: &GrpcTlsArgs,
         auth: &MeshAuth,
     ) -> anyhow::Result<Self> {
-        let bearer = match &auth.mesh_secret {
+        let bearer = match &auth.secret()? {
             Some(secret) => Some(
                 format!("Bearer {secret}")
                     .parse()

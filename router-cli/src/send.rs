@@ -23,6 +23,9 @@ pub struct SendArgs {
     /// The cluster's API key
     #[arg(long, env = "WSROUTE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// File holding the API key (one trailing newline trimmed), to keep it out of `ps`
+    #[arg(long, env = "WSROUTE_API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
 }
 
 pub async fn send(
@@ -35,9 +38,22 @@ pub async fn send(
         eprintln!("router-cli: BODY_JSON is not valid JSON: {e}");
         return Ok(ExitCode::from(2));
     }
-    let Some(api_key) = args.api_key else {
-        eprintln!("router-cli: send needs the API key: --api-key or WSROUTE_API_KEY");
-        return Ok(ExitCode::from(2));
+    let api_key = match wsroute_core::secret::secret_or_file(
+        "api-key",
+        args.api_key,
+        args.api_key_file.as_deref(),
+    ) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            eprintln!(
+                "router-cli: send needs the API key: --api-key-file (WSROUTE_API_KEY_FILE) or --api-key (WSROUTE_API_KEY)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!("router-cli: {e}");
+            return Ok(ExitCode::from(2));
+        }
     };
     let nodes = table.list_nodes().await.context("reading the node list")?;
     let node = nodes

@@ -128,6 +128,21 @@ pub struct Args {
     /// Mutual TLS for the mesh: Mesh calls must present a certificate signed by --grpc-tls-ca
     #[arg(long, env = "WSROUTE_MESH_MTLS", value_parser = clap::builder::FalseyValueParser::new())]
     pub mesh_mtls: bool,
+    /// File holding the HS256 secret (one trailing newline trimmed): keeps it out of the process's
+    /// arguments and environment
+    #[arg(long, env = "WSROUTE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// File holding the API key (one trailing newline trimmed)
+    #[arg(long, env = "WSROUTE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// File holding the mesh secret (one trailing newline trimmed)
+    #[arg(long, env = "WSROUTE_MESH_SECRET_FILE")]
+    pub mesh_secret_file: Option<PathBuf>,
+    /// Run the mesh with neither --mesh-secret nor --mesh-mtls: anyone who reaches the gRPC port
+    /// can then forward messages to this node's clients and drain it. Without this (or
+    /// --dev-auth) such a node refuses to start
+    #[arg(long, env = "WSROUTE_INSECURE_MESH", value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure_mesh: bool,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -166,6 +181,10 @@ struct FileConfig {
     grpc_tls_key: Option<PathBuf>,
     grpc_tls_ca: Option<PathBuf>,
     mesh_mtls: Option<bool>,
+    jwt_secret_file: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
+    mesh_secret_file: Option<PathBuf>,
+    insecure_mesh: Option<bool>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -178,12 +197,13 @@ pub struct Config {
     pub advertise_grpc: Option<String>,
     /// `None` means "derive from the bound WebSocket address".
     pub public_url: Option<String>,
-    pub redis_url: String,
-    pub jwt_secret: Option<String>,
+    /// May carry the Redis password, which its `Debug` hides.
+    pub redis_url: RedisUrl,
+    pub jwt_secret: Option<Secret>,
     /// Public keys and checks for RS*/ES* tokens, and claims checks for every token.
     pub jwt: JwtOptions,
-    pub api_key: Option<String>,
-    pub mesh_secret: Option<String>,
+    pub api_key: Option<Secret>,
+    pub mesh_secret: Option<Secret>,
     pub max_frame_bytes: usize,
     pub dev_auth: bool,
     pub fanout: Fanout,
@@ -194,6 +214,59 @@ pub struct Config {
     /// TLS on the gRPC listener and for dialling peers; `None` is plaintext.
     pub grpc_tls: Option<GrpcTls>,
     pub limits: Limits,
+}
+
+/// A secret from the configuration: reads as a `str`, prints as `[redacted]`, so that logging a
+/// [`Config`] (or anything holding one) never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The `--redis-url`: reads as a `str`; prints with the password of its user-info (if any)
+/// replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl std::ops::Deref for RedisUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return f.write_str("[unreadable url]");
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or_default();
+                write!(f, "\"{scheme}://{user}:***{}\"", &rest[at..])
+            }
+            None => write!(f, "{url:?}"),
+        }
+    }
 }
 
 /// Certificates for the gRPC listener and the mesh.
@@ -332,6 +405,14 @@ pub enum ConfigError {
     MtlsNeedsCa,
     #[error("--{0} must be between {1} and {2}, got {3}")]
     OutOfRange(&'static str, u64, u64, u64),
+    #[error(transparent)]
+    SecretFile(#[from] wsroute_core::secret::SecretError),
+    #[error(
+        "the mesh is not protected: set --mesh-secret (or --mesh-secret-file, WSROUTE_MESH_SECRET_FILE) or --mesh-mtls; \
+         --insecure-mesh (WSROUTE_INSECURE_MESH=1) runs it open, so that anyone who reaches the gRPC port can \
+         forward messages to this node's clients and drain it"
+    )]
+    OpenMesh,
 }
 
 impl Config {
@@ -388,9 +469,21 @@ impl Config {
             return Err(ConfigError::RedisUrl(start));
         }
 
-        let jwt_secret = args.jwt_secret.or(file.jwt_secret);
-        let api_key = args.api_key.or(file.api_key);
-        let mesh_secret = args.mesh_secret.or(file.mesh_secret);
+        let jwt_secret = secret(
+            "jwt-secret",
+            (args.jwt_secret, args.jwt_secret_file),
+            (file.jwt_secret, file.jwt_secret_file),
+        )?;
+        let api_key = secret(
+            "api-key",
+            (args.api_key, args.api_key_file),
+            (file.api_key, file.api_key_file),
+        )?;
+        let mesh_secret = secret(
+            "mesh-secret",
+            (args.mesh_secret, args.mesh_secret_file),
+            (file.mesh_secret, file.mesh_secret_file),
+        )?;
         for (name, value) in [
             ("jwt-secret", &jwt_secret),
             ("api-key", &api_key),
@@ -400,6 +493,11 @@ impl Config {
                 return Err(ConfigError::EmptySecret(name));
             }
         }
+        let (jwt_secret, api_key, mesh_secret) = (
+            jwt_secret.map(Secret),
+            api_key.map(Secret),
+            mesh_secret.map(Secret),
+        );
         let dev_auth = args.dev_auth || file.dev_auth.unwrap_or(false);
         let jwt = JwtOptions {
             public_key: args.jwt_public_key.or(file.jwt_public_key),
@@ -532,6 +630,10 @@ impl Config {
         if mesh_mtls && grpc_tls.as_ref().is_none_or(|t| t.ca.is_none()) {
             return Err(ConfigError::MtlsNeedsCa);
         }
+        let insecure_mesh = args.insecure_mesh || file.insecure_mesh.unwrap_or(false);
+        if mesh_secret.is_none() && !mesh_mtls && !dev_auth && !insecure_mesh {
+            return Err(ConfigError::OpenMesh);
+        }
 
         Ok(Self {
             node_id,
@@ -546,7 +648,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 50051))),
             advertise_grpc: args.advertise_grpc.or(file.advertise_grpc),
             public_url: args.public_url.or(file.public_url),
-            redis_url,
+            redis_url: RedisUrl(redis_url),
             jwt_secret,
             jwt,
             api_key,
@@ -566,6 +668,20 @@ impl Config {
             limits,
         })
     }
+}
+
+/// One secret from its flag (or env) or its `-file` flag, else from the TOML file's key or its
+/// `_file` key: the command line wins over the file, and both forms at one level is an error.
+fn secret(
+    flag: &'static str,
+    (arg, arg_file): (Option<String>, Option<PathBuf>),
+    (toml, toml_file): (Option<String>, Option<PathBuf>),
+) -> Result<Option<String>, ConfigError> {
+    use wsroute_core::secret::secret_or_file;
+    Ok(match secret_or_file(flag, arg, arg_file.as_deref())? {
+        Some(v) => Some(v),
+        None => secret_or_file(flag, toml, toml_file.as_deref())?,
+    })
 }
 
 /// `host:port` for other nodes to dial, from a bound address: an unspecified IP (0.0.0.0)
@@ -616,7 +732,7 @@ mod tests {
         let c = Config::resolve(args(&["--node-id", "n1", "--dev-auth"])).expect("valid");
         assert_eq!(c.ws_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.grpc_listen.to_string(), "0.0.0.0:50051");
-        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(&*c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.max_frame_bytes, 65536);
         assert_eq!(c.http_workers, 1);
     }
@@ -652,7 +768,7 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "node_id = \"from-file\"\njwt_secret = \"s\"\nmax_frame_bytes = 1024\n",
+            "node_id = \"from-file\"\njwt_secret = \"s\"\nmesh_secret = \"m\"\nmax_frame_bytes = 1024\n",
         )
         .expect("write");
         let c = Config::resolve(args(&[
@@ -665,6 +781,103 @@ mod tests {
         assert_eq!(c.node_id.as_str(), "from-file");
         assert_eq!(c.max_frame_bytes, 2048);
         assert_eq!(c.jwt_secret.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn the_mesh_is_closed_unless_opened_on_purpose() {
+        let jwt = ["--node-id", "n", "--jwt-secret", "j"];
+        let err = Config::resolve(args(&jwt)).expect_err("no mesh secret");
+        assert!(matches!(err, ConfigError::OpenMesh), "{err}");
+        for flag in ["--mesh-secret", "--mesh-secret-file"] {
+            assert!(err.to_string().contains(flag), "{err}");
+        }
+        assert!(err.to_string().contains("--insecure-mesh"), "{err}");
+        for open in [
+            &["--insecure-mesh"][..],
+            &["--dev-auth"],
+            &["--mesh-secret", "m"],
+        ] {
+            let mut list = jwt.to_vec();
+            list.extend_from_slice(open);
+            Config::resolve(args(&list)).expect("starts");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("wsroute-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write");
+            p.to_str().expect("utf8").to_owned()
+        };
+        let (jwt, key, mesh) = (
+            write("jwt", "jwt-from-file\n"),
+            write("key", "key-from-file\n"),
+            write("mesh", "mesh-from-file"),
+        );
+        let c = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--jwt-secret-file",
+            &jwt,
+            "--api-key-file",
+            &key,
+            "--mesh-secret-file",
+            &mesh,
+            "--redis-url",
+            "redis://:redis-pass@r:6379/0",
+        ]))
+        .expect("valid");
+        assert_eq!(c.jwt_secret.as_deref(), Some("jwt-from-file"));
+        assert_eq!(c.api_key.as_deref(), Some("key-from-file"));
+        assert_eq!(c.mesh_secret.as_deref(), Some("mesh-from-file"));
+        let printed = format!("{c:?}");
+        for secret in [
+            "jwt-from-file",
+            "key-from-file",
+            "mesh-from-file",
+            "redis-pass",
+        ] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("redis://:***@r:6379/0"), "{printed}");
+
+        let err = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--api-key",
+            "k",
+            "--api-key-file",
+            &key,
+        ]))
+        .expect_err("both");
+        assert!(
+            err.to_string().contains("--api-key and --api-key-file"),
+            "{err}"
+        );
+        let empty = write("empty", "\n");
+        let err = Config::resolve(args(&[
+            "--node-id",
+            "n",
+            "--dev-auth",
+            "--mesh-secret-file",
+            &empty,
+        ]))
+        .expect_err("empty");
+        assert!(err.to_string().contains(&empty), "{err}");
+
+        // The TOML file may name the files too; the command line wins over it.
+        let toml = write(
+            "node.toml",
+            &format!("node_id = \"t\"\njwt_secret_file = {jwt:?}\nmesh_secret_file = {mesh:?}\n"),
+        );
+        let c =
+            Config::resolve(args(&["--config", &toml, "--mesh-secret", "flag"])).expect("valid");
+        assert_eq!(c.jwt_secret.as_deref(), Some("jwt-from-file"));
+        assert_eq!(c.mesh_secret.as_deref(), Some("flag"));
     }
 
     #[test]

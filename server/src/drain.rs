@@ -38,7 +38,14 @@ impl Node {
         {
             tracing::warn!("some tasks did not finish within 10 s; stopping anyway");
         }
-        match state.nodes.remove_node(&state.node).await {
+        // A node that never took its id's lease owns no routes under it (another live process
+        // may): nothing to remove.
+        let removed = if state.nodes.claimed() {
+            state.nodes.remove_node(&state.node).await
+        } else {
+            Ok(Vec::new())
+        };
+        match removed {
             Ok(users) => {
                 if let Err(e) = state.routes.publish_invalidations(&users).await {
                     tracing::debug!(error = %e, "cannot announce the removed routes");

@@ -211,7 +211,7 @@ impl Metrics {
         .expect("valid metric");
         let mesh_items_received = counter_vec(
             "wsroute_mesh_items_received_total",
-            "Items received from peer nodes, by form (frame or envelope: a message; notice: a receipt)",
+            "Items received from peer nodes, by form (frame or envelope: a message; notice: a receipt; refused: a frame that is not a message, or a notice that is not a receipt, kept from the clients)",
             &["form"],
         );
         let route_events = counter_vec(

@@ -21,14 +21,14 @@ use crate::config::{Config, dialable};
 use crate::delivery::Delivery;
 use crate::envelope::now_ms;
 use crate::fanout::{Broadcast, Fanout};
-use crate::ids::IdGen;
+use crate::ids::{IdGen, NodeId};
 use crate::inbox::Inbox;
 use crate::mesh::client::PeerPool;
 use crate::mesh::server::MeshService;
 use crate::metrics::Metrics;
 use crate::route::cache::RouteCache;
 use crate::route::events;
-use crate::route::membership::Membership;
+use crate::route::membership::{Claim, Membership};
 use crate::route::table::RouteTable;
 use crate::sessions::Sessions;
 use crate::state::NodeState;
@@ -48,6 +48,10 @@ pub enum StartError {
     Keys(#[source] crate::ws::auth::KeyError),
     #[error("gRPC TLS: {0}")]
     Tls(String),
+    #[error(
+        "node id {node} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
+    )]
+    NodeIdInUse { node: NodeId, holder: String },
 }
 
 /// A running node: its bound addresses and the handles needed to stop it.
@@ -137,6 +141,18 @@ impl Node {
             limits.lease_ttl,
             metrics.clone(),
         );
+        // The node id's lease before anything else: a second process under a live node's id
+        // refuses to start here rather than wipe that node's routes. With Redis unreachable
+        // now, the lease loop takes it (and writes nothing under the id until it has).
+        match nodes.claim_lease(limits.heartbeat_interval).await {
+            Ok(Claim::Taken) => {}
+            Ok(Claim::HeldByLive { holder }) => {
+                return Err(StartError::NodeIdInUse { node, holder });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take this node id's lease yet (Redis); will keep trying")
+            }
+        }
         let sessions = Arc::new(Sessions::default());
         let cache = Arc::new(RouteCache::new(metrics.clone()));
         let inbox = Inbox::new(
@@ -155,7 +171,7 @@ impl Node {
         let peers = Arc::new(PeerPool::new(
             node.clone(),
             nodes.reader().clone(),
-            config.mesh_secret.clone(),
+            config.mesh_secret.as_deref().map(str::to_owned),
             tls.as_ref().map(|t| t.client.clone()),
             limits.mesh_batch,
             limits.mesh_timeout,
@@ -223,9 +239,11 @@ impl Node {
                 "--dev-auth is ON: anyone can connect as any user with ?user=ID. Never use this in production."
             );
         }
-        if state.config.mesh_secret.is_none() {
+        let mesh_mtls = state.config.grpc_tls.as_ref().is_some_and(|t| t.mesh_mtls);
+        if state.config.mesh_secret.is_none() && !mesh_mtls {
+            // Only with --insecure-mesh or --dev-auth: the configuration refuses it otherwise.
             tracing::warn!(
-                "no --mesh-secret: the mesh accepts forwarded messages from anyone who can reach {grpc_addr}"
+                "no --mesh-secret and no --mesh-mtls: the mesh accepts forwarded messages and drains from anyone who can reach {grpc_addr}"
             );
         }
 
@@ -268,7 +286,7 @@ impl Node {
         // gRPC: the mesh and the public Router API on one listener.
         let mesh = MeshService {
             sessions: state.sessions.clone(),
-            secret: state.config.mesh_secret.clone(),
+            secret: state.config.mesh_secret.as_deref().map(str::to_owned),
             write_deadline: limits.write_wait,
             node: state.node.clone(),
             drain: state.drain_requested.clone(),

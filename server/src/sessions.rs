@@ -68,8 +68,6 @@ pub struct SessionHandle {
     pub evict: CancellationToken,
 }
 
-/// Control instructions that may wait for one session; more means one is already pending.
-const CONTROL_MAX: usize = 4;
 /// A drained queue that grew past this many slots gives its memory back.
 const SHRINK_ABOVE: usize = 64;
 
@@ -141,12 +139,30 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Queues an instruction; false if the session is gone or already has enough pending.
+    /// Queues an instruction; false only if the session is gone. At most one of each kind
+    /// waits, so the queue stays bounded without refusing anything: a second `InboxChanged` is
+    /// already covered by the pending one (the session fetches everything it has not had), and
+    /// a `Reconnect` or `Close` replaces a pending one (the latest word on where the client
+    /// goes), so a drain's instruction always lands however busy the session is.
     fn control(&self, msg: Control) -> bool {
         {
             let mut slots = self.slots();
-            if slots.closed || slots.control.len() >= CONTROL_MAX {
+            if slots.closed {
                 return false;
+            }
+            match msg {
+                Control::InboxChanged => {
+                    if slots
+                        .control
+                        .iter()
+                        .any(|c| matches!(c, Control::InboxChanged))
+                    {
+                        return true;
+                    }
+                }
+                Control::Reconnect { .. } | Control::Close { .. } => {
+                    slots.control.retain(|c| matches!(c, Control::InboxChanged));
+                }
             }
             slots.control.push_back(msg);
         }
@@ -297,7 +313,7 @@ impl Sessions {
         })
     }
 
-    /// Sends an instruction to one connection; false if it is gone or already has one pending.
+    /// Sends an instruction to one connection; false if it is gone.
     pub fn control(&self, conn: &ConnId, msg: Control) -> bool {
         match self.by_conn.get(conn) {
             Some(h) => h.mailbox.control(msg),
@@ -391,10 +407,6 @@ pub(crate) mod tests {
         // A wake-up sent before anyone waits is not lost.
         assert_eq!(m.push(msg()), Ok(()));
         assert!(matches!(m.recv().await, Mail::Message(_)));
-        for _ in 0..CONTROL_MAX {
-            assert!(m.control(Control::InboxChanged));
-        }
-        assert!(!m.control(Control::InboxChanged), "bounded");
         assert_eq!(m.push(msg()), Ok(()));
         let (tx, rx) = oneshot::channel();
         let mut written = msg();
@@ -412,5 +424,45 @@ pub(crate) mod tests {
         );
         assert_eq!(m.push(msg()), Err(DeliverError::Gone));
         assert!(!m.control(Control::InboxChanged));
+    }
+
+    fn reconnect(url: &str) -> Control {
+        Control::Reconnect {
+            url: url.into(),
+            reason: "node draining".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_drains_reconnect_always_lands_however_many_instructions_wait() {
+        let m = Mailbox::new(2);
+        // A busy user's inbox changes many times while the session is slow to look.
+        for _ in 0..100 {
+            assert!(m.control(Control::InboxChanged));
+        }
+        assert!(m.control(reconnect("ws://a/ws")));
+        // A later wave names another node: the latest word wins, the first is not sent too.
+        assert!(m.control(reconnect("ws://b/ws")));
+        assert!(m.control(Control::InboxChanged));
+        assert!(matches!(
+            m.recv().await,
+            Mail::Control(Control::InboxChanged)
+        ));
+        match m.recv().await {
+            Mail::Control(Control::Reconnect { url, .. }) => assert_eq!(url, "ws://b/ws"),
+            other => panic!("expected the reconnect, got {other:?}"),
+        }
+        assert!(m.try_recv().is_none(), "one of each kind, no more");
+        // A close replaces a pending reconnect.
+        assert!(m.control(reconnect("ws://a/ws")));
+        assert!(m.control(Control::Close {
+            code: 1001,
+            reason: "node stopping".into()
+        }));
+        assert!(matches!(
+            m.recv().await,
+            Mail::Control(Control::Close { .. })
+        ));
+        assert!(m.try_recv().is_none());
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::route::membership::{Claim, Renewal};
 use crate::state::NodeState;
 
 /// How often a node looks for dead nodes to clean up.
@@ -19,6 +20,29 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
     // The primary moves seen when everything was last registered.
     let mut registered_on = state.nodes.primary_moves();
     loop {
+        // Nothing is written under the node id before this process holds its lease (usually
+        // taken in `Node::start` already; here when Redis was unreachable then).
+        if !state.nodes.claimed() {
+            match state.nodes.claim_lease(interval).await {
+                Ok(Claim::Taken) => {}
+                Ok(Claim::HeldByLive { holder }) => tracing::error!(
+                    node = %state.node,
+                    holder = %holder,
+                    "another live process runs with this node id; not registering until it stops (give each node its own --node-id)"
+                ),
+                Err(e) => {
+                    if first {
+                        tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
+                    }
+                }
+            }
+            if !state.nodes.claimed() {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        }
         let sent = tokio::time::Instant::now();
         let moves = state.nodes.primary_moves();
         let result = if state.in_table.load(Ordering::Acquire) && moves != registered_on {
@@ -35,8 +59,19 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
                 .renew_lease(state.sessions.len() as u64, state.is_draining())
                 .await
             {
-                Ok(true) => state.reconcile().await,
-                Ok(false) => {
+                Ok(Renewal::Renewed) => state.reconcile().await,
+                Ok(Renewal::Foreign(holder)) => {
+                    // Another process took this node id while this one's lease had run out
+                    // (Redis unreachable for longer than the lease): writing now would mix the
+                    // two processes' routes. Stop one of them.
+                    tracing::error!(
+                        node = %state.node,
+                        holder = %holder,
+                        "another process holds this node id's lease; leaving it and its routes alone"
+                    );
+                    Ok(())
+                }
+                Ok(Renewal::Gone) => {
                     tracing::warn!(
                         "this node's lease was gone (Redis lost its data, or this node was declared dead); registering again"
                     );
@@ -49,8 +84,9 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             }
         } else {
             let cleanup = if first {
-                // Routes a previous process with this node id left behind are not ours.
-                state.nodes.remove_node(&state.node).await.map(|_| ())
+                // Routes a previous process with this node id left behind are not ours (this
+                // process holds the id's lease now).
+                state.nodes.remove_leftovers().await.map(|_| ())
             } else {
                 Ok(())
             };

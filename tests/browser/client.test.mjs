@@ -96,7 +96,7 @@ test("every message is acked, a repeated id is acked again but handed over once"
 });
 
 test("a reconnect frame sends the next connection to the url given, at once", async () => {
-  const c = client();
+  const c = client({ nodes: ["ws://node2.test/ws"] });
   const ws = c.socket();
   ws.hello();
   ws.frame({ type: "reconnect", url: "ws://node2.test/ws", reason: "draining" });
@@ -140,5 +140,45 @@ test("a send fails with the reason when no connection or no ack comes in time", 
   await assert.rejects(c.send("bob", 1), /not connected within 20 ms/);
   c.socket().hello();
   await assert.rejects(c.send("bob", 2), /no ack for send r\d+ within 20 ms/);
+  c.close();
+});
+
+test("a reconnect to a host it was not given is not followed: the token stays home", async () => {
+  const errors = [];
+  const c = client({ token: "t.k.n", user: undefined, nodes: ["ws://node2.test"], onError: (e) => errors.push(e.message) });
+  const ws = c.socket();
+  ws.hello();
+  for (const url of [
+    "ws://evil.example/ws",
+    "ws://node2.test.evil.example/ws",
+    "http://node2.test/ws",
+    "javascript:alert(1)",
+    "not a url",
+  ]) {
+    ws.frame({ type: "reconnect", url, reason: "draining" });
+  }
+  assert.equal(errors.length, 5, errors.join("\n"));
+  assert.match(errors[0], /not following a reconnect to ws:\/\/evil\.example\/ws/);
+  ws.drop(1001);
+  // Not at once, and not there: back to its own server after a back-off.
+  assert.equal(c.socket(), ws);
+  await c.nextState(); // connecting
+  const next = c.socket();
+  assert.notEqual(next, ws);
+  assert.equal(next.url.host, "node1.test");
+  assert.ok(FakeSocket.opened.every((s) => s.url.host === "node1.test"), "no socket to another host");
+  c.close();
+});
+
+test("a wss client does not follow a reconnect down to ws, even on its own host", () => {
+  FakeSocket.opened = [];
+  const errors = [];
+  const c = connect("wss://node1.test/ws", { user: "alice", WebSocket: FakeSocket, onError: (e) => errors.push(e) });
+  const ws = FakeSocket.opened[0];
+  ws.hello();
+  ws.frame({ type: "reconnect", url: "ws://node1.test/ws", reason: "draining" });
+  assert.equal(errors.length, 1);
+  ws.frame({ type: "reconnect", url: "wss://node1.test:8443/ws", reason: "draining" });
+  assert.equal(errors.length, 2, "another port is another origin");
   c.close();
 });

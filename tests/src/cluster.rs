@@ -101,6 +101,10 @@ impl Node {
             .env_remove("WSROUTE_API_KEY")
             .env_remove("WSROUTE_MESH_SECRET")
             .env_remove("WSROUTE_DEV_AUTH")
+            .env_remove("WSROUTE_JWT_SECRET_FILE")
+            .env_remove("WSROUTE_API_KEY_FILE")
+            .env_remove("WSROUTE_MESH_SECRET_FILE")
+            .env_remove("WSROUTE_INSECURE_MESH")
             .env(
                 "WSROUTE_LOG",
                 "info,wsroute_server=debug,wsroute_core=debug",

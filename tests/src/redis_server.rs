@@ -24,6 +24,8 @@ pub struct RedisServer {
     sentinels: Option<Sentinels>,
     /// The server's TLS port, if it has one: `url()` is then `rediss://localhost:PORT`.
     tls_port: Option<u16>,
+    /// The password set by [`RedisServer::require_password`], carried in `url()`.
+    password: Option<String>,
 }
 
 /// Three `redis-sentinel` processes and their working directory (their config files, which
@@ -56,6 +58,7 @@ impl RedisServer {
             dir: None,
             sentinels: None,
             tls_port: None,
+            password: None,
         };
         r.spawn_server(port, extra).await;
         r
@@ -120,6 +123,7 @@ impl RedisServer {
             dir: None,
             sentinels: None,
             tls_port: None,
+            password: None,
         };
         r.spawn_server(primary, &[]).await;
         let primary_arg = primary.to_string();
@@ -278,6 +282,7 @@ impl RedisServer {
             dir: Some(dir.clone()),
             sentinels: None,
             tls_port: None,
+            password: None,
         };
         for &port in &ports {
             // The bus port is chosen too: port + 10000 may be taken or out of range.
@@ -398,6 +403,22 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    /// Makes a single server require `password` from now on (`CONFIG SET requirepass`);
+    /// `url()` carries it (`redis://:PASSWORD@...`). The harness's own helpers that open new
+    /// connections do not know it: this is for tests that only go through the nodes.
+    pub async fn require_password(&mut self, password: &str) {
+        assert!(!self.is_cluster() && self.sentinels.is_none() && self.tls_port.is_none());
+        let mut c = Self::server_conn(self.port).await.expect("redis reachable");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(password)
+            .query_async(&mut c)
+            .await
+            .expect("CONFIG SET requirepass");
+        self.password = Some(password.to_owned());
+    }
+
     /// What `--redis-url` takes: `redis://...`, `redis+cluster://h1:p1,h2:p2,h3:p3`, or
     /// `redis+sentinel://s1,s2,s3/wsroute`.
     pub fn url(&self) -> String {
@@ -408,6 +429,8 @@ impl RedisServer {
             format!("redis+cluster://{}", self.seeds("").join(","))
         } else if let Some(tls) = self.tls_port {
             format!("rediss://localhost:{tls}")
+        } else if let Some(pw) = &self.password {
+            format!("redis://:{pw}@127.0.0.1:{}", self.port)
         } else {
             format!("redis://127.0.0.1:{}", self.port)
         }

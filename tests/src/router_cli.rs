@@ -14,6 +14,8 @@ pub fn cli(redis_url: &str, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env_remove("WSROUTE_MESH_SECRET")
         .env_remove("WSROUTE_API_KEY")
+        .env_remove("WSROUTE_MESH_SECRET_FILE")
+        .env_remove("WSROUTE_API_KEY_FILE")
         .output()
         .expect("router-cli runs");
     (

@@ -56,6 +56,16 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
     ] {
         assert!(csp.contains(directive), "CSP lacks `{directive}`: {csp}");
     }
+    // The same nodes are named in the page: the only hosts besides its own that its client
+    // follows a `reconnect` to (web/wsroute.js).
+    let meta = html
+        .lines()
+        .find(|l| l.contains(r#"name="wsroute-nodes""#))
+        .unwrap_or_else(|| panic!("the page names the nodes: {html}"));
+    for n in 1..=2 {
+        let origin = format!("ws://127.0.0.1:{}", c.node(n).ws_port);
+        assert!(meta.contains(&origin), "{origin} in {meta}");
+    }
 
     for (path, ctype, marker) in [
         ("/wsroute.js", "text/javascript", "export function connect("),

@@ -1,8 +1,9 @@
 //! The deployment files checked against the code they deploy: the compose file (and its
 //! Prometheus scraping every node), the Grafana dashboard (every metric it queries is exported
 //! by a real node), the Kubernetes manifests (schema-validated, probes, drain timing, env names)
-//! and the Dockerfile. No container engine or cluster is needed; see the README for what that
-//! leaves unchecked.
+//! and the Dockerfile; and how each set-up keeps secrets: as files (never in arguments or the
+//! environment), Redis private and password-protected, no token in nginx's log. No container
+//! engine or cluster is needed; see the README for what that leaves unchecked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -184,6 +185,158 @@ fn compose_prometheus_scrapes_every_node() {
         std::fs::canonicalize(repo().join("deploy/grafana/wsroute-dashboard.json"))
             .expect("dashboard file exists")
     );
+}
+
+/// The names of the bare secret variables: a set-up that gives a node one of these puts the
+/// secret where `ps e`, `docker inspect` or `kubectl describe` show it.
+const SECRET_VARS: [&str; 3] = [
+    "WSROUTE_JWT_SECRET",
+    "WSROUTE_API_KEY",
+    "WSROUTE_MESH_SECRET",
+];
+
+#[test]
+fn compose_gives_secrets_as_files_and_keeps_redis_private() {
+    let (ok, out, err) = compose_config(&[]);
+    assert!(ok, "compose config: {err}");
+    let config = yaml_docs(&out).remove(0);
+    let services = &config["services"];
+
+    // Redis: no port on the host, a password from its environment into a config file (not
+    // its command line), and a health check that authenticates.
+    let redis = &services["redis"];
+    assert!(
+        redis.get("ports").is_none_or(Value::is_null),
+        "Redis publishes no port: {}",
+        redis["ports"]
+    );
+    let password = redis["environment"]["REDIS_PASSWORD"]
+        .as_str()
+        .expect("redis gets REDIS_PASSWORD");
+    assert!(!password.is_empty());
+    let command = redis["command"].to_string();
+    assert!(command.contains("requirepass"), "{command}");
+    assert!(
+        !command.contains(password),
+        "the password is not on the command line"
+    );
+    assert!(
+        redis["healthcheck"]["test"]
+            .to_string()
+            .contains("REDISCLI_AUTH"),
+        "the health check authenticates: {}",
+        redis["healthcheck"]
+    );
+
+    let top_secrets = config["secrets"].as_object().expect("top-level secrets");
+    for name in ["node1", "node2", "node3"] {
+        let node = &services[name];
+        let env = &node["environment"];
+        // The node reaches Redis with the password.
+        let url = env["WSROUTE_REDIS_URL"].as_str().expect("redis url");
+        assert_eq!(url, format!("redis://:{password}@redis:6379"), "{name}");
+        // No secret in the environment; each one a file from a compose secret.
+        for var in SECRET_VARS {
+            assert!(
+                env.get(var).is_none(),
+                "{name} gets {var} in its environment"
+            );
+            let file = env[format!("{var}_FILE")]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} sets {var}_FILE"));
+            let secret = file
+                .strip_prefix("/run/secrets/")
+                .unwrap_or_else(|| panic!("{var}_FILE {file} is a compose secret"));
+            let mounted = node["secrets"]
+                .as_array()
+                .expect("node secrets")
+                .iter()
+                .any(|s| s["source"] == secret || *s == secret);
+            assert!(mounted, "{name} mounts the secret {secret}");
+            let source = top_secrets[secret]["file"]
+                .as_str()
+                .unwrap_or_else(|| panic!("secret {secret} is a file"));
+            let text = std::fs::read_to_string(repo().join(source))
+                .unwrap_or_else(|e| panic!("secret file {source}: {e}"));
+            assert!(!text.trim().is_empty(), "{source} is empty");
+        }
+        assert!(
+            node.get("ports").is_none_or(Value::is_null),
+            "{name} publishes nothing (gRPC and HTTP are reached through the lb): {}",
+            node["ports"]
+        );
+    }
+}
+
+#[test]
+fn nginx_does_not_log_the_token() {
+    let conf = read("deploy/nginx.conf");
+    let lines: Vec<&str> = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .collect();
+    let code = lines.join("\n");
+    // nginx's default format (`combined`) logs $request, the query string with it.
+    for line in code
+        .split(';')
+        .filter(|d| d.trim_start().starts_with("access_log"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() >= 3 || words.get(1) == Some(&"off"),
+            "an access_log without a format logs the token with the request line: {line}"
+        );
+        if let Some(format) = words.get(2) {
+            let def = code
+                .split(';')
+                .find(|d| d.trim_start().starts_with(&format!("log_format {format} ")))
+                .unwrap_or_else(|| panic!("log_format {format} is defined"));
+            for leaks in [
+                "$request ",
+                "$request\"",
+                "$request_uri",
+                "$args",
+                "$query_string",
+                "$arg_token",
+                "$request'",
+            ] {
+                assert!(
+                    !def.contains(leaks),
+                    "log_format {format} logs {leaks}: {def}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cluster_script_hands_secrets_to_the_nodes_as_files() {
+    let script = read("scripts/cluster.sh");
+    // The words of the script's `export` and `unset` lines.
+    let words = |command: &str| -> BTreeSet<String> {
+        script
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(command))
+            .flat_map(|rest| rest.split_whitespace())
+            .map(|w| w.split('=').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (exported, unset) = (words("export "), words("unset "));
+    for var in SECRET_VARS {
+        assert!(
+            exported.contains(&format!("{var}_FILE")),
+            "cluster.sh exports {var}_FILE"
+        );
+        assert!(!exported.contains(var), "cluster.sh exports {var}");
+        // Inherited from the caller's shell it would reach the nodes beside its file.
+        assert!(unset.contains(var), "cluster.sh unsets an inherited {var}");
+    }
+    for flag in ["--jwt-secret ", "--api-key ", "--mesh-secret "] {
+        assert!(
+            !script.contains(flag),
+            "cluster.sh passes {flag}on a command line"
+        );
+    }
 }
 
 // ---- Grafana dashboard ---------------------------------------------------------------------
@@ -472,6 +625,51 @@ fn env_from(all: &[Value], container: &Value) -> BTreeMap<String, String> {
     env
 }
 
+/// For each `WSROUTE_*_FILE` variable of the container, the bare variable's name and the
+/// Secret value the file holds: the path must lie in a read-only mount of a volume made from
+/// the Secret `wsroute`, and name one of its keys.
+fn secret_files(all: &[Value], container: &Value, spec: &Value) -> BTreeMap<String, String> {
+    let secret = object(all, "Secret", "wsroute");
+    let mut out = BTreeMap::new();
+    for e in container["env"].as_array().expect("env") {
+        let name = e["name"].as_str().expect("env name");
+        let Some(var) = name.strip_suffix("_FILE") else {
+            continue;
+        };
+        if !var.starts_with("WSROUTE_") {
+            continue;
+        }
+        let path = e["value"].as_str().expect("a _FILE variable has a value");
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts")
+            .iter()
+            .find(|m| {
+                m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| path.starts_with(&format!("{p}/")))
+            })
+            .unwrap_or_else(|| panic!("{path} lies in a mounted volume"));
+        assert_eq!(mount["readOnly"], true, "{path} is mounted read-only");
+        let volume = spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mounted volume");
+        assert_eq!(
+            volume["secret"]["secretName"], "wsroute",
+            "{path} from the Secret"
+        );
+        let key = path.rsplit('/').next().expect("a file name");
+        let value = secret["stringData"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} in the Secret wsroute"));
+        out.insert(var.to_owned(), value.to_owned());
+    }
+    out
+}
+
 /// Seconds the container's preStop hook sleeps (`exec: sleep N` or the `sleep` action).
 fn pre_stop_sleep(container: &Value) -> u64 {
     let pre_stop = &container["lifecycle"]["preStop"];
@@ -529,21 +727,22 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
         "WSROUTE_ADVERTISE_GRPC",
         "WSROUTE_PUBLIC_URL",
         "WSROUTE_REDIS_URL",
-        "WSROUTE_JWT_SECRET",
-        "WSROUTE_API_KEY",
-        "WSROUTE_MESH_SECRET",
+        "WSROUTE_JWT_SECRET_FILE",
+        "WSROUTE_API_KEY_FILE",
+        "WSROUTE_MESH_SECRET_FILE",
         "WSROUTE_DRAIN_GRACE_MS",
     ] {
         assert!(set.contains(needed), "{needed} is not set");
     }
-    // The secrets come from the Secret, not the ConfigMap.
-    let secret = object(&all, "Secret", "wsroute");
-    for s in [
-        "WSROUTE_JWT_SECRET",
-        "WSROUTE_API_KEY",
-        "WSROUTE_MESH_SECRET",
-    ] {
-        assert!(secret["stringData"].get(s).is_some(), "{s} in the Secret");
+    // The secrets are files from the mounted Secret, never variables (from the ConfigMap, the
+    // Secret or the pod spec).
+    let files = secret_files(&all, node, spec);
+    for var in SECRET_VARS {
+        assert!(!set.contains(var), "{var} is set as a variable");
+        assert!(
+            files.contains_key(var),
+            "{var}_FILE names a key of the mounted Secret"
+        );
     }
     assert!(
         !config.contains_key("WSROUTE_DEV_AUTH"),
@@ -680,6 +879,16 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
         format!("127.0.0.1:{grpc_port}"),
     );
     env.insert("WSROUTE_REDIS_URL".into(), redis.url());
+    // The Secret, mounted as the kubelet would: one file per key, the paths moved to a
+    // temporary directory.
+    let secrets = secret_files(&all, container, spec);
+    let dir = std::env::temp_dir().join(format!("wsroute-deploy-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("secrets dir");
+    for (var, value) in &secrets {
+        let path = dir.join(var);
+        std::fs::write(&path, value).expect("write secret");
+        env.insert(format!("{var}_FILE"), path.display().to_string());
+    }
     let log = std::env::temp_dir().join(format!("wsroute-deploy-{}.log", std::process::id()));
     let mut cmd = Command::new(wsroute_tests::binary("wsroute-server"));
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WSROUTE_")) {
@@ -707,7 +916,16 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
     );
 
     // A client authenticated with a token signed with the Secret's JWT key.
-    let token = wsroute_tests::token(&env["WSROUTE_JWT_SECRET"], "alice", 300);
+    // `ps` shows no secret: neither the arguments nor the environment carry one.
+    for what in ["cmdline", "environ"] {
+        let seen = std::fs::read(format!("/proc/{pid}/{what}")).expect("read /proc");
+        let seen = String::from_utf8_lossy(&seen);
+        for (var, value) in &secrets {
+            assert!(!seen.contains(value.as_str()), "{var} in the pod's {what}");
+        }
+    }
+
+    let token = wsroute_tests::token(&secrets["WSROUTE_JWT_SECRET"], "alice", 300);
     let mut alice = Client::connect(&format!("ws://127.0.0.1:{ws_port}/ws?token={token}")).await;
 
     // What the kubelet does after the preStop hook.
@@ -750,6 +968,7 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
     println!("drain took {took:?} (budget {budget:?})");
     assert!(status.success(), "drain exits 0: {status}");
     let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

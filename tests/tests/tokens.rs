@@ -222,6 +222,7 @@ async fn a_node_with_an_unreadable_key_file_refuses_to_start() {
         .args(["--node-id", "n1", "--redis-url", &redis.url()])
         .args(["--ws-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .args(["--jwt-public-key", "/nonexistent/key.pem"])
+        .args(["--mesh-secret", "m"])
         .env_remove("WSROUTE_JWT_SECRET")
         .env_remove("WSROUTE_DEV_AUTH")
         .output()

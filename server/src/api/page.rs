@@ -1,6 +1,8 @@
 //! The try-it page: `GET /` serves a small chat page and `GET /wsroute.js` the JavaScript client
 //! it uses (the files in `web/`, embedded in the binary), under a Content-Security-Policy that
-//! lets the page load only itself and connect only to the cluster's nodes.
+//! lets the page load only itself and connect only to the cluster's nodes; the same nodes are
+//! named in the page, the only places besides its own host that its client follows a
+//! `reconnect` to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,19 +37,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(
                 move |req: HttpRequest, state: web::Data<Arc<NodeState>>| async move {
                     // Only the page's own policy governs what it may connect to.
-                    let nodes = if asset.1 == HTML {
-                        node_origins(&state).await
+                    if asset.1 == HTML {
+                        let nodes = node_origins(&state).await;
+                        let page = with_nodes(asset.2, &nodes);
+                        serve(asset, page, &policy(&req, &nodes))
                     } else {
-                        Vec::new()
-                    };
-                    serve(asset, &policy(&req, &nodes))
+                        serve(asset, asset.2.to_owned(), &policy(&req, &[]))
+                    }
                 },
             ),
         );
     }
 }
 
-fn serve(&Asset(_, content_type, body): &Asset, policy: &str) -> HttpResponse {
+/// The marker in `web/index.html` that the nodes' origins fill.
+const NODES_META: &str = r#"<meta name="wsroute-nodes" content="">"#;
+
+/// The page with the nodes' origins (checked by [`ws_origin`]: nothing that could end the
+/// attribute) in its `wsroute-nodes` meta tag.
+fn with_nodes(html: &str, nodes: &[String]) -> String {
+    html.replacen(
+        NODES_META,
+        &format!(
+            r#"<meta name="wsroute-nodes" content="{}">"#,
+            nodes.join(" ")
+        ),
+        1,
+    )
+}
+
+fn serve(&Asset(_, content_type, _): &Asset, body: String, policy: &str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CONTENT_SECURITY_POLICY, policy))

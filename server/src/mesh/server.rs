@@ -2,6 +2,7 @@
 //! Each item is answered with how many connections got the frame and which named connections
 //! this node does not hold, so that the sender can repair its route instead of losing the message.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,7 +76,12 @@ const STREAM_IN_FLIGHT: usize = 64;
 impl MeshService {
     /// Hands every item of a batch to its connections, without waiting. Called in stream order,
     /// which keeps messages from one sender in order.
-    fn start_batch(&self, batch: pb::ForwardBatch) -> Result<(u64, Vec<LocalAttempt>), Status> {
+    /// `peer` is the caller's address, for the log when an item is refused.
+    fn start_batch(
+        &self,
+        batch: pb::ForwardBatch,
+        peer: Option<SocketAddr>,
+    ) -> Result<(u64, Vec<LocalAttempt>), Status> {
         let holder = NodeId::parse(&batch.from_node).ok();
         if batch.items.len() > MAX_ITEMS {
             return Err(Refusal::TooLarge.grpc(format!(
@@ -99,6 +105,26 @@ impl MeshService {
                 .inc();
             let msg = match wire::from_item(&mut item) {
                 Ok(msg) => msg,
+                Err(e @ wire::WireError::NotMessage(_)) => {
+                    // Only `message` frames pass through: anything else (a `reconnect` to
+                    // another host, an `error`) is answered as written to none of the named
+                    // connections, so an honest sender stores the message, and nothing reaches
+                    // a client.
+                    tracing::warn!(
+                        from_node = %batch.from_node,
+                        peer = ?peer,
+                        conns = item.conn_ids.len(),
+                        error = %e,
+                        "refusing a forwarded frame that is not a message"
+                    );
+                    self.state
+                        .metrics
+                        .mesh_items_received
+                        .with_label_values(&["refused"])
+                        .inc();
+                    attempts.push(LocalAttempt::gone(Vec::new()));
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(from_node = %batch.from_node, error = %e, "refusing a malformed mesh item");
                     attempts.push(LocalAttempt::gone(item.conn_ids));
@@ -119,7 +145,7 @@ impl MeshService {
                 match wire::receipt_frame(&msg.frame) {
                     Some(frame) => LocalAttempt::notice(&self.sessions, &frame, &conns),
                     None => {
-                        tracing::warn!(from_node = %batch.from_node, "refusing a notice that is not a receipt");
+                        tracing::warn!(from_node = %batch.from_node, peer = ?peer, "refusing a notice that is not a receipt");
                         self.state
                             .metrics
                             .mesh_items_received
@@ -211,7 +237,8 @@ impl Mesh for MeshService {
         req: Request<pb::ForwardBatch>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
         self.admit(&req)?;
-        let (seq, attempts) = self.start_batch(req.into_inner())?;
+        let peer = req.remote_addr();
+        let (seq, attempts) = self.start_batch(req.into_inner(), peer)?;
         Ok(Response::new(
             settle_batch(seq, attempts, self.write_deadline).await,
         ))
@@ -224,6 +251,7 @@ impl Mesh for MeshService {
         req: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.admit(&req)?;
+        let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);
         let this = MeshService {
@@ -265,7 +293,7 @@ impl Mesh for MeshService {
                                 let queue = this.state.confirms.attach(peer.clone());
                                 confirms = Some((peer, queue));
                             }
-                            match this.start_batch(batch) {
+                            match this.start_batch(batch, peer) {
                                 Ok((seq, attempts)) => settling.push_back(settle_batch(seq, attempts, this.write_deadline)),
                                 Err(status) => {
                                     let _ = tx.send(Err(status)).await;

@@ -65,6 +65,10 @@ pub enum WireError {
     Frame,
     #[error("item has no envelope")]
     Missing,
+    /// A pass-through frame that is not exactly a `message` frame for the item's id, as this
+    /// node's encoder writes it: a peer must not put any other frame in front of a client.
+    #[error("frame is not a message frame for id {0}")]
+    NotMessage(String),
 }
 
 /// What a peer answered for one forwarded message.
@@ -111,8 +115,9 @@ pub enum ItemKind {
 }
 
 /// The message a mesh item carries: its frame as sent (checked to be UTF-8, as a text frame
-/// must be), or, from an older sender, built from its envelope. Takes the frame out of `item`
-/// (its connection ids stay).
+/// must be, and, unless the item is a notice, to be a `message` frame for the item's id: see
+/// [`check_message_frame`]), or, from an older sender, built from its envelope. Takes the frame
+/// out of `item` (its connection ids stay).
 pub fn from_item(item: &mut pb::ForwardItem) -> Result<Outgoing, WireError> {
     if item.frame.is_empty() {
         let env = Envelope::try_from(item.envelope.take().ok_or(WireError::Missing)?)?;
@@ -124,12 +129,51 @@ pub fn from_item(item: &mut pb::ForwardItem) -> Result<Outgoing, WireError> {
     })?;
     let frame =
         ByteString::try_from(std::mem::take(&mut item.frame)).map_err(|_| WireError::Frame)?;
+    if !item.notice {
+        check_message_frame(&frame, &id)?;
+    }
     Ok(Outgoing {
         id,
         frame,
         accepted_us: item.accepted_us,
         from: UserId::parse(&item.from).ok(),
     })
+}
+
+/// Whether `frame` is a `message` frame for `id`, in the form [`Envelope::frame`] writes:
+/// `{"type":"message","id":"<id>",` then `from`, `to`, `ts` and `body`, and nothing else. The
+/// prefix check alone refuses every other frame type at the cost of a comparison; the strict
+/// read after it (every key once, no other key, nothing after the object; the body only
+/// scanned, not built) is what stops `{"type":"message","id":..., ..., "type":"reconnect"}`,
+/// which a browser's `JSON.parse` reads as a `reconnect` (the last duplicate key wins).
+pub fn check_message_frame(frame: &str, id: &MsgId) -> Result<(), WireError> {
+    const HEAD: &str = r#"{"type":"message","id":""#;
+    let rest = frame
+        .strip_prefix(HEAD)
+        .and_then(|r| r.strip_prefix(id.as_str()))
+        .and_then(|r| r.strip_prefix("\","));
+    let not_message = || WireError::NotMessage(id.to_string());
+    if rest.is_none() {
+        return Err(not_message());
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "read only to check the frame's shape")]
+    struct MessageFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        id: &'a str,
+        from: &'a str,
+        to: &'a str,
+        ts: i64,
+        #[serde(borrow)]
+        body: &'a RawValue,
+    }
+    let f: MessageFrame<'_> = serde_json::from_str(frame).map_err(|_| not_message())?;
+    if UserId::parse(f.from).is_err() || UserId::parse(f.to).is_err() {
+        return Err(not_message());
+    }
+    Ok(())
 }
 
 /// The receipt a notice item carries, encoded again from its checked fields; `None` for anything
@@ -294,6 +338,51 @@ mod tests {
         assert!(from_item(&mut bad).is_err());
         let mut empty = pb::ForwardItem::default();
         assert!(matches!(from_item(&mut empty), Err(WireError::Missing)));
+    }
+
+    #[test]
+    fn a_forwarded_frame_passes_only_as_this_items_message() {
+        let msg = env().outgoing();
+        let id = msg.id.as_str();
+        assert!(check_message_frame(&msg.frame, &msg.id).is_ok());
+        let hostile = [
+            r#"{"type":"reconnect","url":"ws://evil.example/ws","reason":"draining"}"#.to_owned(),
+            r#"{"type":"error","code":"unauthorized","message":"log in again"}"#.to_owned(),
+            r#"{"type":"message","id":"other","from":"a","to":"b","ts":1,"body":{}}"#.to_owned(),
+            // The right prefix, then a second `type` (JSON.parse keeps the last one).
+            format!(
+                r#"{{"type":"message","id":"{id}","from":"a","to":"b","ts":1,"body":{{}},"type":"reconnect","url":"ws://evil.example/ws"}}"#
+            ),
+            // An extra key, something after the object, a field missing, a bad user id.
+            format!(
+                r#"{{"type":"message","id":"{id}","from":"a","to":"b","ts":1,"body":{{}},"url":"x"}}"#
+            ),
+            format!(
+                r#"{{"type":"message","id":"{id}","from":"a","to":"b","ts":1,"body":{{}}}}{{"type":"reconnect"}}"#
+            ),
+            format!(r#"{{"type":"message","id":"{id}","from":"a","to":"b","body":{{}}}}"#),
+            format!(r#"{{"type":"message","id":"{id}","from":"a b","to":"b","ts":1,"body":{{}}}}"#),
+            // The id as a prefix of a longer one.
+            format!(r#"{{"type":"message","id":"{id}x","from":"a","to":"b","ts":1,"body":{{}}}}"#),
+        ];
+        for frame in hostile {
+            assert!(
+                matches!(
+                    check_message_frame(&frame, &msg.id),
+                    Err(WireError::NotMessage(_))
+                ),
+                "accepted {frame}"
+            );
+            let mut item = to_item(&msg, vec!["c1".into()], ItemKind::Held);
+            item.frame = frame.clone().into_bytes().into();
+            assert!(from_item(&mut item).is_err(), "from_item accepted {frame}");
+        }
+        // A notice is checked as a receipt instead (`receipt_frame`), not here.
+        let mut notice = to_item(&msg, vec![], ItemKind::Notice);
+        notice.frame = crate::ws::frame::receipt(id, "bob", "read", None)
+            .into_bytes()
+            .into();
+        assert!(from_item(&mut notice).is_ok());
     }
 
     #[test]

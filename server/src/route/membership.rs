@@ -11,7 +11,14 @@
 //! released before it writes its routes back (see [`Membership::register_node`]). So either the
 //! sweep sees the lease and removes nothing, or it removes only what it claimed, before any
 //! route the node writes again.
+//!
+//! The lease holds the token of the process that took it (drawn at start-up), so that a second
+//! process started with the same node id can tell a live holder (it renews) from one that
+//! crashed (its lease only runs down) and refuse to start instead of wiping the first one's
+//! routes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Cmd};
@@ -61,17 +68,122 @@ pub struct Membership {
     lease_ttl: Duration,
     metrics: Metrics,
     read: NodeReader,
+    /// This process's token, the value of its lease: another process under the same node id
+    /// has another one.
+    instance: Arc<str>,
+    /// Set once this process took the node id's lease ([`Membership::claim_lease`]); until
+    /// then it must not touch the node id's routes (another process may own them).
+    claimed: Arc<AtomicBool>,
 }
+
+/// What [`Membership::claim_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is this process's now.
+    Taken,
+    /// Another live process holds the node id: it renewed its lease while this one waited.
+    HeldByLive {
+        /// The other process's token (`1` for a node from before tokens).
+        holder: String,
+    },
+}
+
+/// What renewing the lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// No lease: Redis lost its data or a survivor declared this node dead.
+    Gone,
+    /// Another process holds this node id's lease (it started while this one's lease had run
+    /// out); this node leaves the lease and the routes alone.
+    Foreign(String),
+}
+
+/// Renews the lease only if it is this process's: KEYS[1] the lease, ARGV[1] the token,
+/// ARGV[2] the TTL in ms. 1 renewed, 0 gone, else the holder's token.
+const RENEW_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then return 0 end
+return v
+";
 
 impl Membership {
     pub fn new(redis: Redis, node: NodeId, lease_ttl: Duration, metrics: Metrics) -> Self {
         let read = NodeReader::new(redis.clone(), std::sync::Arc::new(metrics.clone()));
+        let instance = format!("{:032x}", rand::random::<u128>());
         Self {
             redis,
             node,
             lease_ttl,
             metrics,
             read,
+            instance: Arc::from(instance),
+            claimed: Arc::default(),
+        }
+    }
+
+    /// Whether this process took the node id's lease.
+    pub fn claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+
+    /// Takes the node id's lease for this process, before anything else is written under the
+    /// id. A lease already there belongs to another process: one that crashed (its lease runs
+    /// down within the lease TTL, which this waits out) or one that lives (it renews every
+    /// `renew_every`, which this sees as the TTL going up: [`Claim::HeldByLive`]).
+    pub async fn claim_lease(&self, renew_every: Duration) -> Result<Claim, DbError> {
+        if self.claimed() {
+            return Ok(Claim::Taken);
+        }
+        let lease = keys::node_lease(&self.node);
+        // Longer than a crashed holder's lease can last; a holder still there then renewed.
+        let deadline = tokio::time::Instant::now() + self.lease_ttl + renew_every;
+        let mut seen: Option<(String, i64)> = None;
+        loop {
+            let mut c = self.cold().await?;
+            let took: Option<String> = redis::cmd("SET")
+                .arg(&lease)
+                .arg(&*self.instance)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.lease_ttl_ms())
+                .query_async(&mut c)
+                .await?;
+            if took.is_some() {
+                self.claimed.store(true, Ordering::Release);
+                return Ok(Claim::Taken);
+            }
+            let (holder, ttl): (Option<String>, i64) = redis::pipe()
+                .get(&lease)
+                .pttl(&lease)
+                .query_async(&mut c)
+                .await?;
+            drop(c);
+            let Some(holder) = holder else {
+                continue; // ran out between the two calls: try again
+            };
+            let renewed = match &seen {
+                None => {
+                    tracing::warn!(
+                        node = %self.node,
+                        lease_ms = ttl,
+                        "another process holds this node id's lease: waiting to see whether it lives (it renews) or crashed (the lease runs out)"
+                    );
+                    false
+                }
+                // A lease without a TTL is no crashed node's; a TTL that went up was renewed.
+                Some((before, before_ttl)) => *before != holder || ttl < 0 || ttl > *before_ttl,
+            };
+            if renewed || tokio::time::Instant::now() >= deadline {
+                return Ok(Claim::HeldByLive { holder });
+            }
+            seen = Some((holder, ttl));
+            let wait = u64::try_from(ttl).unwrap_or(0).clamp(10, 250);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
 
@@ -112,7 +224,7 @@ impl Membership {
         // between the two sees the lease and leaves the record alone; one before both deletes
         // only the old record.
         let mut w = Writes::new();
-        w.add(&lease, Cmd::pset_ex(&lease, "1", self.lease_ttl_ms()))
+        w.add(&lease, Cmd::pset_ex(&lease, &*self.instance, self.lease_ttl_ms()))
             .add(
                 &info_key,
                 Cmd::hset_multiple(
@@ -160,17 +272,17 @@ impl Membership {
         u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Renews the lease. Returns false when the lease was gone: Redis lost its data or a survivor
-    /// declared this node dead, and the caller must register everything again.
-    pub async fn renew_lease(&self, connections: u64, draining: bool) -> Result<bool, DbError> {
+    /// Renews the lease if it is this process's. [`Renewal::Gone`]: Redis lost its data or a
+    /// survivor declared this node dead, and the caller must register everything again.
+    pub async fn renew_lease(&self, connections: u64, draining: bool) -> Result<Renewal, DbError> {
         let _timer = self.metrics.redis_op("renew_lease");
-        let mut renew = redis::cmd("SET");
+        let mut renew = redis::cmd("EVAL");
         renew
+            .arg(RENEW_SCRIPT)
+            .arg(1)
             .arg(keys::node_lease(&self.node))
-            .arg("1")
-            .arg("PX")
-            .arg(self.lease_ttl_ms())
-            .arg("XX");
+            .arg(&*self.instance)
+            .arg(self.lease_ttl_ms());
         let fields = Cmd::hset_multiple(
             keys::node_info(&self.node),
             &[
@@ -184,17 +296,30 @@ impl Membership {
             .await?
             .read_groups(vec![vec![renew, fields], vec![listed]])
             .await?;
-        let renewed = replies
-            .first()
-            .and_then(|g| g.first())
-            .is_some_and(|v| *v != redis::Value::Nil);
-        Ok(renewed)
+        Ok(match replies.first().and_then(|g| g.first()) {
+            Some(redis::Value::Int(1)) => Renewal::Renewed,
+            Some(redis::Value::Int(_)) | None => Renewal::Gone,
+            Some(other) => Renewal::Foreign(
+                redis::from_redis_value::<String>(other.clone())
+                    .unwrap_or_else(|_| format!("{other:?}")),
+            ),
+        })
     }
 
     /// Removes every route of `node` listed in its index, then the node itself. Used by a node
     /// stopping cleanly (for itself) and by the cleaner (for a dead node). Returns the users whose
     /// routes changed.
     pub async fn remove_node(&self, node: &NodeId) -> Result<Vec<UserId>, DbError> {
+        self.remove(node, true).await
+    }
+
+    /// Removes what a previous process under this node id left behind (its routes, its record),
+    /// keeping the lease this process has just claimed.
+    pub async fn remove_leftovers(&self) -> Result<Vec<UserId>, DbError> {
+        self.remove(&self.node, false).await
+    }
+
+    async fn remove(&self, node: &NodeId, with_own_lease: bool) -> Result<Vec<UserId>, DbError> {
         let _timer = self.metrics.redis_op("remove_node");
         let mut c = self.cold().await?;
         let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
@@ -202,7 +327,7 @@ impl Membership {
         let info_key = keys::node_info(node);
         w.add(&keys::nodes(), Cmd::srem(keys::nodes(), node.as_str()))
             .add(&info_key, Cmd::del(&info_key));
-        if node == &self.node {
+        if node == &self.node && with_own_lease {
             let lease = keys::node_lease(node);
             w.add(&lease, Cmd::del(&lease));
         }
