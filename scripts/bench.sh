@@ -12,6 +12,8 @@
 # the same throughput and latency loads against the ceiling server (../shared/ceiling, built with
 # `cargo build --release` there; CEILING_BIN names another binary), one process on 127.0.0.1:9400
 # given as three URLs so that the bench's users split as they do over three nodes.
+# NODE_CPUS=0 LOADGEN_CPUS=1 pins the nodes and the connections group's load generator to
+# separate cores (taskset).
 #
 # Every process it starts listens on 127.0.0.1 only and is stopped at the end; every run is
 # bounded in users, duration and count.
@@ -30,6 +32,11 @@ out="${OUT:-bench/results-$(date -u +%Y%m%d).jsonl}"
 mkdir -p bench .local/logs
 redis_port=6420
 pids=()
+# NODE_CPUS / LOADGEN_CPUS (e.g. 0 and 1): pin the nodes and the connections group's load
+# generator to those cores (taskset), so that a node's connect rate is not its share of a core
+# it splits with the load generator.
+node_pin=${NODE_CPUS:+taskset -c $NODE_CPUS}
+loadgen_pin=${LOADGEN_CPUS:+taskset -c $LOADGEN_CPUS}
 
 stop_all() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -48,7 +55,7 @@ start() {
   node_pids=()
   urls=()
   for i in $(seq 1 "$n"); do
-    WSROUTE_LOG=warn "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
+    WSROUTE_LOG=warn $node_pin "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
       --ws-listen "127.0.0.1:$((9300 + i))" --grpc-listen "127.0.0.1:$((5300 + i))" \
       --redis-url "redis://127.0.0.1:$redis_port" >".local/logs/bench-n$i.log" 2>&1 &
     pids+=($!)
@@ -149,7 +156,7 @@ for g in $groups; do
   connections)
     for r in $(seq "$runs"); do
       start 1 route
-      res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench connections \
+      res=$($loadgen_pin "$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench connections \
         --url ws://127.0.0.1:9301/ws --count 15000 --hold 5s --pid "${node_pids[0]}" --json || true)
       BUILD_TAG="${build:+ [$build]}" python3 -c 'import json,os,sys; print(json.dumps({"group":"connections","label":"idle-15000"+os.environ["BUILD_TAG"],"nodes":1,"fanout":"route","result":json.loads(sys.argv[1])}))' "$res" >>"$out"
       tail -n 1 "$out"

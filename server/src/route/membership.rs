@@ -55,7 +55,7 @@ const CLEANUP_POLL: Duration = Duration::from_millis(50);
 /// A dead node's routes, claimed by a sweep that holds the node's cleanup lock; removed by
 /// [`Membership::finish_sweep`].
 #[derive(Debug)]
-pub struct Claim {
+pub struct SweepClaim {
     pub node: NodeId,
     entries: Vec<(String, String)>,
 }
@@ -386,7 +386,7 @@ impl Membership {
     /// its lease is still gone, deletes its record and reads its index ([`CLAIM_DEAD`]). `None` when another
     /// survivor sweeps it or its lease is back (the lock is then released at once). The lock is
     /// held until [`Self::finish_sweep`].
-    pub async fn claim_dead(&self, node: &NodeId) -> Result<Option<Claim>, DbError> {
+    pub async fn claim_dead(&self, node: &NodeId) -> Result<Option<SweepClaim>, DbError> {
         let mut c = self.cold().await?;
         let lock = keys::node_cleanup_lock(node);
         let locked: Option<String> = redis::cmd("SET")
@@ -421,7 +421,7 @@ impl Membership {
         while let (Some(conn), Some(user)) = (it.next(), it.next()) {
             entries.push((conn, user));
         }
-        Ok(Some(Claim {
+        Ok(Some(SweepClaim {
             node: node.clone(),
             entries,
         }))
@@ -431,7 +431,7 @@ impl Membership {
     /// takes the node off the node list, and releases its cleanup lock (also when this fails:
     /// what is left is still indexed, and the next sweep takes it up). Returns the users whose
     /// routes changed.
-    pub async fn finish_sweep(&self, claim: Claim) -> Result<Vec<UserId>, DbError> {
+    pub async fn finish_sweep(&self, claim: SweepClaim) -> Result<Vec<UserId>, DbError> {
         let _timer = self.metrics.redis_op("remove_node");
         let mut c = self.cold().await?;
         let (mut w, mut users) = removal(&claim.node, claim.entries.iter());
