@@ -25,6 +25,7 @@ use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::holds::{Event, ReceiptStatus};
 use crate::ids::{ConnId, MsgId, UserId};
+use crate::quota::Origin;
 use crate::sessions::{Control, Mail, Mailbox, Outbound};
 use crate::state::NodeState;
 
@@ -359,7 +360,10 @@ impl Session {
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
         let span = tracing::debug_span!("msg", msg_id = %id, to = %env.to);
-        let in_flight = delivery.dispatch(env).instrument(span.clone()).await;
+        let in_flight = delivery
+            .dispatch(env, Origin::Client)
+            .instrument(span.clone())
+            .await;
         pending.push(Box::pin(
             async move {
                 let outcome = delivery.finish(in_flight).await;
