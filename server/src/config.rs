@@ -88,8 +88,9 @@ pub struct Args {
     /// `broadcast` (to every node, through Redis pub/sub: a baseline for benchmarks) [default: route]
     #[arg(long, env = "WSROUTE_FANOUT", value_enum)]
     pub fanout: Option<Fanout>,
-    /// Sends (and pings) one connection may make per second, sustained; bursts up to ten times
-    /// that are absorbed. Past it: `rate_limited`; sustained abuse closes with 1008 [default: 200]
+    /// Frames one connection may send per second, sustained (sends, pings, WebSocket pings;
+    /// acks only of messages not waiting for one); bursts up to ten times that are absorbed.
+    /// Past it: `rate_limited`; sustained abuse closes with 1008 [default: 200]
     #[arg(long, env = "WSROUTE_MAX_MSGS_PER_SEC")]
     pub max_msgs_per_sec: Option<u32>,
     /// Live connections one user may hold across the whole cluster [default: 16]
@@ -252,7 +253,8 @@ pub struct Limits {
     pub write_wait: Duration,
     /// How long one mesh call may take.
     pub mesh_timeout: Duration,
-    /// Sends and pings per second per connection, sustained (bursts: ten times as many).
+    /// Frames per second per connection, sustained (bursts: ten times as many); acks of
+    /// messages waiting for them are free.
     pub msgs_per_sec: u32,
     /// Live connections per user, cluster-wide.
     pub conns_per_user: u32,

@@ -315,20 +315,25 @@ impl Session {
                 message: "binary frames are not accepted; send JSON text frames".into(),
                 reference: None,
             }),
+            // WebSocket pings and pongs count like any frame: each costs a read, a ping a write.
             AggregatedMessage::Ping(payload) => {
+                if let Some(refused) = self.flood_check(None).await {
+                    return refused;
+                }
                 return match evictable(&self.evict, self.ws.pong(&payload)).await {
                     Ok(()) => None,
                     Err(e) => Some(self.write_failed(e).await),
                 };
             }
-            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Pong(_) => return self.flood_check(None).await.flatten(),
             AggregatedMessage::Close(why) => return Some(End::ClosedByClient(why)),
         };
-        // Acks answer the server's own traffic and cost nothing; everything else a client
-        // starts is counted against its rate.
-        if !matches!(parsed, Ok(ClientFrame::Ack { .. }))
-            && let Some(refused) = self.flood_check(Some(&parsed)).await
-        {
+        // An ack of a message that waits for it answers the server's own traffic (as many as
+        // were written here) and is not counted; every other frame is, repeated and unknown
+        // acks included.
+        let answers_us = matches!(&parsed, Ok(ClientFrame::Ack { id })
+            if MsgId::parse(id).is_ok_and(|id| self.ledger.awaits_ack(&id)));
+        if !answers_us && let Some(refused) = self.flood_check(Some(&parsed)).await {
             return refused;
         }
         match parsed {
