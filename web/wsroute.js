@@ -4,7 +4,8 @@
 //
 //   import { connect } from "./wsroute.js";
 //   const chat = connect("ws://127.0.0.1:8081/ws", {
-//     user: "alice",                       // dev auth (--dev-auth); or token: "<JWT>"
+//     user: "alice",                       // dev auth (--dev-auth); or token: "<JWT>";
+//                                          // or getToken: async () => "<JWT>" (refreshed)
 //     onMessage: (m) => console.log(m.from, m.body),
 //   });
 //   const ack = await chat.send("bob", { text: "hi" });   // ack.status: delivered | stored | rejected
@@ -19,12 +20,17 @@
 // `ws(s)://host:port` origins); never from `wss:` to `ws:`. Any other target is not followed
 // (`onError` says so) and the client reconnects to its own `url` with back-off instead, so a
 // forged or mistaken frame cannot send the token to another host.
+//
+// With `getToken`, it asks the app for a token on every connect and again shortly before the
+// token's `exp`, which it sends as a `refresh` (the server ends a session whose token expires,
+// with close 4001: it then reconnects at once with a fresh token).
 
 const DEFAULTS = {
   ackTimeoutMs: 10000, // the server answers every send within 8 s; past this the send fails
   minBackoffMs: 500,
   maxBackoffMs: 30000,
   rememberIds: 1000, // how many message ids are kept for dropping copies
+  refreshBeforeMs: 30000, // with getToken: refresh this long before exp (or at 4/5 of the time left)
 };
 
 /** The WebSocket URL of the page's own host: ws(s)://host/ws. */
@@ -40,14 +46,16 @@ export function connect(url, options = {}) {
 
 export class WsRouteClient {
   /**
-   * url: ws://host:port/ws (default: this page's host). options: user (dev auth) or token,
-   * device, nodes (where a `reconnect` may send it besides `url`'s host and this page's host),
-   * and callbacks onMessage(msg), onHello(hello), onState(state, detail), onError(err).
+   * url: ws://host:port/ws (default: this page's host). options: user (dev auth), token, or
+   * getToken (an async function returning a fresh JWT for the same user: called on every
+   * connect and before the token expires), device, nodes (where a `reconnect` may send it
+   * besides `url`'s host and this page's host), and callbacks onMessage(msg), onHello(hello),
+   * onState(state, detail), onError(err).
    * state is "connecting" | "open" | "closed" (will retry) | "stopped" (after close()).
    */
   constructor(url, options = {}) {
-    if (!options.user && !options.token) {
-      throw new Error("wsroute: give `user` (dev auth) or `token`");
+    if (!options.user && !options.token && !options.getToken) {
+      throw new Error("wsroute: give `user` (dev auth), `token` or `getToken`");
     }
     this.options = { ...DEFAULTS, ...options };
     this.baseUrl = url || sameHostUrl();
@@ -62,6 +70,7 @@ export class WsRouteClient {
     this._attempt = 0; // failed connects in a row (back-off grows with it)
     this._redirect = null; // url from a `reconnect` frame, used for the next connect only
     this._stopped = false;
+    this._token = options.token || null; // the token of the current connection
     this._open();
   }
 
@@ -87,6 +96,7 @@ export class WsRouteClient {
   close() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     for (const w of this._openWaiters.splice(0)) w.reject(new Error("wsroute: closed"));
     if (this._ws) this._ws.close(1000, "client closed");
     this._setState("stopped");
@@ -106,7 +116,7 @@ export class WsRouteClient {
 
   _url(base) {
     const u = new URL(base);
-    if (this.options.token) u.searchParams.set("token", this.options.token);
+    if (this._token) u.searchParams.set("token", this._token);
     else u.searchParams.set("user", this.options.user);
     if (this.options.device) u.searchParams.set("device", this.options.device);
     return u.toString();
@@ -116,6 +126,27 @@ export class WsRouteClient {
     const target = this._redirect || this.baseUrl;
     this._redirect = null;
     this._setState("connecting", target);
+    if (!this.options.getToken) {
+      this._dial(target);
+      return;
+    }
+    // A fresh token for every connect: the last one may have expired meanwhile.
+    Promise.resolve()
+      .then(() => this.options.getToken())
+      .then(
+        (token) => {
+          if (this._stopped) return;
+          this._token = token;
+          this._dial(target);
+        },
+        (e) => {
+          this._emitError(new Error(`wsroute: getToken failed: ${e?.message ?? e}`));
+          this._scheduleRetry();
+        },
+      );
+  }
+
+  _dial(target) {
     let ws;
     try {
       ws = new this._WebSocket(this._url(target));
@@ -146,6 +177,7 @@ export class WsRouteClient {
         this.hello = f;
         this._attempt = 0;
         this._startHeartbeat(f.heartbeat_ms);
+        this._scheduleRefresh(expOf(this._token));
         this._setState("open", f);
         this.options.onHello?.(f);
         for (const w of this._openWaiters.splice(0)) w.resolve();
@@ -185,6 +217,9 @@ export class WsRouteClient {
         break;
       case "pong":
         break;
+      case "refreshed": // the session now lasts until the new token's exp
+        this._scheduleRefresh(f.exp);
+        break;
       default:
         break; // newer servers may send more types
     }
@@ -217,6 +252,7 @@ export class WsRouteClient {
     if (ws !== this._ws) return;
     this._ws = null;
     clearInterval(this._heartbeat);
+    clearTimeout(this._refreshTimer);
     for (const [ref, p] of this._pending) {
       clearTimeout(p.timer);
       p.reject(new Error(`wsroute: connection closed before the ack for ${ref}; the message may or may not have been sent`));
@@ -224,7 +260,8 @@ export class WsRouteClient {
     this._pending.clear();
     if (this._stopped) return;
     this._setState("closed", { code: ev.code, reason: ev.reason });
-    if (this._redirect) this._open();
+    // 4001: the token expired; with getToken a fresh one is at hand, so reconnect at once.
+    if (this._redirect || (ev.code === 4001 && this.options.getToken)) this._open();
     else this._scheduleRetry();
   }
 
@@ -250,6 +287,30 @@ export class WsRouteClient {
     }, ms);
   }
 
+  /** With getToken: asks for a new token shortly before `exp` (unix s) and sends `refresh`. */
+  _scheduleRefresh(exp) {
+    clearTimeout(this._refreshTimer);
+    if (!this.options.getToken || !(exp > 0)) return;
+    const left = exp * 1000 - Date.now();
+    const wait = Math.max(0, left - Math.min(this.options.refreshBeforeMs, left / 5));
+    this._refreshTimer = setTimeout(() => this._refresh(), wait);
+  }
+
+  async _refresh() {
+    const ws = this._ws;
+    let token;
+    try {
+      token = await this.options.getToken();
+    } catch (e) {
+      // The session ends at exp (4001) and the reconnect asks again.
+      this._emitError(new Error(`wsroute: getToken failed: ${e?.message ?? e}`));
+      return;
+    }
+    if (!ws || ws !== this._ws) return; // closed meanwhile: the reconnect asks for its own
+    this._token = token;
+    ws.send(JSON.stringify({ type: "refresh", token }));
+  }
+
   _remember(id) {
     this._seen.add(id);
     this._seenOrder.push(id);
@@ -266,5 +327,15 @@ export class WsRouteClient {
   _emitError(err) {
     if (this.options.onError) this.options.onError(err);
     else console.error(err);
+  }
+}
+
+/** The `exp` claim (unix s) of a JWT, read without checking it (for scheduling only). */
+function expOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).exp;
+  } catch {
+    return undefined;
   }
 }

@@ -27,6 +27,12 @@ pub fn inbox_msgs(user: &UserId) -> String {
     format!("{PREFIX}:u:{{{user}}}:inbox:msgs")
 }
 
+/// Total bytes of the frames in a user's inbox, kept in step with the hash by the node's store
+/// and ack scripts (the same hash tag, so that Redis Cluster keeps it with the inbox).
+pub fn inbox_bytes(user: &UserId) -> String {
+    format!("{PREFIX}:u:{{{user}}}:inbox:bytes")
+}
+
 /// The node's lease: present (with a TTL) while the node is alive.
 pub fn node_lease(node: &NodeId) -> String {
     format!("{PREFIX}:n:{{{node}}}:lease")

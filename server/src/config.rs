@@ -92,13 +92,26 @@ pub struct Args {
     /// `broadcast` (to every node, through Redis pub/sub: a baseline for benchmarks) [default: route]
     #[arg(long, env = "WSROUTE_FANOUT", value_enum)]
     pub fanout: Option<Fanout>,
-    /// Sends (and pings) one connection may make per second, sustained; bursts up to ten times
-    /// that are absorbed. Past it: `rate_limited`; sustained abuse closes with 1008 [default: 200]
+    /// Frames one connection may send per second, sustained (sends, pings, WebSocket pings;
+    /// acks only of messages not waiting for one); bursts up to ten times that are absorbed.
+    /// Past it: `rate_limited`; sustained abuse closes with 1008 [default: 200]
     #[arg(long, env = "WSROUTE_MAX_MSGS_PER_SEC")]
     pub max_msgs_per_sec: Option<u32>,
     /// Live connections one user may hold across the whole cluster [default: 16]
     #[arg(long, env = "WSROUTE_MAX_CONNS_PER_USER")]
     pub max_conns_per_user: Option<u32>,
+    /// Sends from one user that may go to inboxes per minute, per node (a token bucket holding
+    /// a minute's worth); past it: `rejected` `quota_exceeded` [default: 120]
+    #[arg(long, env = "WSROUTE_MAX_STORED_PER_MINUTE")]
+    pub max_stored_per_minute: Option<u32>,
+    /// The same for the push API and the gRPC Router together (they share the API key), per
+    /// node [default: 6000]
+    #[arg(long, env = "WSROUTE_API_STORED_PER_MINUTE")]
+    pub api_stored_per_minute: Option<u32>,
+    /// Bytes one user's inbox may hold (as well as 1,000 messages); past it: `inbox_full`
+    /// [default: 1048576]
+    #[arg(long, env = "WSROUTE_INBOX_MAX_BYTES")]
+    pub inbox_max_bytes: Option<usize>,
     /// Comma-separated `Origin` values browsers may connect from (exact match); requests without
     /// an Origin header (non-browser clients) are not affected [default: any origin]
     #[arg(long, env = "WSROUTE_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -173,6 +186,9 @@ struct FileConfig {
     fanout: Option<Fanout>,
     max_msgs_per_sec: Option<u32>,
     max_conns_per_user: Option<u32>,
+    max_stored_per_minute: Option<u32>,
+    api_stored_per_minute: Option<u32>,
+    inbox_max_bytes: Option<usize>,
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<u64>,
     handshake_timeout_ms: Option<u64>,
@@ -315,7 +331,8 @@ pub struct Limits {
     pub write_wait: Duration,
     /// How long one mesh call may take.
     pub mesh_timeout: Duration,
-    /// Sends and pings per second per connection, sustained (bursts: ten times as many).
+    /// Frames per second per connection, sustained (bursts: ten times as many); acks of
+    /// messages waiting for them are free.
     pub msgs_per_sec: u32,
     /// Live connections per user, cluster-wide.
     pub conns_per_user: u32,
@@ -331,6 +348,13 @@ pub struct Limits {
     pub node_sends_in_flight: usize,
     /// Messages kept per offline user.
     pub inbox_max: usize,
+    /// Bytes of message frames kept per offline user (new sends; what a closed connection had
+    /// not acked is kept whatever the size, bounded by `unacked_bytes`).
+    pub inbox_max_bytes: usize,
+    /// Sends of one user that may go to inboxes per minute, on this node (bucket: a minute's worth).
+    pub stored_per_minute: u32,
+    /// Sends of the push API and the Router that may go to inboxes per minute, on this node.
+    pub api_stored_per_minute: u32,
     /// How long an inbox is kept after its last write.
     pub inbox_ttl: Duration,
     /// How long a send normally takes at most to learn its fate; one still waiting then is
@@ -361,6 +385,9 @@ impl Default for Limits {
             sends_in_flight: 256,
             node_sends_in_flight: 4096,
             inbox_max: 1000,
+            inbox_max_bytes: 1 << 20,
+            stored_per_minute: 120,
+            api_stored_per_minute: 6000,
             inbox_ttl: Duration::from_secs(7 * 24 * 3600),
             send_deadline: Duration::from_secs(8),
             mesh_batch: 512,
@@ -587,6 +614,36 @@ impl Config {
             100_000,
         )? {
             limits.conns_per_user = n as u32;
+        }
+        if let Some(n) = ranged(
+            "max-stored-per-minute",
+            args.max_stored_per_minute
+                .or(file.max_stored_per_minute)
+                .map(u64::from),
+            1,
+            1_000_000,
+        )? {
+            limits.stored_per_minute = n as u32;
+        }
+        if let Some(n) = ranged(
+            "api-stored-per-minute",
+            args.api_stored_per_minute
+                .or(file.api_stored_per_minute)
+                .map(u64::from),
+            1,
+            100_000_000,
+        )? {
+            limits.api_stored_per_minute = n as u32;
+        }
+        if let Some(n) = ranged(
+            "inbox-max-bytes",
+            args.inbox_max_bytes
+                .or(file.inbox_max_bytes)
+                .map(|n| n as u64),
+            64 << 10,
+            1 << 30,
+        )? {
+            limits.inbox_max_bytes = n as usize;
         }
 
         if let Some(n) = ranged(

@@ -20,6 +20,7 @@ use crate::local::LocalAttempt;
 use crate::mesh::client::{ForwardReply, PeerPool};
 use crate::mesh::wire::ItemKind;
 use crate::metrics::Metrics;
+use crate::quota::{Origin, StoreQuota};
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
@@ -68,6 +69,8 @@ impl Outcome {
 /// A message handed to its recipients, its outcome still to come.
 pub struct InFlight {
     env: Envelope,
+    /// Who pays if it goes to an inbox.
+    origin: Origin,
     state: State,
 }
 
@@ -95,6 +98,8 @@ pub struct Delivery {
     pub(crate) cache: Arc<RouteCache>,
     pub(crate) peers: Arc<PeerPool>,
     pub(crate) inbox: Inbox,
+    /// What each sender may still send to inboxes; charged only for new sends that go there.
+    pub(crate) quota: StoreQuota,
     pub(crate) metrics: Metrics,
     /// How long a send normally takes at most to learn its fate; one still waiting then is
     /// logged and counted, and waited for (it may be delivered or stored already).
@@ -113,8 +118,8 @@ impl Delivery {
     }
 
     /// Resolves and delivers, then waits for the outcome.
-    pub async fn send(&self, env: Envelope) -> Outcome {
-        let in_flight = self.dispatch(env).await;
+    pub async fn send(&self, env: Envelope, origin: Origin) -> Outcome {
+        let in_flight = self.dispatch(env, origin).await;
         self.finish(in_flight).await
     }
 
@@ -122,7 +127,7 @@ impl Delivery {
     /// peer. Calls made in order on one connection queue in that order, which is what keeps
     /// messages from one sender to one recipient in order while their outcomes are awaited
     /// concurrently.
-    pub async fn dispatch(&self, env: Envelope) -> InFlight {
+    pub async fn dispatch(&self, env: Envelope, origin: Origin) -> InFlight {
         if let Some(b) = &self.broadcast {
             let outcome = match Box::pin(b.publish(&env)).await {
                 Ok(nodes) => Outcome::Delivered { devices: nodes },
@@ -130,6 +135,7 @@ impl Delivery {
             };
             return InFlight {
                 env,
+                origin,
                 state: State::Decided(outcome),
             };
         }
@@ -146,6 +152,7 @@ impl Delivery {
                 tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "cannot resolve recipient");
                 return InFlight {
                     env,
+                    origin,
                     state: State::Decided(Outcome::rejected(
                         RejectCode::Unavailable,
                         "route table unavailable; try again",
@@ -158,7 +165,7 @@ impl Delivery {
         } else {
             State::Sent(self.hand_out(&env, &routes).await)
         };
-        InFlight { env, state }
+        InFlight { env, origin, state }
     }
 
     /// Second half: the honest outcome. By the time it runs the message has been handed to
@@ -167,8 +174,8 @@ impl Delivery {
     /// ends because every step below has its own bound (writers' wait, mesh call timeout,
     /// Redis call timeout).
     pub async fn finish(&self, in_flight: InFlight) -> Outcome {
-        let InFlight { env, state } = in_flight;
-        let settle = self.settle(&env, state);
+        let InFlight { env, origin, state } = in_flight;
+        let settle = self.settle(&env, origin, state);
         tokio::pin!(settle);
         let outcome = match tokio::time::timeout(self.deadline, &mut settle).await {
             Ok(o) => o,
@@ -193,10 +200,10 @@ impl Delivery {
     /// The common path (the routes we knew took the message) waits inline; the inbox and the
     /// repair path run in boxed futures, so that every send's future stays small (it is
     /// allocated per send, and under ~1 KiB an allocation stays in the allocator's fast path).
-    async fn settle(&self, env: &Envelope, state: State) -> Outcome {
+    async fn settle(&self, env: &Envelope, origin: Origin, state: State) -> Outcome {
         let mut attempt = match state {
             State::Decided(o) => return o,
-            State::Offline => return Box::pin(self.store(env)).await,
+            State::Offline => return Box::pin(self.store(env, origin)).await,
             State::Sent(a) => a,
         };
         let tried = std::mem::take(&mut attempt.tried);
@@ -207,14 +214,14 @@ impl Delivery {
         if written.total() > 0 {
             return self.delivered(written);
         }
-        Box::pin(self.repair(env, tried)).await
+        Box::pin(self.repair(env, origin, tried)).await
     }
 
     /// Every route we knew failed: read the truth once and try what is new, else store.
-    async fn repair(&self, env: &Envelope, mut tried: Vec<ConnId>) -> Outcome {
+    async fn repair(&self, env: &Envelope, origin: Origin, mut tried: Vec<ConnId>) -> Outcome {
         let fresh = match self.routes.lookup(&env.to).await {
             Ok(r) => self.cache.live_only(r),
-            Err(e) => return self.store_or_unavailable(env, e).await,
+            Err(e) => return self.store_or_unavailable(env, origin, e).await,
         };
         let new: Vec<Route> = fresh
             .into_iter()
@@ -229,7 +236,7 @@ impl Delivery {
                 return self.delivered(written);
             }
         }
-        self.store(env).await
+        self.store(env, origin).await
     }
 
     fn delivered(&self, w: Written) -> Outcome {
@@ -242,12 +249,32 @@ impl Delivery {
         Outcome::Delivered { devices: w.total() }
     }
 
-    async fn store_or_unavailable(&self, env: &Envelope, e: DbError) -> Outcome {
+    async fn store_or_unavailable(&self, env: &Envelope, origin: Origin, e: DbError) -> Outcome {
         tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "route re-read failed; storing");
-        self.store(env).await
+        self.store(env, origin).await
     }
 
-    async fn store(&self, env: &Envelope) -> Outcome {
+    /// Stores a new message for an offline recipient, if its sender's quota allows (charged
+    /// before the Redis call, so that a sender past it costs Redis nothing more).
+    async fn store(&self, env: &Envelope, origin: Origin) -> Outcome {
+        if !self
+            .quota
+            .charge(origin, &env.from, std::time::Instant::now())
+        {
+            tracing::debug!(from = %env.from, to = %env.to, msg_id = %env.id, ?origin, "inbox quota spent");
+            self.metrics.messages.with_label_values(&["rejected"]).inc();
+            let per_minute = self.quota.per_minute(origin);
+            let flag = match origin {
+                Origin::Client => "--max-stored-per-minute",
+                Origin::Api => "--api-stored-per-minute",
+            };
+            return Outcome::rejected(
+                RejectCode::QuotaExceeded,
+                format!(
+                    "the recipient is offline and this sender has sent {per_minute} messages to inboxes in the last minute ({flag}); try again later"
+                ),
+            );
+        }
         match self.inbox.store(env).await {
             Ok(StoreOutcome::Stored) => {
                 self.metrics.messages.with_label_values(&["stored"]).inc();
@@ -263,7 +290,17 @@ impl Delivery {
             }
             Ok(StoreOutcome::Full) => {
                 self.metrics.messages.with_label_values(&["rejected"]).inc();
-                Outcome::rejected(RejectCode::InboxFull, "the recipient's inbox is full")
+                Outcome::rejected(
+                    RejectCode::InboxFull,
+                    "the recipient's inbox is full (its maximum of messages)",
+                )
+            }
+            Ok(StoreOutcome::FullBytes) => {
+                self.metrics.messages.with_label_values(&["rejected"]).inc();
+                Outcome::rejected(
+                    RejectCode::InboxFull,
+                    "the recipient's inbox is full (--inbox-max-bytes)",
+                )
             }
             Err(e) => {
                 tracing::warn!(to = %env.to, msg_id = %env.id, error = %e, "cannot store to inbox");

@@ -18,6 +18,11 @@ pub enum FrameErrorCode {
     TooLarge,
     /// Too many sends waiting for their outcome on this connection.
     RateLimited,
+    /// A `refresh` whose token is not valid, or is for another user; the session keeps its
+    /// old expiry.
+    Unauthorized,
+    /// The session's token expired; the connection is closed with 4001.
+    TokenExpired,
 }
 
 impl FrameErrorCode {
@@ -27,6 +32,8 @@ impl FrameErrorCode {
             Self::BadField => "bad_field",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
         }
     }
 }
@@ -38,8 +45,11 @@ pub enum RejectCode {
     BadRecipient,
     /// The body is larger than the node accepts.
     TooLarge,
-    /// The recipient's inbox holds the maximum number of messages.
+    /// The recipient's inbox holds the maximum number of messages or bytes.
     InboxFull,
+    /// The sender (a user, or the API key) sent more messages to inboxes than its quota
+    /// (`--max-stored-per-minute`, `--api-stored-per-minute`).
+    QuotaExceeded,
     /// The route table or the recipient's node could not be reached in time: try again later.
     Unavailable,
     /// The node is draining and accepts no new messages from this connection.
@@ -58,6 +68,7 @@ impl RejectCode {
             Self::BadRecipient => "bad_recipient",
             Self::TooLarge => "too_large",
             Self::InboxFull => "inbox_full",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::Unavailable => "unavailable",
             Self::Draining => "draining",
             Self::BadBody => "bad_body",
@@ -71,6 +82,7 @@ impl RejectCode {
             "bad_recipient" => Self::BadRecipient,
             "too_large" => Self::TooLarge,
             "inbox_full" => Self::InboxFull,
+            "quota_exceeded" => Self::QuotaExceeded,
             "unavailable" => Self::Unavailable,
             "draining" => Self::Draining,
             "bad_body" => Self::BadBody,
@@ -101,6 +113,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Back off, then reconnect: the server could not keep up or lost its route table.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Reconnect with a fresh token: the session's token expired (PROTOCOL 7.5).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Why a request is refused before anything is done (an upgrade, an HTTP call, a gRPC call):

@@ -1,5 +1,7 @@
 //! Messages for users with no live connection: kept in Redis (bounded per user, with an expiry),
 //! delivered oldest first on the user's next connect on any node, removed only on the client's ack.
+//! An inbox is bounded by messages and by bytes (a counter beside it, kept in step by the
+//! scripts below) for new sends; messages a connection had not acked are kept whatever its size.
 //! Reading an inbox is `wsroute_core::inbox` (router-cli reads it too); storing and acking here.
 
 use std::sync::LazyLock;
@@ -13,29 +15,40 @@ use crate::envelope::Envelope;
 use crate::ids::{MsgId, UserId};
 use crate::metrics::Metrics;
 
-/// Appends a message unless the inbox is full. Idempotent per id, so a retried store never
-/// duplicates. KEYS: ids list, msgs hash. ARGV: id, frame, max, ttl_ms. Returns the depth after storing, -1 when already
-/// there, 0 when full.
+/// Appends a message unless the inbox is full (by count or by bytes). Idempotent per id, so a
+/// retried store never duplicates. KEYS: ids list, msgs hash, bytes counter. ARGV: id, frame,
+/// max messages, max bytes, ttl_ms. Returns the depth after storing, -1 when already there, 0
+/// when full by count, -2 when full by bytes. The counter moves with the hash, here and in
+/// [`ACK`], and expires with it.
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+local size = string.len(ARGV[2])
+local bytes = tonumber(redis.call('GET', KEYS[3]) or '0')
+if bytes + size > tonumber(ARGV[4]) then return -2 end
 local depth = redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('INCRBY', KEYS[3], size)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return depth
 ",
     )
 });
 
-/// Removes one acked message. Returns 1 if it was there.
+/// Removes one acked message and its bytes from the counter. Returns 1 if it was there.
 static ACK: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 redis.call('LREM', KEYS[1], 1, ARGV[1])
-return redis.call('HDEL', KEYS[2], ARGV[1])
+local frame = redis.call('HGET', KEYS[2], ARGV[1])
+if not frame then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('DECRBY', KEYS[3], string.len(frame)) <= 0 then redis.call('DEL', KEYS[3]) end
+return 1
 ",
     )
 });
@@ -43,24 +56,35 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
     Stored,
+    /// The inbox holds its maximum number of messages.
     Full,
+    /// The message would take the inbox past its maximum bytes.
+    FullBytes,
 }
 
 #[derive(Clone)]
 pub struct Inbox {
     redis: Redis,
     max: usize,
+    max_bytes: usize,
     ttl: Duration,
     metrics: Metrics,
     read: InboxReader,
 }
 
 impl Inbox {
-    pub fn new(redis: Redis, max: usize, ttl: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        redis: Redis,
+        max: usize,
+        max_bytes: usize,
+        ttl: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let read = InboxReader::new(redis.clone(), std::sync::Arc::new(metrics.clone()));
         Self {
             redis,
             max,
+            max_bytes,
             ttl,
             metrics,
             read,
@@ -79,34 +103,38 @@ impl Inbox {
         id: &MsgId,
         frame: &str,
     ) -> Result<StoreOutcome, DbError> {
-        self.store_capped(user, id, frame, self.max).await
+        self.store_capped(user, id, frame, (self.max, self.max_bytes))
+            .await
     }
 
+    /// Stores unless the inbox holds `caps.0` messages or would hold more than `caps.1` bytes.
     async fn store_capped(
         &self,
         user: &UserId,
         id: &MsgId,
         frame: &str,
-        max: usize,
+        (max, max_bytes): (usize, usize),
     ) -> Result<StoreOutcome, DbError> {
         let _timer = self.metrics.redis_op("inbox_store");
         let mut c = self.redis.hot().await?;
         let stored: i64 = STORE
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
+            .key(keys::inbox_bytes(user))
             .arg(id.as_str())
             .arg(frame)
             .arg(max)
+            .arg(max_bytes)
             .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut c)
             .await?;
         if stored > 0 {
             self.metrics.inbox_depth.observe(stored as f64);
         }
-        Ok(if stored != 0 {
-            StoreOutcome::Stored
-        } else {
-            StoreOutcome::Full
+        Ok(match stored {
+            0 => StoreOutcome::Full,
+            -2 => StoreOutcome::FullBytes,
+            _ => StoreOutcome::Stored,
         })
     }
 
@@ -135,7 +163,10 @@ impl Inbox {
                 continue;
             }
             loop {
-                match self.store_capped(user, id, frame, usize::MAX).await {
+                match self
+                    .store_capped(user, id, frame, (usize::MAX, usize::MAX))
+                    .await
+                {
                     Ok(_) => {
                         kept.push(id.clone());
                         break;
@@ -169,6 +200,7 @@ impl Inbox {
         let removed: i64 = ACK
             .key(keys::inbox_ids(user))
             .key(keys::inbox_msgs(user))
+            .key(keys::inbox_bytes(user))
             .arg(id.as_str())
             .invoke_async(&mut c)
             .await?;

@@ -40,6 +40,7 @@ pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod quota;
 pub mod route;
 pub mod sessions;
 pub mod state;

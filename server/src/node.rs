@@ -158,6 +158,7 @@ impl Node {
         let inbox = Inbox::new(
             redis.clone(),
             limits.inbox_max,
+            limits.inbox_max_bytes,
             limits.inbox_ttl,
             metrics.clone(),
         );
@@ -189,6 +190,10 @@ impl Node {
             cache: cache.clone(),
             peers: peers.clone(),
             inbox: inbox.clone(),
+            quota: crate::quota::StoreQuota::new(
+                limits.stored_per_minute,
+                limits.api_stored_per_minute,
+            ),
             metrics: metrics.clone(),
             deadline: limits.send_deadline,
             write_wait: limits.write_wait,

@@ -16,6 +16,18 @@ class FakeSocket {
   }
   send(text) {
     this.sent.push(JSON.parse(text));
+    this.onSent?.();
+  }
+  /** The first frame sent that matches `pred`, now or when it is sent. */
+  sentFrame(pred) {
+    return new Promise((resolve) => {
+      const look = () => {
+        const f = this.sent.find(pred);
+        if (f) resolve(f);
+      };
+      this.onSent = look;
+      look();
+    });
   }
   close(code = 1005, reason = "") {
     queueMicrotask(() => this.onclose?.({ code, reason }));
@@ -180,5 +192,35 @@ test("a wss client does not follow a reconnect down to ws, even on its own host"
   assert.equal(errors.length, 1);
   ws.frame({ type: "reconnect", url: "wss://node1.test:8443/ws", reason: "draining" });
   assert.equal(errors.length, 2, "another port is another origin");
+  c.close();
+});
+
+/** An unsigned token whose payload carries `exp` (the client reads it only to schedule). */
+function jwt(exp, n) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return `${b64({ alg: "HS256" })}.${b64({ sub: "alice", exp, n })}.sig`;
+}
+
+test("getToken gives every connect its token, refreshes it before exp, and a 4001 reconnects at once", async () => {
+  FakeSocket.opened = [];
+  const tokens = [];
+  const getToken = async () => {
+    tokens.push(jwt(Math.floor(Date.now() / 1000) + 1, tokens.length));
+    return tokens.at(-1);
+  };
+  const c = connect("ws://node1.test/ws", { getToken, WebSocket: FakeSocket, minBackoffMs: 60000 });
+  await settled();
+  const ws = FakeSocket.opened[0];
+  assert.equal(ws.url.searchParams.get("token"), tokens[0]);
+  ws.hello();
+  // The token expires within a second: the refresh goes out before, with a new token.
+  const refresh = await ws.sentFrame((f) => f.type === "refresh");
+  assert.equal(refresh.token, tokens[1]);
+  ws.frame({ type: "refreshed", exp: Math.floor(Date.now() / 1000) + 3600 });
+  // The server ends the session anyway (4001): a new token, a new connection, no back-off.
+  ws.drop(4001);
+  await settled();
+  assert.equal(FakeSocket.opened.length, 2);
+  assert.equal(FakeSocket.opened[1].url.searchParams.get("token"), tokens[2]);
   c.close();
 });

@@ -152,8 +152,19 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
     use tokio_tungstenite::tungstenite::Message;
     use wsroute_tests::Client;
 
+    // Room in the sloth's inbox (and the flooders' quotas) for all the flood can store: this
+    // is about evicting a slow consumer, not about the inbox limits (tests/tests/quotas.rs).
     let c = Cluster::start_with(2, |o| {
-        o.extra = vec!["--session-queue".into(), "64".into()];
+        o.extra = [
+            "--session-queue",
+            "64",
+            "--inbox-max-bytes",
+            "268435456",
+            "--max-stored-per-minute",
+            "100000",
+        ]
+        .map(String::from)
+        .to_vec();
     })
     .await;
     // The sloth reads its hello, then nothing.

@@ -51,7 +51,12 @@ async fn offline_messages_wait_in_the_inbox_until_acked() {
 
 #[tokio::test]
 async fn an_inbox_is_bounded_and_says_so() {
-    let c = Cluster::start(1).await;
+    // One sender's quota (120 a minute) is raised so that alice alone can fill the inbox; the
+    // quota and the byte cap have their own tests (tests/tests/quotas.rs).
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--max-stored-per-minute".into(), "2000".into()];
+    })
+    .await;
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     // The default bound is 1000; fill it through the pipeline and check the first refusal.
     for i in 0..1000 {

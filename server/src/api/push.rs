@@ -12,6 +12,7 @@ use crate::bearer::{self, BearerError};
 use crate::envelope::Envelope;
 use crate::error::Refusal;
 use crate::ids::{Cid, UserId};
+use crate::quota::Origin;
 use crate::state::NodeState;
 
 /// `from` when the caller gives none.
@@ -92,6 +93,6 @@ pub async fn push(
         parsed.body,
     );
     let id = env.id.to_string();
-    let outcome = state.delivery.send(env).await;
+    let outcome = state.delivery.send(env, Origin::Api).await;
     HttpResponse::Ok().json(super::outcome_json(&id, &outcome))
 }

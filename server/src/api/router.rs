@@ -13,6 +13,7 @@ use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{Refusal, RejectCode};
 use crate::ids::{Cid, UserId};
+use crate::quota::Origin;
 use crate::state::NodeState;
 
 /// Largest `SendToUsers` batch.
@@ -69,7 +70,7 @@ impl RouterService {
         let id = self.state.ids.msg_for(&from, cid.as_ref());
         let env = Envelope::new(id, from, to, body);
         let id = env.id.to_string();
-        let outcome = self.state.delivery.send(env).await;
+        let outcome = self.state.delivery.send(env, Origin::Api).await;
         let (error_code, error_message) = match &outcome {
             Outcome::Rejected { code, message } => (code.as_str().to_owned(), message.clone()),
             _ => (String::new(), String::new()),

@@ -50,11 +50,25 @@ pub enum KeyError {
 pub struct Principal {
     pub user: UserId,
     pub device: Option<String>,
+    /// When the session ends (unix seconds): the token's `exp` plus the leeway, the last moment
+    /// the token would still be accepted. `None` for dev auth (`?user=`): no token, no end.
+    pub expires: Option<u64>,
+}
+
+/// A verified token: whose it is and until when the session it opens may last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    /// The token's `exp` (unix seconds), as the client is told in `refreshed`.
+    pub exp: u64,
+    /// `exp` plus the leeway: when a session on this token ends.
+    pub ends: u64,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
 /// Which algorithms a key may verify. Keys never cross families, which is what stops algorithm
@@ -165,8 +179,12 @@ impl Authenticator {
         })
     }
 
-    /// Verifies a token against the key of its algorithm's family (and `kid`, when given).
-    fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+    /// Verifies a token against the key of its algorithm's family (and `kid`, when given): at
+    /// the upgrade, and for a session's `refresh`.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        if self.keys.is_empty() {
+            return Err(AuthError::Invalid("this node accepts no tokens".into()));
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let family = Family::of(header.alg).ok_or_else(|| {
@@ -203,7 +221,13 @@ impl Authenticator {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)
+        let user = UserId::parse(&data.claims.sub).map_err(AuthError::BadSubject)?;
+        let exp = data.claims.exp;
+        Ok(Verified {
+            user,
+            exp,
+            ends: exp.saturating_add(self.leeway),
+        })
     }
 
     /// Who the upgrade request `req` speaks for: a bearer token (header or `?token=`) or, with
@@ -229,18 +253,22 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "));
         let token = header_token.or(query.get("token").map(String::as_str));
 
-        let user = match token {
-            Some(token) if !self.keys.is_empty() => self.verify(token)?,
-            Some(_) if !self.dev_auth => {
-                return Err(AuthError::Invalid("this node accepts no tokens".into()));
+        let (user, expires) = match token {
+            Some(token) if !self.keys.is_empty() || !self.dev_auth => {
+                let v = self.verify(token)?;
+                (v.user, Some(v.ends))
             }
             _ if self.dev_auth => match query.get("user") {
-                Some(u) => UserId::parse(u).map_err(AuthError::BadDevUser)?,
+                Some(u) => (UserId::parse(u).map_err(AuthError::BadDevUser)?, None),
                 None => return Err(AuthError::Missing),
             },
             _ => return Err(AuthError::Missing),
         };
-        Ok(Principal { user, device })
+        Ok(Principal {
+            user,
+            device,
+            expires,
+        })
     }
 }
 
@@ -292,6 +320,11 @@ mod tests {
         let p = a.authenticate(req.head()).expect("valid");
         assert_eq!(p.user.as_str(), "alice");
         assert_eq!(p.device.as_deref(), Some("phone"));
+        let ends = p.expires.expect("a token session ends");
+        assert!(
+            (now() + 60..=now() + 65).contains(&ends),
+            "ends at exp plus the leeway: {ends}"
+        );
         let req = TestRequest::get()
             .uri(&format!("/ws?token={t}"))
             .to_http_request();
@@ -324,10 +357,9 @@ mod tests {
     fn dev_auth_takes_user_from_query() {
         let a = Authenticator::new(None, &JwtOptions::default(), true).expect("keys");
         let req = TestRequest::get().uri("/ws?user=bob").to_http_request();
-        assert_eq!(
-            a.authenticate(req.head()).expect("dev").user.as_str(),
-            "bob"
-        );
+        let p = a.authenticate(req.head()).expect("dev");
+        assert_eq!(p.user.as_str(), "bob");
+        assert_eq!(p.expires, None, "a dev session never expires");
         let req = TestRequest::get().uri("/ws?user=b%20b").to_http_request();
         assert!(a.authenticate(req.head()).is_err());
         let req = TestRequest::get()

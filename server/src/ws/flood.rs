@@ -1,5 +1,6 @@
 //! Flood control for one connection: a token bucket over the frames a client initiates (sends,
-//! pings, refused frames), and the rule for when refusing becomes closing.
+//! pings and WebSocket ping/pong frames, refreshes, acks of nothing waiting for them, refused
+//! frames), and the rule for when refusing becomes closing.
 
 use std::time::Instant;
 

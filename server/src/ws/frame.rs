@@ -22,6 +22,10 @@ pub enum ClientFrame {
         id: MsgId,
     },
     Ping,
+    /// A fresh token for the same user (PROTOCOL.md 7.5); verified by the session.
+    Refresh {
+        token: String,
+    },
 }
 
 #[derive(Debug)]
@@ -70,6 +74,8 @@ struct RawFrame<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow)]
     cid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError> {
@@ -157,6 +163,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             Ok(ClientFrame::Read { id })
         }
         "ping" => Ok(ClientFrame::Ping),
+        "refresh" => Ok(ClientFrame::Refresh {
+            token: string_field(raw.token, "token")?,
+        }),
         other => Err(FrameError::new(
             FrameErrorCode::BadFrame,
             format!("unknown type {:?}", truncate(other, 64)),
@@ -213,6 +222,9 @@ enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<&'a str>,
     },
+    Refreshed {
+        exp: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -233,6 +245,11 @@ pub fn hello(conn_id: &str, user: &str, node: &str, heartbeat_ms: u64) -> String
         node,
         heartbeat_ms,
     })
+}
+
+/// The answer to a good `refresh`: the new token's `exp` (unix seconds).
+pub fn refreshed(exp: u64) -> String {
+    encode(&ServerFrame::Refreshed { exp })
 }
 
 /// The answer to a send, as the client sees it.
@@ -392,6 +409,24 @@ mod tests {
         );
         let long = format!(r#"{{"type":"read","id":"{}"}}"#, "m".repeat(129));
         assert_eq!(code(&long), FrameErrorCode::BadField);
+    }
+
+    #[test]
+    fn parses_refresh_and_encodes_refreshed() {
+        match parse(r#"{"type":"refresh","token":"a.b.c"}"#) {
+            Ok(ClientFrame::Refresh { token }) => assert_eq!(token, "a.b.c"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(code(r#"{"type":"refresh"}"#), FrameErrorCode::BadField);
+        assert_eq!(
+            code(r#"{"type":"refresh","token":5}"#),
+            FrameErrorCode::BadField
+        );
+        let v: serde_json::Value = serde_json::from_str(&refreshed(1_700_000_000)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"refreshed","exp":1_700_000_000u64})
+        );
     }
 
     #[test]

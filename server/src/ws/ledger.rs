@@ -57,8 +57,10 @@ pub struct Ledger {
     unacked: VecDeque<Unacked>,
     unacked_bytes: usize,
     max_bytes: usize,
-    /// Ids this connection already has from the inbox (or that a sender gave up on and stored):
-    /// never sent twice to this connection, and acked in Redis when the client acks them.
+    /// Ids this connection already has from the inbox (or that a sender gave up on and stored),
+    /// not acked yet: never sent twice to this connection, and acked in Redis (once) when the
+    /// client acks them. Bounded by what the inbox sends (its caps) and by the live messages
+    /// whose sender stopped waiting (bounded like the unacked ones).
     inbox_sent: HashSet<MsgId>,
     /// The last [`RECENT_IDS`] live messages written here, with their senders. A message written
     /// here whose sender did not hear so (a mesh stream broke before the reply) is sent again or
@@ -129,10 +131,20 @@ impl Ledger {
             }
             u.source
         });
-        Acked {
-            live,
-            inbox: self.inbox_sent.contains(id),
+        // An inbox message is acked in Redis once: a repeated ack finds nothing to remove and
+        // costs no Redis call. It stays recognised (as recent), so that a copy stored after
+        // this ack (a sender that stopped waiting) is dropped there, not sent here again.
+        let inbox = self.inbox_sent.remove(id);
+        if inbox && !self.recent_ids.contains(id) {
+            self.remember(id.clone(), None);
         }
+        Acked { live, inbox }
+    }
+
+    /// Whether `id` waits for this client's ack (a live message not acked yet, or an inbox
+    /// message sent here): an ack of it answers the server's own traffic.
+    pub fn awaits_ack(&self, id: &MsgId) -> bool {
+        self.inbox_sent.contains(id) || self.unacked.iter().any(|u| u.id == *id)
     }
 
     /// Who sent `id`, if it was written here recently (or is still unacked).
@@ -262,7 +274,18 @@ mod tests {
         l.wrote_inbox(id(1));
         assert!(l.has_from_inbox(&id(1)));
         assert_eq!(l.inbox_copy(&id(1)), InboxCopy::Had);
+        assert!(l.awaits_ack(&id(1)));
         assert!(l.acked(&id(1)).inbox, "an inbox message is acked in Redis");
+        assert!(!l.awaits_ack(&id(1)));
+        assert!(
+            !l.acked(&id(1)).inbox,
+            "a repeated ack does not go to Redis again"
+        );
+        assert_eq!(
+            l.inbox_copy(&id(1)),
+            InboxCopy::Acked,
+            "a copy still in Redis is removed, not sent again"
+        );
         assert!(
             unacked_ids(&mut l).is_empty(),
             "inbox messages are not tracked as unacked"

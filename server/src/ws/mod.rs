@@ -74,6 +74,8 @@ struct Admitted {
     inbox_waiting: bool,
     mailbox: Arc<Mailbox>,
     device: Option<Arc<str>>,
+    /// When the token's session ends (unix seconds); `None` for dev auth.
+    expires: Option<u64>,
 }
 
 impl Admitted {
@@ -89,6 +91,7 @@ impl Admitted {
             self.inbox_waiting,
             self.device,
         )
+        .ending_at(self.expires)
         .run(stream, self.mailbox)
         .instrument(self.span);
         actix_web::rt::spawn(tracker.track_future(task));
@@ -184,5 +187,6 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
         inbox_waiting,
         mailbox,
         device,
+        expires: principal.expires,
     })
 }

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
+use futures_util::future::OptionFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -26,6 +27,7 @@ use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::holds::{Event, ReceiptStatus};
 use crate::ids::{ConnId, MsgId, UserId};
+use crate::quota::Origin;
 use crate::sessions::{Control, Mail, Mailbox, Outbound, Source};
 use crate::state::NodeState;
 
@@ -71,6 +73,53 @@ pub struct Session {
     pub inbox_waiting: bool,
     /// The device the client named (`?device=`), told to senders in receipts.
     pub device: Option<Arc<str>>,
+    /// When the session's token stops being valid (PROTOCOL.md 7.5); `None` for dev auth.
+    pub expiry: Option<Expiry>,
+}
+
+/// A token session's end: one timer per session, allocated only for token sessions, moved by
+/// a `refresh`.
+pub struct Expiry {
+    /// Unix seconds: the token's `exp` plus the leeway.
+    ends: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Longest a session's timer is set for at once; a later end is checked again when it fires
+/// (so that a far `exp` cannot overflow the clock, and wall-clock changes are followed).
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+impl Expiry {
+    fn new(ends: u64) -> Self {
+        Self {
+            ends,
+            timer: Box::pin(tokio::time::sleep_until(Self::wake_at(ends))),
+        }
+    }
+
+    /// When to look again: at `ends` by the wall clock, or after [`MAX_TIMER`].
+    fn wake_at(ends: u64) -> Instant {
+        let left = Duration::from_secs(ends).saturating_sub(unix_now());
+        Instant::now() + left.min(MAX_TIMER)
+    }
+
+    /// Whether the end has come (by the wall clock, as `exp` is).
+    fn passed(&self) -> bool {
+        unix_now() >= Duration::from_secs(self.ends)
+    }
+
+    /// Moves the end (a refresh), or sets the timer again for an end still to come.
+    fn reset(&mut self, ends: u64) {
+        self.ends = ends;
+        let at = Self::wake_at(ends);
+        self.timer.as_mut().reset(at);
+    }
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 impl Session {
@@ -101,7 +150,14 @@ impl Session {
             flood,
             inbox_waiting,
             device,
+            expiry: None,
         }
+    }
+
+    /// A token session: it ends at `ends` (unix seconds) unless refreshed.
+    pub fn ending_at(mut self, ends: Option<u64>) -> Self {
+        self.expiry = ends.map(Expiry::new);
+        self
     }
 }
 
@@ -189,6 +245,16 @@ impl Session {
                             Some(Err(e)) => break 'session Box::pin(self.on_protocol_error(e)).await,
                         }
                     }
+                    _ = OptionFuture::from(self.expiry.as_mut().map(|e| &mut e.timer)), if self.expiry.is_some() => {
+                        match self.expiry.as_mut() {
+                            Some(e) if !e.passed() => {
+                                let ends = e.ends;
+                                e.reset(ends);
+                                Ok(())
+                            }
+                            _ => break 'session Box::pin(self.token_expired()).await,
+                        }
+                    }
                     _ = ticker.tick() => {
                         if last_heard.elapsed() > heartbeat * 2 {
                             tracing::info!(user = %self.user, conn_id = %self.conn, "client silent for two heartbeats; closing");
@@ -252,34 +318,26 @@ impl Session {
                 message: "binary frames are not accepted; send JSON text frames".into(),
                 reference: None,
             }),
+            // WebSocket pings and pongs count like any frame: each costs a read, a ping a write.
             AggregatedMessage::Ping(payload) => {
+                if let Some(refused) = self.flood_check(None).await {
+                    return refused;
+                }
                 return match evictable(&self.evict, self.ws.pong(&payload)).await {
                     Ok(()) => None,
                     Err(e) => Some(self.write_failed(e).await),
                 };
             }
-            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Pong(_) => return self.flood_check(None).await.flatten(),
             AggregatedMessage::Close(why) => return Some(End::ClosedByClient(why)),
         };
-        // Acks answer the server's own traffic and cost nothing; everything else a client
-        // starts is counted against its rate.
-        if !matches!(parsed, Ok(ClientFrame::Ack { .. })) {
-            match self.flood.check(std::time::Instant::now()) {
-                Verdict::Allow => {}
-                Verdict::Refuse => return self.rate_limited(&parsed).await,
-                Verdict::Close => {
-                    tracing::warn!(user = %self.user, conn_id = %self.conn, "closing a connection that kept flooding (1008)");
-                    self.state
-                        .metrics
-                        .frames_refused
-                        .with_label_values(&["rate_limited"])
-                        .inc();
-                    return Some(End::Close(reason(
-                        close::POLICY,
-                        "rate limit exceeded repeatedly",
-                    )));
-                }
-            }
+        // An ack of a message that waits for it answers the server's own traffic (as many as
+        // were written here) and is not counted; every other frame is, repeated and unknown
+        // acks included.
+        let answers_us = matches!(&parsed, Ok(ClientFrame::Ack { id })
+            if MsgId::parse(id).is_ok_and(|id| self.ledger.awaits_ack(&id)));
+        if !answers_us && let Some(refused) = self.flood_check(Some(&parsed)).await {
+            return refused;
         }
         match parsed {
             Ok(ClientFrame::Send(send)) => self.on_send(send, pending, parked).await,
@@ -292,8 +350,77 @@ impl Session {
                 None
             }
             Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
+            Ok(ClientFrame::Refresh { token }) => self.on_refresh(&token).await,
             Err(e) => self.refuse(&e).await,
         }
+    }
+
+    /// Counts a frame against the flood limit. `None`: go on with it. `Some(answer)`: it was
+    /// refused (`rate_limited`, already answered), and `answer` is what `on_message` returns
+    /// (the end of the session for a client that kept flooding). `parsed` is `None` for
+    /// WebSocket control frames.
+    async fn flood_check(
+        &mut self,
+        parsed: Option<&Result<ClientFrame, FrameError>>,
+    ) -> Option<Option<End>> {
+        match self.flood.check(std::time::Instant::now()) {
+            Verdict::Allow => None,
+            Verdict::Refuse => Some(self.rate_limited(parsed).await),
+            Verdict::Close => {
+                tracing::warn!(user = %self.user, conn_id = %self.conn, "closing a connection that kept flooding (1008)");
+                self.state
+                    .metrics
+                    .frames_refused
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                Some(Some(End::Close(reason(
+                    close::POLICY,
+                    "rate limit exceeded repeatedly",
+                ))))
+            }
+        }
+    }
+
+    /// A fresh token for this session's user moves its end; anything else is refused
+    /// (`unauthorized`) and the session keeps its end. The token is never logged.
+    async fn on_refresh(&mut self, token: &str) -> Option<End> {
+        let why = match self.state.auth.verify(token) {
+            Ok(v) if v.user == self.user => {
+                match &mut self.expiry {
+                    Some(e) => e.reset(v.ends),
+                    None => self.expiry = Some(Expiry::new(v.ends)),
+                }
+                tracing::info!(user = %self.user, conn_id = %self.conn, exp = v.exp, "session token refreshed");
+                return self.reply(frame::refreshed(v.exp)).await;
+            }
+            Ok(_) => "the token is for another user".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(user = %self.user, conn_id = %self.conn, reason = %why, "refused a token refresh");
+        self.refuse(&FrameError {
+            code: FrameErrorCode::Unauthorized,
+            message: format!("refresh refused: {why}; the session keeps its expiry"),
+            reference: None,
+        })
+        .await
+    }
+
+    /// The session's token expired: say so, then close with 4001.
+    async fn token_expired(&mut self) -> End {
+        tracing::info!(user = %self.user, conn_id = %self.conn, "session token expired; closing (4001)");
+        self.state
+            .metrics
+            .frames_refused
+            .with_label_values(&[FrameErrorCode::TokenExpired.as_str()])
+            .inc();
+        let err = frame::error(&FrameError {
+            code: FrameErrorCode::TokenExpired,
+            message: "the session's token expired; reconnect with a fresh token (or send `refresh` before it expires)".into(),
+            reference: None,
+        });
+        // Best effort within a second: the close follows either way.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.send(err)).await;
+        End::Close(reason(close::TOKEN_EXPIRED, "token expired"))
     }
 
     async fn on_send(
@@ -362,7 +489,10 @@ impl Session {
         let reference = send.reference;
         let delivery = Arc::clone(&self.state.delivery);
         let span = tracing::debug_span!("msg", msg_id = %id, to = %env.to);
-        let in_flight = delivery.dispatch(env).instrument(span.clone()).await;
+        let in_flight = delivery
+            .dispatch(env, Origin::Client)
+            .instrument(span.clone())
+            .await;
         pending.push(Box::pin(
             async move {
                 let outcome = delivery.finish(in_flight).await;
@@ -376,7 +506,10 @@ impl Session {
 
     /// Refuses a frame over the rate limit: a send gets a `rejected` ack (with its ref), anything
     /// else an `error` frame.
-    async fn rate_limited(&mut self, parsed: &Result<ClientFrame, FrameError>) -> Option<End> {
+    async fn rate_limited(
+        &mut self,
+        parsed: Option<&Result<ClientFrame, FrameError>>,
+    ) -> Option<End> {
         self.state
             .metrics
             .frames_refused
@@ -387,7 +520,7 @@ impl Session {
             self.state.config.limits.msgs_per_sec
         );
         let text = match parsed {
-            Ok(ClientFrame::Send(send)) => frame::ack(
+            Some(Ok(ClientFrame::Send(send))) => frame::ack(
                 send.reference.as_deref(),
                 None,
                 "rejected",
