@@ -76,7 +76,7 @@ impl LocalAttempt {
     pub fn notice(sessions: &Sessions, frame: &ByteString, conns: &[ConnId]) -> Self {
         let mut attempt = Self::gone(Vec::new());
         for conn in conns {
-            match sessions.deliver(conn, Outbound::Notice(frame.clone())) {
+            match sessions.notice(conn, frame.clone()) {
                 Ok(()) => attempt.queued += 1,
                 Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
                 Err(DeliverError::Full) => {}

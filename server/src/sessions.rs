@@ -86,11 +86,27 @@ pub struct Mailbox {
 #[derive(Debug, Default)]
 struct Slots {
     messages: VecDeque<Outbound>,
+    /// Notices (receipts), in their own queue: a burst of them (a thousand messages stored at
+    /// once) neither crowds out messages nor makes the client a slow consumer.
+    notices: VecDeque<ByteString>,
     control: VecDeque<Control>,
     closed: bool,
 }
 
+/// Notices waiting for one session, at most; past this they are dropped (they are
+/// notifications).
+const NOTICES_MAX: usize = 4096;
+
 impl Slots {
+    /// The oldest notice; the queue gives its memory back once drained.
+    fn pop_notice(&mut self) -> Option<Outbound> {
+        let n = self.notices.pop_front()?;
+        if self.notices.is_empty() && self.notices.capacity() > SHRINK_ABOVE {
+            self.notices = VecDeque::new();
+        }
+        Some(Outbound::Notice(n))
+    }
+
     /// The oldest message; a queue that a burst grew gives its memory back once drained.
     fn pop_message(&mut self) -> Option<Outbound> {
         let m = self.messages.pop_front()?;
@@ -130,10 +146,20 @@ impl Mailbox {
             if slots.closed {
                 return Err(DeliverError::Gone);
             }
-            if slots.messages.len() >= self.capacity {
-                return Err(DeliverError::Full);
+            match item {
+                Outbound::Notice(frame) => {
+                    if slots.notices.len() >= NOTICES_MAX {
+                        return Err(DeliverError::Full);
+                    }
+                    slots.notices.push_back(frame);
+                }
+                message => {
+                    if slots.messages.len() >= self.capacity {
+                        return Err(DeliverError::Full);
+                    }
+                    slots.messages.push_back(message);
+                }
             }
-            slots.messages.push_back(item);
         }
         self.ready.notify_one();
         Ok(())
@@ -194,6 +220,10 @@ impl Mailbox {
                 if messages && let Some(m) = slots.pop_message() {
                     return Mail::Message(m);
                 }
+                // Notices cost the client's unacked budget nothing: they pass the gate.
+                if let Some(n) = slots.pop_notice() {
+                    return Mail::Message(n);
+                }
             }
             self.ready.notified().await;
         }
@@ -204,12 +234,16 @@ impl Mailbox {
         if let Some(c) = slots.control.pop_front() {
             return Some(Mail::Control(c));
         }
-        slots.pop_message().map(Mail::Message)
+        slots
+            .pop_message()
+            .or_else(|| slots.pop_notice())
+            .map(Mail::Message)
     }
 
     /// The next queued message frame, if one is there now.
     pub fn try_message(&self) -> Option<Outbound> {
-        self.slots().pop_message()
+        let mut slots = self.slots();
+        slots.pop_message().or_else(|| slots.pop_notice())
     }
 
     /// Refuses everything from now on and hands back what was queued (dropping a message's
@@ -218,6 +252,7 @@ impl Mailbox {
         let mut slots = self.slots();
         slots.closed = true;
         slots.control.clear();
+        slots.notices = VecDeque::new();
         std::mem::take(&mut slots.messages)
     }
 }
@@ -311,6 +346,15 @@ impl Sessions {
                 handle.evict.cancel();
             }
         })
+    }
+
+    /// Queues a notice (a receipt) for one connection. A full queue drops it (receipts are
+    /// notifications) and, unlike a message, does not close the connection.
+    pub fn notice(&self, conn: &ConnId, frame: ByteString) -> Result<(), DeliverError> {
+        match self.by_conn.get(conn) {
+            Some(handle) => handle.mailbox.push(Outbound::Notice(frame)),
+            None => Err(DeliverError::Gone),
+        }
     }
 
     /// Sends an instruction to one connection; false if it is gone.
@@ -464,5 +508,28 @@ pub(crate) mod tests {
             Mail::Control(Control::Close { .. })
         ));
         assert!(m.try_recv().is_none());
+    }
+
+    #[test]
+    fn receipts_queue_apart_from_messages_and_never_close_the_connection() {
+        let s = Sessions::default();
+        let c1 = ConnId::parse("c1").expect("valid");
+        let (h1, mailbox) = handle("alice", 1);
+        s.insert(c1.clone(), h1);
+        for _ in 0..NOTICES_MAX {
+            assert_eq!(s.notice(&c1, ByteString::from_static("{}")), Ok(()));
+        }
+        assert_eq!(
+            s.notice(&c1, ByteString::from_static("{}")),
+            Err(DeliverError::Full),
+            "bounded: dropped"
+        );
+        assert!(
+            !s.by_conn.get(&c1).expect("present").evict.is_cancelled(),
+            "a full notice queue closes nothing"
+        );
+        assert_eq!(s.deliver(&c1, msg()), Ok(()), "messages keep their room");
+        assert!(matches!(mailbox.try_message(), Some(Outbound::Message { .. })));
+        assert!(matches!(mailbox.try_message(), Some(Outbound::Notice(_))));
     }
 }

@@ -307,6 +307,9 @@ async fn unacked_bytes_are_a_window_that_acks_open() {
             "4096".into(),
             "--unacked-bytes".into(),
             "65536".into(),
+            // What waits past the window is stored by its sender: not what this test limits.
+            "--max-stored-per-minute".into(),
+            "100000".into(),
         ]);
     })
     .await;

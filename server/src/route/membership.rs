@@ -224,24 +224,27 @@ impl Membership {
         // between the two sees the lease and leaves the record alone; one before both deletes
         // only the old record.
         let mut w = Writes::new();
-        w.add(&lease, Cmd::pset_ex(&lease, &*self.instance, self.lease_ttl_ms()))
-            .add(
+        w.add(
+            &lease,
+            Cmd::pset_ex(&lease, &*self.instance, self.lease_ttl_ms()),
+        )
+        .add(
+            &info_key,
+            Cmd::hset_multiple(
                 &info_key,
-                Cmd::hset_multiple(
-                    &info_key,
-                    &[
-                        (info::GRPC, record.grpc_addr.clone()),
-                        (info::URL, record.public_url.clone()),
-                        (info::STARTED_MS, record.started_at_ms.to_string()),
-                        (info::CONNS, record.connections.to_string()),
-                        (info::DRAINING, u8::from(record.draining).to_string()),
-                        (info::MAX_CONNS, record.max_connections.to_string()),
-                        (info::MESH, crate::mesh::wire::MESH_PROTOCOL.to_owned()),
-                    ],
-                ),
-            )
-            .then()
-            .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
+                &[
+                    (info::GRPC, record.grpc_addr.clone()),
+                    (info::URL, record.public_url.clone()),
+                    (info::STARTED_MS, record.started_at_ms.to_string()),
+                    (info::CONNS, record.connections.to_string()),
+                    (info::DRAINING, u8::from(record.draining).to_string()),
+                    (info::MAX_CONNS, record.max_connections.to_string()),
+                    (info::MESH, crate::mesh::wire::MESH_PROTOCOL.to_owned()),
+                ],
+            ),
+        )
+        .then()
+        .add(&keys::nodes(), Cmd::sadd(keys::nodes(), self.node.as_str()));
         let mut c = self.cold().await?;
         c.write(w).await?;
         // A sweep that claimed this node before the lease was back holds the lock until it has
