@@ -13,6 +13,7 @@ use crate::envelope::Envelope;
 use crate::envelope::Outgoing;
 use crate::error::RejectCode;
 use crate::fanout::Broadcast;
+use crate::holds::{ReceiptSink, ReceiptStatus};
 use crate::ids::MsgId;
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::inbox::{Inbox, StoreOutcome};
@@ -323,6 +324,14 @@ impl Delivery {
         let local = self.sessions.conns_of(user);
         let _ = LocalAttempt::notice(&self.sessions, &frame, &local);
         self.metrics.receipts.inc();
+        self.notify_elsewhere(user, id, frame).await;
+    }
+
+    /// The part of [`Self::notify`] for `user`'s connections on other nodes.
+    pub async fn notify_elsewhere(&self, user: &UserId, id: &MsgId, frame: bytestring::ByteString) {
+        if self.broadcast.is_some() {
+            return;
+        }
         let routes = match self.cache.get(user) {
             Some(r) => r,
             None => match self.read_routes(user).await {
@@ -441,5 +450,27 @@ struct Written {
 impl Written {
     fn total(self) -> u32 {
         self.local + self.remote
+    }
+}
+
+/// Receipts written at once to the sender's connections on this node (see `holds::ReceiptSink`).
+impl ReceiptSink for Delivery {
+    fn here(
+        &self,
+        user: &UserId,
+        id: &MsgId,
+        to: &UserId,
+        status: ReceiptStatus,
+        device: Option<&str>,
+    ) -> bool {
+        if self.broadcast.is_some() {
+            return true;
+        }
+        let frame: bytestring::ByteString =
+            crate::ws::frame::receipt(id.as_str(), to.as_str(), status.as_str(), device).into();
+        let local = self.sessions.conns_of(user);
+        let _ = LocalAttempt::notice(&self.sessions, &frame, &local);
+        self.metrics.receipts.inc();
+        matches!(self.cache.get(user), Some(routes) if routes.iter().all(|r| r.node == self.node))
     }
 }

@@ -65,13 +65,15 @@ impl ReceiptStatus {
 /// Work for the keeper task.
 #[derive(Debug)]
 pub enum Event {
-    /// Tell `user`'s live connections what became of their message `id` to `to`.
+    /// Tell `user`'s live connections what became of their message `id` to `to` (only those on
+    /// other nodes when `elsewhere_only`: this node's were written already).
     Receipt {
         user: UserId,
         id: MsgId,
         to: UserId,
         status: ReceiptStatus,
         device: Option<Arc<str>>,
+        elsewhere_only: bool,
     },
     /// The stream to this peer broke: store what it held.
     PeerLost(NodeId),
@@ -79,7 +81,26 @@ pub enum Event {
     Unheld(MsgId, Held),
 }
 
+/// Writes receipts at once, on the thread that learns of them, to the sender's connections on
+/// this node (the common case: a sender hears on the node it sent from). What it cannot finish
+/// there (the sender has connections elsewhere, or the route cache does not know) goes to the
+/// keeper task.
+pub trait ReceiptSink: Send + Sync {
+    /// Writes the receipt to `user`'s connections on this node; true when those are all of them
+    /// as far as the route cache knows.
+    fn here(
+        &self,
+        user: &UserId,
+        id: &MsgId,
+        to: &UserId,
+        status: ReceiptStatus,
+        device: Option<&str>,
+    ) -> bool;
+}
+
 pub struct Holds {
+    /// Set once delivery exists (it is built after the holds).
+    sink: std::sync::OnceLock<Arc<dyn ReceiptSink>>,
     held: DashMap<MsgId, Held>,
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -103,6 +124,7 @@ impl Holds {
         let (events, rx) = mpsc::channel(EVENTS);
         (
             Self {
+                sink: std::sync::OnceLock::new(),
                 held: DashMap::new(),
                 bytes: AtomicUsize::new(0),
                 max_bytes,
@@ -175,12 +197,37 @@ impl Holds {
             ConfirmStatus::Received => ReceiptStatus::Received,
             ConfirmStatus::Stored => ReceiptStatus::Stored,
         };
+        self.receipt(&held.from, id, &held.to, status, c.device);
+    }
+
+    /// Where receipts are written at once from now on.
+    pub fn set_sink(&self, sink: Arc<dyn ReceiptSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Tells `user` what became of their message `id` to `to`: at once to their connections on
+    /// this node, through the keeper to those elsewhere.
+    pub fn receipt(
+        &self,
+        user: &UserId,
+        id: MsgId,
+        to: &UserId,
+        status: ReceiptStatus,
+        device: Option<Arc<str>>,
+    ) {
+        let written_here = self.sink.get();
+        if let Some(sink) = written_here
+            && sink.here(user, &id, to, status, device.as_deref())
+        {
+            return;
+        }
         self.event(Event::Receipt {
-            user: held.from.clone(),
+            user: user.clone(),
             id,
-            to: held.to.clone(),
+            to: to.clone(),
             status,
-            device: c.device,
+            device,
+            elsewhere_only: written_here.is_some(),
         });
     }
 
@@ -287,6 +334,7 @@ mod tests {
             to,
             status,
             device,
+            elsewhere_only: false,
         }) = events.recv().await
         else {
             panic!("a receipt");

@@ -80,7 +80,18 @@ async fn handle(state: &Arc<NodeState>, e: Event) {
             to,
             status,
             device,
-        } => receipt(state, &user, &id, &to, status, device.as_deref()).await,
+            elsewhere_only,
+        } => {
+            let text = frame::receipt(id.as_str(), to.as_str(), status.as_str(), device.as_deref());
+            if elsewhere_only {
+                state
+                    .delivery
+                    .notify_elsewhere(&user, &id, text.into())
+                    .await;
+            } else {
+                state.delivery.notify(&user, &id, text.into()).await;
+            }
+        }
         Event::PeerLost(peer) => {
             let held = state.holds.take_peer(&peer);
             if !held.is_empty() {
@@ -197,13 +208,9 @@ fn tell(state: &NodeState, w: Waiting) {
             );
         }
         Tell::Sender(from) => {
-            state.holds.event(Event::Receipt {
-                user: from,
-                id: w.id,
-                to: w.to,
-                status: ReceiptStatus::Stored,
-                device: None,
-            });
+            state
+                .holds
+                .receipt(&from, w.id, &w.to, ReceiptStatus::Stored, None);
         }
         Tell::Nobody => {}
     }

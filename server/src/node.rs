@@ -208,6 +208,7 @@ impl Node {
                 delivery.with_broadcast(Broadcast::new(redis, subscriptions.clone()))
             }
         });
+        holds.set_sink(delivery.clone());
         let state = Arc::new(NodeState {
             auth: Authenticator::new(config.jwt_secret.as_deref(), &config.jwt, config.dev_auth)
                 .map_err(StartError::Keys)?,

@@ -529,7 +529,10 @@ pub(crate) mod tests {
             "a full notice queue closes nothing"
         );
         assert_eq!(s.deliver(&c1, msg()), Ok(()), "messages keep their room");
-        assert!(matches!(mailbox.try_message(), Some(Outbound::Message { .. })));
+        assert!(matches!(
+            mailbox.try_message(),
+            Some(Outbound::Message { .. })
+        ));
         assert!(matches!(mailbox.try_message(), Some(Outbound::Notice(_))));
     }
 }

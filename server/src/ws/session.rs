@@ -25,7 +25,7 @@ use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::delivery::Outcome;
 use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
-use crate::holds::{Event, ReceiptStatus};
+use crate::holds::ReceiptStatus;
 use crate::ids::{ConnId, MsgId, UserId};
 use crate::quota::Origin;
 use crate::sessions::{Control, Mail, Mailbox, Outbound, Source};
@@ -560,13 +560,13 @@ impl Session {
                     }
                 }
                 None => {
-                    self.state.holds.event(Event::Receipt {
-                        user: source.from,
-                        id: id.clone(),
-                        to: self.user.clone(),
-                        status: ReceiptStatus::Received,
-                        device: self.device.clone(),
-                    });
+                    self.state.holds.receipt(
+                        &source.from,
+                        id.clone(),
+                        &self.user,
+                        ReceiptStatus::Received,
+                        self.device.clone(),
+                    );
                 }
             }
         }
@@ -582,13 +582,13 @@ impl Session {
     fn on_read(&mut self, id: MsgId) {
         match self.ledger.sender_of(&id) {
             Some(from) => {
-                self.state.holds.event(Event::Receipt {
-                    user: from,
+                self.state.holds.receipt(
+                    &from,
                     id,
-                    to: self.user.clone(),
-                    status: ReceiptStatus::Read,
-                    device: self.device.clone(),
-                });
+                    &self.user,
+                    ReceiptStatus::Read,
+                    self.device.clone(),
+                );
             }
             None => {
                 tracing::debug!(user = %self.user, msg_id = %id, "read of a message this connection did not get recently; no receipt");
