@@ -101,7 +101,7 @@ pub trait ReceiptSink: Send + Sync {
 pub struct Holds {
     /// Set once delivery exists (it is built after the holds).
     sink: std::sync::OnceLock<Arc<dyn ReceiptSink>>,
-    held: DashMap<MsgId, Held>,
+    held: DashMap<MsgId, Held, foldhash::fast::RandomState>,
     bytes: AtomicUsize,
     max_bytes: usize,
     /// Confirmations for ids not held (yet): a few at most, usually none, so a hold only
@@ -125,7 +125,7 @@ impl Holds {
         (
             Self {
                 sink: std::sync::OnceLock::new(),
-                held: DashMap::new(),
+                held: DashMap::default(),
                 bytes: AtomicUsize::new(0),
                 max_bytes,
                 early: Mutex::default(),

@@ -3,7 +3,11 @@
 //! and the ids of its recent live writes. Its rules keep a connection from getting a message
 //! twice, whichever way (live, or back through the inbox) the message comes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+/// Ids hashed with foldhash (seeded per process): a message's ids are hashed on every write and
+/// ack, where SipHash showed in profiles.
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 use bytestring::ByteString;
 
@@ -77,9 +81,9 @@ impl Ledger {
             unacked: VecDeque::new(),
             unacked_bytes: 0,
             max_bytes,
-            inbox_sent: HashSet::new(),
+            inbox_sent: HashSet::default(),
             recent: VecDeque::new(),
-            recent_ids: HashSet::new(),
+            recent_ids: HashSet::default(),
         }
     }
 
