@@ -227,6 +227,8 @@ impl Node {
             confirms: Arc::default(),
             metrics,
             in_table: AtomicBool::new(false),
+            nodes_seen: std::sync::RwLock::new(None),
+            nodes_refresh: tokio::sync::Mutex::new(()),
             subscribed: Arc::new(AtomicBool::new(false)),
             draining: AtomicBool::new(false),
             lease_until: std::sync::Mutex::new(None),

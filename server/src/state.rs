@@ -26,6 +26,9 @@ use crate::route::table::{Registration, RouteTable};
 use crate::sessions::Sessions;
 use crate::ws::auth::Authenticator;
 
+/// How long a node list read from Redis serves requests before one of them reads it again.
+pub const NODES_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything the parts of a node share.
 pub struct NodeState {
     pub config: Config,
@@ -50,6 +53,10 @@ pub struct NodeState {
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     pub(crate) in_table: AtomicBool,
+    /// The node list as last read, and when (see [`NodeState::known_nodes`]).
+    pub(crate) nodes_seen: std::sync::RwLock<Option<(std::time::Instant, Arc<Vec<NodeRecord>>)>>,
+    /// Held by the request that reads the node list again.
+    pub(crate) nodes_refresh: tokio::sync::Mutex<()>,
     /// True while this node hears the route events (cache invalidations, inbox changes).
     /// Until then a node would cache routes it cannot keep fresh, and every (re)subscription
     /// drops the cache anyway: it takes no clients before.
@@ -170,15 +177,43 @@ impl NodeState {
         }
     }
 
+    /// The nodes of the cluster, read from Redis at most once per [`NODES_FRESH`] whatever the
+    /// number of requests: what unauthenticated requests (`/gateway`, the page) and a drain see.
+    /// While one request refreshes the list, the others take the last one read.
+    pub async fn known_nodes(&self) -> Result<Arc<Vec<NodeRecord>>, DbError> {
+        let seen = self
+            .nodes_seen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let refresh = match &seen {
+            Some((at, nodes)) if at.elapsed() < NODES_FRESH => return Ok(nodes.clone()),
+            Some((_, nodes)) => match self.nodes_refresh.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(nodes.clone()),
+            },
+            None => self.nodes_refresh.lock().await,
+        };
+        let nodes = Arc::new(self.nodes.list_nodes().await?);
+        *self
+            .nodes_seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), nodes.clone()));
+        drop(refresh);
+        Ok(nodes)
+    }
+
     /// The live, non-draining node with the fewest connections, other than `exclude`:
-    /// `(node id, public url)`.
+    /// `(node id, public url)`, from a node list at most [`NODES_FRESH`] old (this node's own
+    /// figures are read live).
     pub async fn pick_node(
         &self,
         exclude: Option<&NodeId>,
     ) -> Result<Option<(String, String)>, DbError> {
-        let nodes = self.nodes.list_nodes().await?;
+        let nodes = self.known_nodes().await?;
         Ok(nodes
-            .into_iter()
+            .iter()
             .filter(|n| n.alive() && !n.draining && !n.public_url.is_empty())
             .filter(|n| {
                 if n.node == self.node {
@@ -195,7 +230,7 @@ impl NodeState {
                 } else {
                     n.connections
                 };
-                (conns, n.node.to_string(), n.public_url)
+                (conns, n.node.to_string(), n.public_url.clone())
             })
             .min()
             .map(|(_, node, url)| (node, url)))

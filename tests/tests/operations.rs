@@ -445,3 +445,41 @@ async fn a_dead_nodes_users_are_announced_in_one_round_trip() {
         "five users announced in one pipeline"
     );
 }
+
+/// What anyone can ask without credentials (`/gateway`, the page at `/`) is answered from a node
+/// list read at most once a second: a flood of such requests costs Redis next to nothing.
+#[tokio::test]
+async fn unauthenticated_requests_cost_redis_nothing() {
+    let c = Cluster::start(2).await;
+    let gateway = c.node(1).http("/gateway");
+    let page = c.node(1).http("/");
+    // Both answer (and the node list is known) before counting.
+    let first: serde_json::Value = reqwest::get(&gateway)
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
+    assert!(first["url"].as_str().is_some(), "{first}");
+    let sum = |m: std::collections::HashMap<String, u64>| m.values().sum::<u64>();
+    let before = sum(c.redis.command_calls().await);
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let r = reqwest::get(&gateway).await.expect("http");
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..50 {
+        let r = reqwest::get(&page).await.expect("http");
+        assert_eq!(r.status(), 200);
+    }
+    let took = started.elapsed();
+    let calls = sum(c.redis.command_calls().await) - before;
+    // The node list is read at most once a second, and the two nodes' heartbeats run meanwhile
+    // (a handful of calls every 3 s each); a request that read Redis would cost at least 250.
+    let heartbeats = 2 * (took.as_secs() + 1);
+    println!("250 unauthenticated requests in {took:?}: {calls} Redis calls");
+    assert!(
+        calls <= heartbeats * 12,
+        "{calls} Redis calls for 250 unauthenticated requests in {took:?}"
+    );
+}

@@ -107,7 +107,7 @@ fn policy(req: &HttpRequest, nodes: &[String]) -> String {
 /// The `ws(s)://host:port` origins of the live nodes' public URLs; none when Redis does not
 /// answer in time (the page then reaches only its own node).
 async fn node_origins(state: &NodeState) -> Vec<String> {
-    let nodes = match tokio::time::timeout(NODES_LOOKUP, state.nodes.list_nodes()).await {
+    let nodes = match tokio::time::timeout(NODES_LOOKUP, state.known_nodes()).await {
         Ok(Ok(nodes)) => nodes,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "page served without the other nodes' origins");
