@@ -211,9 +211,13 @@ async fn a_failover_under_traffic_loses_nothing_acked() {
         })
         .collect();
     let t = Traffic::start(endpoints, TrafficOpts::default()).await;
-    // Traffic flows for a while (the load's duration, not a synchronisation), then the primary
-    // dies and the sentinels promote the replica.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Traffic flows (a few hundred messages delivered), then the primary dies and the sentinels
+    // promote the replica.
+    let delivered = || t.ledger.account().delivered;
+    eventually("traffic is delivered before the failover", || async {
+        (delivered() >= 200).then_some(())
+    })
+    .await;
     c.redis.kill_server(primary);
     eventually("the sentinels promote the replica", || async {
         let named = c.redis.primary_all_sentinels_name().await?;
@@ -224,8 +228,12 @@ async fn a_failover_under_traffic_loses_nothing_acked() {
     for n in &c.nodes {
         n.wait_ready().await;
     }
-    // Traffic goes on for a while on the new primary.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Traffic goes on, delivered again, on the new primary.
+    let at_promotion = delivered();
+    eventually("traffic is delivered after the failover", || async {
+        (delivered() >= at_promotion + 300).then_some(())
+    })
+    .await;
     let a: Accounting = t.finish().await;
     a.print("sentinel failover");
     a.assert_kept("sentinel failover");
