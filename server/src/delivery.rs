@@ -321,10 +321,16 @@ impl Delivery {
         if self.broadcast.is_some() {
             return;
         }
-        let local = self.sessions.conns_of(user);
-        let _ = LocalAttempt::notice(&self.sessions, &frame, &local);
-        self.metrics.receipts.inc();
+        self.notice_here(user, &frame);
         self.notify_elsewhere(user, id, frame).await;
+    }
+
+    /// Writes a notice to `user`'s connections on this node (from the session table: they get
+    /// it even while their routes are not in Redis).
+    fn notice_here(&self, user: &UserId, frame: &bytestring::ByteString) {
+        let local = self.sessions.conns_of(user);
+        let _ = LocalAttempt::notice(&self.sessions, frame, &local);
+        self.metrics.receipts.inc();
     }
 
     /// The part of [`Self::notify`] for `user`'s connections on other nodes.
@@ -468,9 +474,7 @@ impl ReceiptSink for Delivery {
         }
         let frame: bytestring::ByteString =
             crate::ws::frame::receipt(id.as_str(), to.as_str(), status.as_str(), device).into();
-        let local = self.sessions.conns_of(user);
-        let _ = LocalAttempt::notice(&self.sessions, &frame, &local);
-        self.metrics.receipts.inc();
+        self.notice_here(user, &frame);
         matches!(self.cache.get(user), Some(routes) if routes.iter().all(|r| r.node == self.node))
     }
 }

@@ -103,19 +103,6 @@ async fn handle(state: &Arc<NodeState>, e: Event) {
     }
 }
 
-/// Tells `user`'s live connections what became of their message `id` to `to`.
-pub async fn receipt(
-    state: &NodeState,
-    user: &UserId,
-    id: &MsgId,
-    to: &UserId,
-    status: ReceiptStatus,
-    device: Option<&str>,
-) {
-    let text = frame::receipt(id.as_str(), to.as_str(), status.as_str(), device);
-    state.delivery.notify(user, id, text.into()).await;
-}
-
 /// Stores held messages in their recipients' inboxes, announces them, and tells each sender.
 async fn store(state: &Arc<NodeState>, held: Vec<(MsgId, Held)>) {
     let mut by_user: HashMap<UserId, Vec<Waiting>> = HashMap::new();
