@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh              everything (about 15 minutes on 2 cores)
 #   scripts/bench.sh throughput   one group: throughput | latency | scaling | connections | ceiling
+#                                 | instructions
 #
 # BIN_DIR=dir uses the binaries there instead of building (to compare two builds in one session)
 # and LABEL=name tags every result line with that build's name. FANOUTS="route" skips the
@@ -55,7 +56,7 @@ start() {
   node_pids=()
   urls=()
   for i in $(seq 1 "$n"); do
-    WSROUTE_LOG=warn $node_pin "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
+    WSROUTE_LOG=warn $node_pin ${node_wrap:-} "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
       --ws-listen "127.0.0.1:$((9300 + i))" --grpc-listen "127.0.0.1:$((5300 + i))" \
       --redis-url "redis://127.0.0.1:$redis_port" >".local/logs/bench-n$i.log" 2>&1 &
     pids+=($!)
@@ -63,7 +64,7 @@ start() {
     urls+=(--url "ws://127.0.0.1:$((9300 + i))/ws")
   done
   for i in $(seq 1 "$n"); do
-    until curl -fsS "http://127.0.0.1:$((9300 + i))/readyz" >/dev/null 2>&1; do sleep 0.1; done
+    until curl -fsS "http://127.0.0.1:$((9300 + i))/readyz" >/dev/null 2>&1; do sleep 0.2; done
   done
 }
 
@@ -180,6 +181,40 @@ for g in $groups; do
     for rate in ${RATES:-10000 20000 30000}; do
       for r in $(seq "$runs"); do
         measure latency "rate-$rate" 1 ceiling --users 3000 --rate $rate --duration 10s --warmup 2s
+      done
+    done
+    ;;
+  instructions)
+    # Instructions per delivered message summed over every node, counted by callgrind (which
+    # counts what the nodes execute, repeatably, however busy the machine is; it does not see
+    # the kernel). Every node runs under valgrind; two runs per configuration, at INSTR_LOW and
+    # INSTR_HIGH msg/s, each on a fresh cluster, so that start-up, connects, timers and the
+    # shutdown cancel out: (Ir_high - Ir_low) / (delivered_high - delivered_low). The
+    # cross-node share is held at 0.5 for every node count.
+    bash scripts/install-deps.sh --for-bench
+    cg_dir=.local/callgrind
+    for n in ${INSTR_NODES:-2 4 8}; do
+      for fanout in ${FANOUTS:-route broadcast}; do
+        for rate in ${INSTR_LOW:-20} ${INSTR_HIGH:-120}; do
+          rm -rf "$cg_dir" && mkdir -p "$cg_dir"
+          node_wrap="valgrind --tool=callgrind --dump-instr=no --callgrind-out-file=$cg_dir/cg.%p" start "$n" "$fanout"
+          res=$("$bin/router-cli" --redis-url "redis://127.0.0.1:$redis_port" bench messages "${urls[@]}" --json \
+            --users ${INSTR_USERS:-200} --rate "$rate" --duration ${INSTR_SECONDS:-20}s --warmup 2s --cross 0.5 --drain 10s || true)
+          # A node stopped by SIGTERM drains and exits; valgrind then writes its counts.
+          stop_all
+          ir=$(cat "$cg_dir"/cg.* | awk '/^summary:/ {s += $2} END {print s + 0}')
+          BUILD_TAG="${build:+ [$build]}" python3 - "$n" "$fanout" "$rate" "$ir" "$res" >>"$out" <<'PY'
+import json, os, sys
+nodes, fanout, rate, ir, res = sys.argv[1:]
+try:
+    r = json.loads(res)
+except ValueError:
+    r = {"error": res[-500:]}
+print(json.dumps({"group": "instructions", "label": f"rate-{rate}" + os.environ.get("BUILD_TAG", ""),
+                  "nodes": int(nodes), "fanout": fanout, "instructions": int(ir), "result": r}))
+PY
+          tail -n 1 "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["result"]; print(d["label"], d["fanout"], d["nodes"], "nodes:", d["instructions"], "instructions", {k: r.get(k) for k in ("ok","received","lost","duplicates","problems")})'
+        done
       done
     done
     ;;

@@ -27,7 +27,7 @@ def main(path):
     print("| group | config | nodes | fanout | runs | ok | delivered msg/s | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | ack p99 ms | node CPU s / 1000 msgs | nodes + Redis CPU s / 1000 msgs | Redis calls / msg (steady) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (group, label, nodes, fanout), rs in sorted(groups.items()):
-        if group == "connections":
+        if group in ("connections", "instructions"):
             continue
         res = [r["result"] for r in rs]
         ok = sum(1 for x in res if x.get("ok"))
@@ -86,6 +86,35 @@ def main(path):
                   f"| {fmt(med([c.get('connections') for c in cs]))} "
                   f"| {fmt(med([c.get('connect', {}).get('per_second') for c in cs]))} "
                   f"| {fmt(med([c.get('rss_per_connection_bytes') for c in cs]))} |")
+
+    instructions(rows)
+
+
+def instructions(rows):
+    """Instructions per delivered message (scripts/bench.sh instructions): the difference
+    between the high-rate and the low-rate run of each build, node count and fanout."""
+    runs = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["group"] != "instructions" or not r["result"].get("ok"):
+            continue
+        rate, _, tag = r["label"].partition(" ")
+        runs[(tag, r["nodes"], r["fanout"])][int(rate.removeprefix("rate-"))].append(
+            (r["instructions"], r["result"].get("received") or 0))
+    if not runs:
+        return
+    print()
+    print("| build | nodes | fanout | instructions, low rate run | instructions, high rate run | delivered (low / high) | instructions per delivered message (all nodes) |")
+    print("|---|---|---|---|---|---|---|")
+    for (tag, nodes, fanout), by_rate in sorted(runs.items()):
+        if len(by_rate) < 2:
+            continue
+        lo, hi = min(by_rate), max(by_rate)
+        (ilo, dlo), (ihi, dhi) = (
+            (med([x[0] for x in by_rate[k]]), med([x[1] for x in by_rate[k]])) for k in (lo, hi))
+        if dhi <= dlo:
+            continue
+        print(f"| {tag or '-'} | {nodes} | {fanout} | {fmt(ilo)} | {fmt(ihi)} | {fmt(dlo)} / {fmt(dhi)} "
+              f"| {fmt((ihi - ilo) / (dhi - dlo))} |")
 
 
 if __name__ == "__main__":

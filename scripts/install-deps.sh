@@ -13,11 +13,17 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 
 for_tests=0
 [ "${1:-}" = "--for-tests" ] && for_tests=1
+# --for-bench: also valgrind (scripts/bench.sh instructions counts instructions with callgrind).
+for_bench=0
+[ "${1:-}" = "--for-bench" ] && for_bench=1
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust first (https://rustup.rs)" >&2; exit 1; }
+if ((for_bench)); then
+  command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+fi
 if ((for_tests)); then
   command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
