@@ -89,7 +89,7 @@ pub enum ConnError {
     #[error("the connection is closed ({})", match .0 { Some(c) => c.to_string(), None => "no close frame".into() })]
     Closed(Option<CloseInfo>),
     /// The WebSocket failed (reset, protocol error, ...).
-    #[error("the connection failed")]
+    #[error("the connection failed: {0}")]
     Ws(#[from] tungstenite::Error),
     /// A text frame that is not a protocol frame.
     #[error("the server sent a frame that is not a protocol frame: {text:?}")]

@@ -85,6 +85,7 @@ pub use frame::{
 /// library reports them.
 pub mod raw {
     pub use tokio_tungstenite::MaybeTlsStream;
+    pub use tokio_tungstenite::tungstenite::http::Uri;
     pub use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     pub use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
     pub use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};

@@ -131,11 +131,7 @@ impl Driver {
                 }
             }
         };
-        self.shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fail_all(SendError::Closed);
+        self.shared.outbox().fail_all(SendError::Closed);
         self.shared.hello.send_replace(None);
         // A permanent refusal is news to the app and waits for room; a close it asked for is not.
         if let Some(why) = why {
@@ -200,11 +196,7 @@ impl Driver {
         let hello = conn.hello().clone();
         self.backoff.reset();
         self.shared.hello.send_replace(Some(hello.clone()));
-        self.shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reconnected();
+        self.shared.outbox().reconnected();
         tracing::debug!(node = %hello.node, conn_id = %hello.conn_id, "wsroute connected");
         if !self
             .emit(Event::Connected(hello.clone()), stopped.as_mut())
@@ -213,14 +205,7 @@ impl Driver {
             conn.close(Duration::from_secs(1)).await;
             return End::Stop;
         }
-        let watching: Vec<String> = self
-            .shared
-            .watching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let watching: Vec<String> = self.shared.watching().iter().cloned().collect();
         for users in watching.chunks(WATCH_CHUNK) {
             let frame = ClientFrame::Watch {
                 users: users.to_vec(),
@@ -246,12 +231,7 @@ impl Driver {
         let (events, shared) = (self.events.clone(), Arc::clone(&self.shared));
 
         loop {
-            let waiting_retry = self
-                .shared
-                .outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .has_waiting();
+            let waiting_retry = self.shared.outbox().has_waiting();
             tokio::select! {
                 biased;
                 _ = stopped.as_mut() => {
@@ -260,6 +240,12 @@ impl Driver {
                 }
                 permit = events.reserve(), if pending.is_some() => {
                     let Some((event, ack)) = pending.take() else { continue };
+                    // Seen from the moment the app has it: a message read but not handed over when
+                    // the connection ended was not acked either, and must be taken when it comes
+                    // again.
+                    if let Event::Message(m) = &event {
+                        self.seen.insert(&m.id);
+                    }
                     if let Ok(permit) = permit {
                         permit.send(event);
                     }
@@ -367,12 +353,7 @@ impl Driver {
 
     /// Writes every send that is due, in one flush.
     async fn write_due(&mut self, conn: &mut Connection) -> Result<(), ConnError> {
-        let due = self
-            .shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .due(std::time::Instant::now());
+        let due = self.shared.outbox().due(std::time::Instant::now());
         for f in &due {
             conn.feed_text(f.to_text()).await?;
         }
@@ -394,7 +375,7 @@ impl Driver {
         };
         Ok(match frame {
             ServerFrame::Message(m) => {
-                if self.seen.insert(&m.id) {
+                if !self.seen.contains(&m.id) {
                     let id = m.id.clone();
                     Some((Event::Message(m), Some(id)))
                 } else {
@@ -405,19 +386,11 @@ impl Driver {
             }
             ServerFrame::Ack(ack) => {
                 let retry_at = std::time::Instant::now() + self.config.retry_after;
-                self.shared
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .acked(&ack, retry_at);
+                self.shared.outbox().acked(&ack, retry_at);
                 None
             }
             ServerFrame::Receipt(r) => {
-                self.shared
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .receipt(&r);
+                self.shared.outbox().receipt(&r);
                 Some((Event::Receipt(r), None))
             }
             ServerFrame::Presence(p) => Some((Event::Presence(p), None)),

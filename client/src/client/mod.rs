@@ -278,6 +278,18 @@ struct Shared {
     max_watch: usize,
 }
 
+impl Shared {
+    /// A poisoned lock means a panic elsewhere mid-step; the outbox is still consistent (every
+    /// step leaves it so), so it is used on.
+    fn outbox(&self) -> std::sync::MutexGuard<'_, outbox::Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watching(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.watching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A reconnecting wsroute client. Cheap to clone; the connection task stops when the last clone
 /// is dropped or [`Client::close`] is called.
 #[derive(Debug, Clone)]
@@ -306,6 +318,7 @@ impl Client {
         let (stop, stop_rx) = watch::channel(false);
         let mut driver = driver::Driver::new(config, Arc::clone(&shared), events_tx);
         let first = driver.connect_once().await?;
+        shared.hello.send_replace(Some(first.hello().clone()));
         let task = tokio::spawn(driver.run(first, commands_rx, stop_rx));
         Ok((
             Client {
@@ -340,12 +353,7 @@ impl Client {
         if *self.stop.borrow() || self.commands.is_closed() {
             return Err(SendError::Closed);
         }
-        let (cid, rx) = self
-            .shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(to, body, cid)?;
+        let (cid, rx) = self.shared.outbox().push(to, body, cid)?;
         self.shared.pushed.notify_one();
         Ok(PendingAck { cid, rx })
     }
@@ -364,11 +372,7 @@ impl Client {
     {
         let users: Vec<String> = users.into_iter().map(Into::into).collect();
         {
-            let mut watching = self
-                .shared
-                .watching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut watching = self.shared.watching();
             let new = users.iter().filter(|u| !watching.contains(*u)).count();
             if watching.len() + new > self.shared.max_watch {
                 return Err(SendError::TooManyWatched {
@@ -388,11 +392,7 @@ impl Client {
     {
         let users: Vec<String> = users.into_iter().map(Into::into).collect();
         {
-            let mut watching = self
-                .shared
-                .watching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut watching = self.shared.watching();
             for u in &users {
                 watching.remove(u);
             }
@@ -421,11 +421,7 @@ impl Client {
 
     /// Sends not yet known to be safe (no ack, or `delivered` with no receipt yet).
     pub fn unconfirmed(&self) -> usize {
-        self.shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.outbox().len()
     }
 
     /// Closes the connection and stops the client; sends still unconfirmed fail with

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::seen::SeenIds;
 use crate::error::SendError;
 use crate::frame::{Ack, AckStatus, ClientFrame, Receipt};
 
@@ -49,6 +50,9 @@ pub(crate) struct Outbox {
     by_cid: HashMap<String, u64>,
     /// Message ids (from `delivered` acks) of entries waiting for a receipt.
     by_id: HashMap<String, u64>,
+    /// Receipts that came before their send's ack (the recipient's ack can overtake it), so
+    /// that the ack then settles the send at once. Bounded like the outbox; the oldest goes.
+    early: SeenIds,
     next: u64,
     /// Prefix of generated cids: random per client, so that two clients of one user (or one
     /// client restarted) never reuse a cid.
@@ -62,6 +66,7 @@ impl Outbox {
             entries: BTreeMap::new(),
             by_cid: HashMap::new(),
             by_id: HashMap::new(),
+            early: SeenIds::new(capacity.max(1)),
             next: 0,
             prefix,
         }
@@ -157,10 +162,14 @@ impl Outbox {
         match ack.status {
             AckStatus::Delivered => {
                 e.stage = Stage::Delivered;
-                if let Some(id) = &ack.id {
-                    self.by_id.insert(id.clone(), seq);
-                }
                 answer(e, ack);
+                if let Some(id) = &ack.id {
+                    if self.early.contains(id) {
+                        self.remove(seq);
+                    } else {
+                        self.by_id.insert(id.clone(), seq);
+                    }
+                }
             }
             AckStatus::Rejected
                 if ack
@@ -181,8 +190,11 @@ impl Outbox {
 
     /// A receipt: any of them confirms a `delivered` send.
     pub(crate) fn receipt(&mut self, r: &Receipt) {
-        if let Some(seq) = self.by_id.get(&r.id).copied() {
-            self.remove(seq);
+        match self.by_id.get(&r.id).copied() {
+            Some(seq) => self.remove(seq),
+            None => {
+                self.early.insert(&r.id);
+            }
         }
     }
 
@@ -283,8 +295,9 @@ mod tests {
         assert_eq!(again, [Some(c1.clone()), Some(c3.clone())]);
         o.acked(&ack(&c1, AckStatus::Delivered, "m1", None), now);
         o.receipt(&receipt("m1"));
-        o.acked(&ack(&c3, AckStatus::Delivered, "m3", None), now);
+        // A receipt that overtakes its ack settles the send when the ack comes.
         o.receipt(&receipt("m3"));
+        o.acked(&ack(&c3, AckStatus::Delivered, "m3", None), now);
         assert_eq!(o.len(), 0);
     }
 

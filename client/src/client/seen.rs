@@ -23,6 +23,10 @@ impl SeenIds {
         }
     }
 
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
     /// Records `id`; false if it was seen already.
     pub(crate) fn insert(&mut self, id: &str) -> bool {
         if self.ids.contains(id) {
