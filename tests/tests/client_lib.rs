@@ -118,6 +118,59 @@ async fn reconnects_through_the_gateway_when_its_node_is_killed_and_keeps_receiv
     bob.close().await;
 }
 
+/// A cluster of one node, restarted: both clients come back to it on their own, and a send
+/// made while it was down waits in the outbox and is delivered after the restart.
+#[tokio::test]
+async fn reconnects_to_its_node_after_a_restart_and_sends_what_was_queued_meanwhile() {
+    let mut c = Cluster::start(1).await;
+    let url = c.node(1).ws("");
+    let (alice, mut alice_events) =
+        Client::connect(ClientConfig::url(url.as_str()).dev_user("alice"))
+            .await
+            .expect("alice connects");
+    let (_bob, mut bob_events) = Client::connect(ClientConfig::url(url.as_str()).dev_user("bob"))
+        .await
+        .expect("bob connects");
+    let first = alice.hello().expect("up").conn_id;
+    assert!(matches!(
+        next_event(&mut alice_events, "alice").await,
+        Event::Connected(_)
+    ));
+    assert!(matches!(
+        next_event(&mut bob_events, "bob").await,
+        Event::Connected(_)
+    ));
+
+    c.nodes[0].kill();
+    assert!(matches!(
+        next_event(&mut alice_events, "alice").await,
+        Event::Disconnected { .. }
+    ));
+    let queued = alice
+        .send("bob", json!("sent while the node was down"))
+        .expect("room");
+    assert_eq!(alice.unconfirmed(), 1);
+    c.nodes[0].restart(&c.redis).await;
+
+    reconnected(&mut alice_events, "alice").await;
+    reconnected(&mut bob_events, "bob").await;
+    assert_ne!(
+        alice.hello().expect("up").conn_id,
+        first,
+        "a new connection"
+    );
+    let ack = queued.await.expect("acked after the restart");
+    assert!(
+        matches!(ack.status, AckStatus::Delivered | AckStatus::Stored),
+        "{ack:?}"
+    );
+    let got = events_until(&mut bob_events, "bob", |e| !messages(e).is_empty()).await;
+    let got = messages(&got);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, json!("sent while the node was down"));
+    assert_eq!(Some(&got[0].id), ack.id.as_ref());
+}
+
 /// The "node holding both ends" scenario: alice and bob both on node 1, bob's app slow (its
 /// client takes 10 events ahead and acks only what the app was handed), 100 sends all acked
 /// `delivered`, then kill -9 of node 1. Only alice's outbox still holds the ones bob's client
