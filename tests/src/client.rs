@@ -2,19 +2,16 @@
 
 use std::collections::VecDeque;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use wsroute_client::raw::Message;
+use wsroute_client::{CloseInfo, ConnError, ConnectError, ConnectOptions, Connection};
 
 use crate::patience;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
+/// A test's view of one connection: frames as JSON values, read with deadlines, on the
+/// low-level [`wsroute_client::Connection`] (no reconnects: tests decide what happens).
 pub struct Client {
-    ws: Ws,
+    conn: Connection,
     /// Frames read while looking for another type, kept in order.
     buffered: VecDeque<Value>,
     pub hello: Value,
@@ -48,40 +45,29 @@ impl Client {
 
     /// Connects with extra handshake headers (e.g. `Origin`).
     pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, Refused> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = url.into_client_request().expect("a valid ws url");
+        let mut opts = ConnectOptions::new(url).timeout(patience());
         for (k, v) in headers {
-            req.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                    .expect("header name"),
-                v.parse().expect("header value"),
-            );
+            opts = opts.header(*k, *v);
         }
-        let ws = match connect_async(req).await {
-            Ok((ws, _)) => ws,
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
-                return Err(Refused { status, body });
-            }
-            Err(e) => panic!("connect {url}: {e}"),
+        Self::try_connect_opts(&opts).await
+    }
+
+    /// Connects as `opts` say (credentials, device, headers).
+    pub async fn try_connect_opts(opts: &ConnectOptions) -> Result<Self, Refused> {
+        let conn = match Connection::connect(opts).await {
+            Ok(c) => c,
+            Err(ConnectError::Refused { status, body }) => return Err(Refused { status, body }),
+            Err(e) => panic!("connect {}: {e:#?}", opts.url()),
         };
-        let mut c = Self {
-            ws,
+        let hello = serde_json::to_value(conn.hello()).expect("a hello serializes");
+        Ok(Self {
+            conn,
             buffered: VecDeque::new(),
-            hello: Value::Null,
+            hello,
             next_ref: 0,
             auto_ack: true,
             closed: false,
-        };
-        let hello = c.next_frame().await;
-        assert_eq!(hello["type"], "hello", "first frame must be hello: {hello}");
-        c.hello = hello;
-        Ok(c)
+        })
     }
 
     pub fn conn_id(&self) -> String {
@@ -92,10 +78,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("websocket send");
+        self.conn.send_text(text).await.expect("websocket send");
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -104,7 +87,7 @@ impl Client {
 
     /// Sends a frame; false if the connection is gone (for clients whose node may be killed).
     pub async fn try_send_json(&mut self, v: Value) -> bool {
-        self.ws.send(Message::text(v.to_string())).await.is_ok()
+        self.conn.send_text(v.to_string()).await.is_ok()
     }
 
     /// Every frame that can be read without waiting (buffered ones first); for a client that
@@ -115,12 +98,12 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, m: Message) {
-        self.ws.send(m).await.expect("websocket send");
+        self.conn.send_message(m).await.expect("websocket send");
     }
 
     /// Sends, tolerating the server closing meanwhile (for frames the server refuses early).
     pub async fn try_send_raw(&mut self, m: Message) {
-        let _ = self.ws.send(m).await;
+        let _ = self.conn.send_message(m).await;
     }
 
     /// Sends a direct message; returns the `ref` used.
@@ -219,25 +202,30 @@ impl Client {
     }
 
     /// Reads until the server closes; returns the close frame (None if the TCP just ended).
-    pub async fn expect_close(&mut self) -> (Vec<Value>, Option<CloseFrame>) {
+    pub async fn expect_close(&mut self) -> (Vec<Value>, Option<CloseInfo>) {
         let mut frames: Vec<Value> = self.buffered.drain(..).collect();
         let deadline = tokio::time::Instant::now() + patience();
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+            let text = tokio::time::timeout_at(deadline, self.conn.recv_text())
                 .await
                 .expect("server did not close in time");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
+            match text {
+                Ok(t) => {
                     let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
                     if self.auto_ack && v["type"] == "message" {
                         let ack = json!({"type":"ack","id":v["id"]}).to_string();
-                        let _ = self.ws.send(Message::text(ack)).await;
+                        let _ = self.conn.send_text(ack).await;
                     }
                     frames.push(v)
                 }
-                Some(Ok(Message::Close(c))) => return (frames, c),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return (frames, None),
+                Err(ConnError::Closed(c)) => {
+                    self.closed = true;
+                    return (frames, c);
+                }
+                Err(_) => {
+                    self.closed = true;
+                    return (frames, None);
+                }
             }
         }
     }
@@ -260,31 +248,17 @@ impl Client {
     }
 
     async fn read_frame_inner(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
-                    if self.auto_ack && v["type"] == "message" {
-                        let ack = json!({"type":"ack","id":v["id"]}).to_string();
-                        self.ws.send(Message::text(ack)).await.ok()?;
-                    }
-                    return Some(v);
-                }
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
+        let t = self.conn.recv_text().await.ok()?;
+        let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
+        if self.auto_ack && v["type"] == "message" {
+            let ack = json!({"type":"ack","id":v["id"]}).to_string();
+            self.conn.send_text(ack).await.ok()?;
         }
+        Some(v)
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        // Read until the server's close so that it has processed everything before.
-        let deadline = tokio::time::Instant::now() + patience();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
-            if m.is_close() {
-                break;
-            }
-        }
+    /// Closes and reads until the server's close, so that it has processed everything before.
+    pub async fn close(self) {
+        self.conn.close(patience()).await;
     }
 }

@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
+use wsroute_client::{ConnectOptions, Connection};
 
 use crate::patience;
 
@@ -312,9 +311,9 @@ impl SimUser {
         let mut conn_seq = 0u64;
         let period = Duration::from_secs_f64(1.0 / self.opts.rate.max(0.1));
         while self.running.load(Ordering::Acquire) {
-            let target = format!("{url}?user={}", self.me);
-            let ws = match tokio_tungstenite::connect_async(&target).await {
-                Ok((ws, _)) => ws,
+            let target = ConnectOptions::new(url.as_str()).dev_user(self.me.as_str());
+            let ws = match Connection::connect(&target).await {
+                Ok(ws) => ws,
                 Err(_) => {
                     // Ask any node's /gateway, else try the next node.
                     rotation = (rotation + 1) % self.endpoints.len();
@@ -329,6 +328,9 @@ impl SimUser {
             conn_seq += 1;
             *self.ledger.connects.lock().expect("ledger lock") += 1;
             let conn = format!("{}#{conn_seq}", self.me);
+            if let Some(r) = ready.take() {
+                let _ = r.send(()).await;
+            }
             let (mut tx, mut rx) = ws.split();
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,23 +361,14 @@ impl SimUser {
                         // Recorded before sending: a send whose write fails may still have left.
                         self.ledger.sent.lock().expect("ledger lock").insert(reference.clone(), (self.me.clone(), to));
                         awaiting.insert(reference);
-                        if tx.send(Message::text(frame)).await.is_err() {
+                        if tx.send_text(frame).await.is_err() {
                             break;
                         }
                     }
-                    msg = rx.next() => {
-                        let text = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                            Some(Ok(_)) => continue,
-                        };
+                    msg = rx.recv_text() => {
+                        let Ok(text) = msg else { break };
                         let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
                         match v["type"].as_str() {
-                            Some("hello") => {
-                                if let Some(r) = ready.take() {
-                                    let _ = r.send(()).await;
-                                }
-                            }
                             Some("message") => {
                                 self.ledger.received.lock().expect("ledger lock").push(Received {
                                     user: self.me.clone(),
@@ -385,7 +378,7 @@ impl SimUser {
                                     reference: v["body"]["ref"].as_str().unwrap_or_default().to_owned(),
                                 });
                                 let ack = json!({"type":"ack","id":v["id"]}).to_string();
-                                if tx.send(Message::text(ack)).await.is_err() {
+                                if tx.send_text(ack).await.is_err() {
                                     break;
                                 }
                             }

@@ -146,10 +146,9 @@ async fn clients_dropping_tcp_without_a_close_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_while_others_flood_it() {
-    use futures_util::StreamExt;
     use serde_json::json;
     use std::collections::HashSet;
-    use tokio_tungstenite::tungstenite::Message;
+    use wsroute_client::{ConnError, ConnectOptions, Connection};
     use wsroute_tests::Client;
 
     // Room in the sloth's inbox (and the flooders' quotas) for all the flood can store: this
@@ -168,11 +167,10 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
     })
     .await;
     // The sloth reads its hello, then nothing.
-    let (mut sloth, _) = tokio_tungstenite::connect_async(c.node(2).ws_user("sloth"))
+    let mut sloth = Connection::connect(&ConnectOptions::new(c.node(2).ws_user("sloth")))
         .await
         .expect("connects");
-    let hello = sloth.next().await.expect("hello").expect("ok");
-    assert!(hello.to_text().expect("text").contains("hello"));
+    assert_eq!(sloth.hello().user, "sloth");
     let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
     let mut floods: Vec<Client> = Vec::new();
     for i in 0..3 {
@@ -212,22 +210,21 @@ async fn a_client_that_stops_reading_while_others_flood_it() {
     let deadline = tokio::time::Instant::now() + wsroute_tests::patience();
     let mut close_code = None;
     loop {
-        let m = tokio::time::timeout_at(deadline, sloth.next())
+        let m = tokio::time::timeout_at(deadline, sloth.recv_text())
             .await
             .expect("the evicted connection ends");
         match m {
-            Some(Ok(Message::Text(t))) => {
+            Ok(t) => {
                 let v: serde_json::Value = serde_json::from_str(&t).expect("json");
                 if v["type"] == "message" {
                     first.push(v["id"].as_str().unwrap_or_default().to_owned());
                 }
             }
-            Some(Ok(Message::Close(f))) => {
-                close_code = f.map(|f| u16::from(f.code));
+            Err(ConnError::Closed(f)) => {
+                close_code = f.map(|f| f.code);
                 break;
             }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
+            Err(_) => break,
         }
     }
     // Then reconnects and gets the rest from its inbox.
@@ -383,7 +380,7 @@ async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
     // Once its lease runs out, while the other nodes take clients, it sends its clients to one
     // of them (`reconnect`, then close 1001), as a drain does.
     let (frames, close) = phone.expect_close().await;
-    let code = close.map(|f| u16::from(f.code));
+    let code = close.map(|f| f.code);
     assert_eq!(code, Some(1001), "node3 closed its clients with {code:?}");
     let others = [c.node(1).ws(""), c.node(2).ws("")];
     assert!(
@@ -416,9 +413,11 @@ async fn a_node_cut_off_from_redis_but_not_from_its_clients() {
     );
     // It takes no client while cut off.
     assert!(
-        tokio_tungstenite::connect_async(x.ws_user("latecomer"))
-            .await
-            .is_err(),
+        wsroute_client::Connection::connect(&wsroute_client::ConnectOptions::new(
+            x.ws_user("latecomer")
+        ))
+        .await
+        .is_err(),
         "a node cut off from Redis accepted a client"
     );
 

@@ -946,7 +946,7 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
     );
     // The only node: its client is told to go (1001) and finds its way back via /gateway.
     let (_, close) = alice.expect_close().await;
-    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001), "going away");
+    assert_eq!(close.map(|c| c.code), Some(1001), "going away");
     let mut child = node.0.take().expect("running");
     let waited = tokio::time::timeout(
         budget,

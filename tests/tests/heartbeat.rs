@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use wsroute_tests::{Client, Cluster};
 
@@ -18,13 +17,12 @@ async fn a_silent_client_is_closed_and_its_route_removed() {
     })
     .await;
     // A client that reads its hello and then neither reads nor writes (a dead peer).
-    let (mut ws, _) = tokio_tungstenite::connect_async(c.node(1).ws_user("ghost"))
-        .await
-        .expect("connects");
-    let hello = ws.next().await.expect("hello").expect("ok");
-    let hello: serde_json::Value =
-        serde_json::from_str(hello.to_text().expect("text")).expect("json");
-    assert_eq!(hello["heartbeat_ms"], 300);
+    let ghost = wsroute_client::Connection::connect(&wsroute_client::ConnectOptions::new(
+        c.node(1).ws_user("ghost"),
+    ))
+    .await
+    .expect("connects");
+    assert_eq!(ghost.hello().heartbeat_ms, 300);
     assert_eq!(routes_of_user(&c, "ghost").await, 1);
 
     // A client that pings keeps its connection meanwhile.

@@ -150,9 +150,8 @@ struct SendRecord {
 /// or `stored` reaches its recipient, once per connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_holds_no_send_past_its_deadline_and_blocks_no_other_peer() {
-    use futures_util::{SinkExt, StreamExt};
     use std::sync::{Arc, Mutex};
-    use tokio_tungstenite::tungstenite::Message;
+    use wsroute_client::{ConnectOptions, Connection};
 
     const FREEZE: Duration = Duration::from_secs(10);
     /// The mesh's call timeout (3 s), plus room to store the message and answer; the server's
@@ -180,16 +179,15 @@ async fn a_frozen_peer_holds_no_send_past_its_deadline_and_blocks_no_other_peer(
     }
 
     // Alice writes from one task and reads her acks in another.
-    let (ws, _) = tokio_tungstenite::connect_async(c.node(1).ws_user("alice"))
+    let (mut tx, mut rx) = Connection::connect(&ConnectOptions::new(c.node(1).ws_user("alice")))
         .await
-        .expect("alice connects");
-    let (mut tx, mut rx) = ws.split();
+        .expect("alice connects")
+        .split();
     let sends: Arc<Mutex<HashMap<String, SendRecord>>> = Arc::default();
     let acks = {
         let sends = sends.clone();
         tokio::spawn(async move {
-            while let Some(Ok(m)) = rx.next().await {
-                let Message::Text(t) = m else { continue };
+            while let Ok(t) = rx.recv_text().await {
                 let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
                 if v["type"] != "ack" {
                     continue;
@@ -215,11 +213,11 @@ async fn a_frozen_peer_holds_no_send_past_its_deadline_and_blocks_no_other_peer(
                 ack: None,
             },
         );
-        Message::text(json!({"type":"send","to":to,"ref":r,"body":{"n":n}}).to_string())
+        json!({"type":"send","to":to,"ref":r,"body":{"n":n}}).to_string()
     };
     // Before the freeze: every route cached, every stream open.
     for (user, _) in recipients {
-        tx.send(send(user)).await.expect("send");
+        tx.send_text(send(user)).await.expect("send");
     }
     let all_answered = |sends: &Mutex<HashMap<String, SendRecord>>| {
         sends
@@ -245,7 +243,7 @@ async fn a_frozen_peer_holds_no_send_past_its_deadline_and_blocks_no_other_peer(
             if k % 2 == 0 { "b1" } else { "b2" },
             if k % 2 == 0 { "c1" } else { "c2" },
         ] {
-            tx.send(send(user)).await.expect("send");
+            tx.send_text(send(user)).await.expect("send");
         }
     }
     // Every send made during the freeze is answered while node 2 is still frozen.

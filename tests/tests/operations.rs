@@ -104,7 +104,7 @@ async fn sigterm_drains_the_node_and_leaves_no_routes() {
     let r = bob.expect_type("reconnect").await;
     assert_eq!(r["url"], c.node(1).ws(""));
     let (_, close) = bob.expect_close().await;
-    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    assert_eq!(close.map(|f| f.code), Some(1001));
 
     let status = c.nodes[1].wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit status {status}");
@@ -296,9 +296,11 @@ async fn a_drain_ends_within_its_grace_period_even_if_clients_do_not_leave() {
     })
     .await;
     // A client that never reads, so it never acts on its reconnect frame.
-    let (_stubborn, _) = tokio_tungstenite::connect_async(c.node(1).ws_user("stubborn"))
-        .await
-        .expect("connects");
+    let _stubborn = wsroute_client::Connection::connect(&wsroute_client::ConnectOptions::new(
+        c.node(1).ws_user("stubborn"),
+    ))
+    .await
+    .expect("connects");
     let _other = Client::connect(&c.node(1).ws_user("other")).await;
     let started = std::time::Instant::now();
     c.node(1).terminate();

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Dialer, Job};
@@ -59,12 +57,9 @@ pub async fn run(c: Capacity) -> ConnectionsReport {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        msg = ws.next() => match msg {
-                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                                dropped.fetch_add(1, Relaxed);
-                                return;
-                            }
-                            Some(Ok(_)) => {}
+                        msg = ws.recv_text() => if msg.is_err() {
+                            dropped.fetch_add(1, Relaxed);
+                            return;
                         },
                     }
                 }

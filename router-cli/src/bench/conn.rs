@@ -1,20 +1,19 @@
 //! Opening many client connections: from several loopback source addresses (so that 100k+
 //! sockets do not run out of ephemeral ports), with bounded concurrency, each one confirmed by
-//! the node's `hello` frame (sent only once its route is registered).
+//! the node's `hello` frame (sent only once its route is registered). The upgrade and the hello
+//! are wsroute-client's [`Connection::handshake`]; the sockets are bound here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsroute_client::raw::WebSocketConfig;
+use wsroute_client::{ConnectOptions, Connection};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = Connection<TcpStream>;
 
 /// Error samples kept for the report; the rest are only counted.
 const ERROR_SAMPLES: usize = 5;
@@ -70,31 +69,11 @@ impl Dialer {
             .context("TCP connect timed out")?
             .with_context(|| format!("TCP connect to {}", job.addr))?;
         stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-        let (mut ws, _) = tokio::time::timeout(
-            self.timeout,
-            tokio_tungstenite::client_async_with_config(
-                job.url.as_str(),
-                stream,
-                Some(self.config),
-            ),
-        )
-        .await
-        .context("WebSocket upgrade timed out")?
-        .context("WebSocket upgrade")?;
-        let first = tokio::time::timeout(self.timeout, ws.next())
-            .await
-            .context("no hello in time")?;
-        match first {
-            Some(Ok(Message::Text(t))) if is_hello(&t) => Ok(ws),
-            Some(Ok(other)) => anyhow::bail!("expected a hello frame, got {other:?}"),
-            Some(Err(e)) => Err(e).context("reading the hello"),
-            None => anyhow::bail!("closed before the hello"),
-        }
+        let opts = ConnectOptions::new(job.url.as_str())
+            .websocket_config(self.config)
+            .timeout(self.timeout);
+        Ok(Connection::handshake(stream, &opts).await?)
     }
-}
-
-fn is_hello(text: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v["type"] == "hello")
 }
 
 /// What opening a batch of connections gave.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use tokio_tungstenite::tungstenite::http::Uri;
+use wsroute_client::raw::Uri;
 
 /// A node's WebSocket endpoint, resolved to a loopback address.
 #[derive(Debug, Clone)]

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
+use wsroute_client::ConnError;
+use wsroute_client::raw::Utf8Bytes;
 
 use super::check::{Receipt, Received};
 use super::conn::Ws;
@@ -77,7 +77,7 @@ fn parse_ref(r: &str) -> Option<(u32, u32, u64)> {
 
 /// What woke the loop.
 enum Event {
-    Frame(Option<Result<Message, tungstenite::Error>>),
+    Frame(Result<Utf8Bytes, ConnError>),
     Send,
     Stop,
 }
@@ -128,7 +128,7 @@ pub async fn run(
         let event = tokio::select! {
             biased;
             _ = done.cancelled() => break 'run,
-            msg = ws.next() => Event::Frame(msg),
+            msg = ws.recv_text() => Event::Frame(msg),
             _ = pace(&mut ticker), if room => Event::Send,
             _ = tokio::time::sleep_until(plan.stop), if sending => Event::Stop,
         };
@@ -138,7 +138,7 @@ pub async fn run(
                     break 'run;
                 }
                 // Everything else already readable, so that its acks share one write.
-                while let Some(msg) = ws.next().now_or_never() {
+                while let Some(msg) = ws.recv_text_now() {
                     if !me.on_frame(msg) {
                         break 'run;
                     }
@@ -161,7 +161,7 @@ pub async fn run(
         }
     }
     // Leave politely; the node removes the route either way.
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    ws.close(Duration::from_secs(1)).await;
     me.ledger
 }
 
@@ -211,7 +211,7 @@ impl User {
         let frames = std::mem::take(&mut self.outbox);
         let written = tokio::time::timeout_at(deadline, async {
             for f in frames {
-                ws.feed(Message::text(f)).await?;
+                ws.feed_text(f).await?;
             }
             ws.flush().await
         })
@@ -224,23 +224,22 @@ impl User {
     }
 
     /// Handles one read; false when the connection is over.
-    fn on_frame(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> bool {
+    fn on_frame(&mut self, msg: Result<Utf8Bytes, ConnError>) -> bool {
         let i = self.i;
         let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(why))) => {
+            Ok(t) => t,
+            Err(ConnError::Closed(Some(why))) => {
                 self.shared
-                    .error(format!("user {i}: the node closed the connection: {why:?}"));
+                    .error(format!("user {i}: the node closed the connection: {why}"));
                 return false;
             }
-            Some(Ok(_)) => return true,
-            Some(Err(e)) => {
-                self.shared
-                    .error(format!("user {i}: connection failed: {e}"));
-                return false;
-            }
-            None => {
+            Err(ConnError::Closed(None)) => {
                 self.shared.error(format!("user {i}: connection closed"));
+                return false;
+            }
+            Err(e) => {
+                self.shared
+                    .error(format!("user {i}: connection failed: {e:#}"));
                 return false;
             }
         };
