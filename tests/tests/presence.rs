@@ -590,3 +590,47 @@ async fn what_presence_costs_per_connect_and_disconnect_on_8_nodes() {
         );
     }
 }
+
+#[tokio::test]
+async fn watched_counts_are_read_again_after_a_lost_subscription_or_a_node_registering() {
+    let c = Cluster::start(2).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    watch(&mut alice, &["bob"]).await;
+    assert_eq!(presence_of(&mut alice, "bob").await.1, 0);
+
+    // A route of bob's appears with no event (as if its event had been missed).
+    let key = wsroute_tests::keys::user_conns(&wsroute_tests::user_id("bob"));
+    let mut add = redis::cmd("HSET");
+    add.arg(&key).arg("c-unannounced").arg("node2\t\t1");
+    let added: Option<u64> = c.redis.query(&add).await;
+    assert_eq!(added, Some(1));
+    let told = presence_frames_now(&mut alice).await;
+    assert!(told.is_empty(), "no event, no read: {told:?}");
+
+    // A node announcing itself (it registers its routes in bulk, with no event per user).
+    let mut up = redis::cmd("PUBLISH");
+    up.arg(wsroute_tests::keys::events_channel())
+        .arg("up node2");
+    let _: Option<u64> = c.redis.query(&up).await;
+    assert_eq!(presence_of(&mut alice, "bob").await.1, 1);
+
+    // The route goes, again with no event; then every subscription is cut: on resubscribing,
+    // node1 reads what it watches again.
+    c.redis.hdel(&key, "c-unannounced").await;
+    for &port in c.redis.server_ports() {
+        let mut conn = wsroute_tests::RedisServer::conn_to(port)
+            .await
+            .expect("redis reachable");
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL works");
+        println!("cut {killed} subscriptions on port {port}");
+    }
+    let (online, devices, took) = presence_of(&mut alice, "bob").await;
+    println!("re-read {took:?} after the subscriptions were cut");
+    assert_eq!((online, devices), (false, 0));
+}
