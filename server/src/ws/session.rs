@@ -361,7 +361,8 @@ impl Session {
             }
             Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
             Ok(ClientFrame::Refresh { token }) => self.on_refresh(&token).await,
-            Ok(ClientFrame::Watch { users }) => self.on_watch(users).await,
+            // Boxed: inline, its state would grow every idle connection's task.
+            Ok(ClientFrame::Watch { users }) => Box::pin(self.on_watch(users)).await,
             Ok(ClientFrame::Unwatch { users }) => {
                 self.state.presence.unwatch(&self.conn, &users);
                 None
