@@ -81,6 +81,30 @@ impl RouteReader {
         Ok(routes)
     }
 
+    /// How many live connections each of `users` holds (one HLEN each, in one pipeline; on a
+    /// cluster one per user's slot, concurrently), in the order given: what presence reads when
+    /// a watched user's routes changed.
+    pub async fn device_counts(&self, users: &[UserId]) -> Result<Vec<u64>, DbError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _timed = Timed::start(&*self.observer, "presence");
+        let mut c = self.redis.hot().await?;
+        let groups = users
+            .iter()
+            .map(|u| vec![redis::Cmd::hlen(keys::user_conns(u))])
+            .collect();
+        let replies = c.read_groups(groups).await?;
+        replies
+            .into_iter()
+            .map(|group| {
+                let reply = group.into_iter().next().unwrap_or(redis::Value::Nil);
+                redis::from_redis_value::<u64>(reply)
+                    .map_err(|e| DbError::from(redis::RedisError::from(e)))
+            })
+            .collect()
+    }
+
     /// The connections a node's index holds, as `(conn, user)` pairs sorted by user.
     pub async fn node_routes(&self, node: &NodeId) -> Result<Vec<(String, String)>, DbError> {
         let _timed = Timed::start(&*self.observer, "node_routes");
@@ -110,5 +134,12 @@ mod tests {
             Some(no_device)
         );
         assert_eq!(Route::decode("c1", "bad node!\t\t1"), None);
+    }
+
+    #[test]
+    fn a_value_from_before_device_and_connected_at_still_reads() {
+        let r = Route::decode("c1", "n1").expect("a bare node id is a route");
+        assert_eq!(r.node.as_str(), "n1");
+        assert_eq!((r.device, r.connected_at_ms), (None, 0));
     }
 }

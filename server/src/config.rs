@@ -156,6 +156,25 @@ pub struct Args {
     /// --dev-auth) such a node refuses to start
     #[arg(long, env = "WSROUTE_INSECURE_MESH", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure_mesh: bool,
+    /// Users one connection may watch for presence at once (1-100000) [default: 1000]
+    #[arg(long, env = "WSROUTE_MAX_WATCH")]
+    pub max_watch: Option<u64>,
+    /// Who a signed-in user may watch for presence: `open` (anyone) or `token` (only the user
+    /// ids in the token's `watch` claim; with --dev-auth, a `?user=` session's `?watch=a,b`)
+    /// [default: open]
+    #[arg(long, env = "WSROUTE_PRESENCE_POLICY", value_enum)]
+    pub presence_policy: Option<PresencePolicy>,
+}
+
+/// Who a signed-in user may watch for presence (PROTOCOL.md 7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresencePolicy {
+    /// Anyone.
+    #[default]
+    Open,
+    /// Only the user ids the session's token lists in its `watch` claim.
+    Token,
 }
 
 /// The same keys as [`Args`], read from the TOML file.
@@ -201,6 +220,8 @@ struct FileConfig {
     api_key_file: Option<PathBuf>,
     mesh_secret_file: Option<PathBuf>,
     insecure_mesh: Option<bool>,
+    max_watch: Option<u64>,
+    presence_policy: Option<PresencePolicy>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -229,6 +250,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// TLS on the gRPC listener and for dialling peers; `None` is plaintext.
     pub grpc_tls: Option<GrpcTls>,
+    /// Who may watch whom for presence.
+    pub presence_policy: PresencePolicy,
     pub limits: Limits,
 }
 
@@ -364,6 +387,8 @@ pub struct Limits {
     pub mesh_batch: usize,
     /// How long a drain waits for clients to leave before closing the rest.
     pub drain_grace: Duration,
+    /// Users one connection may watch for presence at once.
+    pub max_watch: usize,
 }
 
 impl Default for Limits {
@@ -392,6 +417,7 @@ impl Default for Limits {
             send_deadline: Duration::from_secs(8),
             mesh_batch: 512,
             drain_grace: Duration::from_secs(20),
+            max_watch: 1000,
         }
     }
 }
@@ -662,6 +688,9 @@ impl Config {
         )? {
             limits.handshake_timeout = Duration::from_millis(ms);
         }
+        if let Some(n) = ranged("max-watch", args.max_watch.or(file.max_watch), 1, 100_000)? {
+            limits.max_watch = n as usize;
+        }
         let http_workers = ranged(
             "http-workers",
             args.http_workers.or(file.http_workers),
@@ -713,6 +742,10 @@ impl Config {
             max_frame_bytes,
             dev_auth,
             fanout: args.fanout.or(file.fanout).unwrap_or_default(),
+            presence_policy: args
+                .presence_policy
+                .or(file.presence_policy)
+                .unwrap_or_default(),
             http_workers,
             allowed_origins: args
                 .allowed_origins
@@ -981,6 +1014,27 @@ mod tests {
         ]))
         .expect_err("too small");
         assert!(err.to_string().contains("session-queue"), "{err}");
+    }
+
+    #[test]
+    fn presence_flags_default_and_are_checked() {
+        let dev = ["--node-id", "n", "--dev-auth"];
+        let c = Config::resolve(args(&dev)).expect("valid");
+        assert_eq!(c.limits.max_watch, 1000);
+        assert_eq!(c.presence_policy, PresencePolicy::Open);
+        let mut list = dev.to_vec();
+        list.extend_from_slice(&["--max-watch", "5", "--presence-policy", "token"]);
+        let c = Config::resolve(args(&list)).expect("valid");
+        assert_eq!(c.limits.max_watch, 5);
+        assert_eq!(c.presence_policy, PresencePolicy::Token);
+        let mut list = dev.to_vec();
+        list.extend_from_slice(&["--max-watch", "0"]);
+        let err = Config::resolve(args(&list)).expect_err("out of range");
+        assert!(err.to_string().contains("max-watch"), "{err}");
+        let mut v = vec!["wsroute-server"];
+        v.extend_from_slice(&dev);
+        v.extend_from_slice(&["--presence-policy", "closed"]);
+        assert!(Args::try_parse_from(v).is_err(), "only open|token");
     }
 
     #[test]

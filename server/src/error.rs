@@ -23,6 +23,10 @@ pub enum FrameErrorCode {
     Unauthorized,
     /// The session's token expired; the connection is closed with 4001.
     TokenExpired,
+    /// A `watch` that would take the connection past `--max-watch` users (PROTOCOL.md 7.3).
+    TooMany,
+    /// A `watch` of a user the session may not watch (`--presence-policy token`).
+    Forbidden,
 }
 
 impl FrameErrorCode {
@@ -34,6 +38,8 @@ impl FrameErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
+            Self::TooMany => "too_many",
+            Self::Forbidden => "forbidden",
         }
     }
 }

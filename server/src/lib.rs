@@ -10,7 +10,8 @@
 //!   sweeps), `stats` (what `Mesh.Stats` answers);
 //! - `state`: what the endpoints share;
 //! - `delivery` (resolve, deliver, forward, store), `local` (a message handed to this node's
-//!   connections), `inbox` (offline users), `fanout` (the broadcast baseline);
+//!   connections), `inbox` (offline users), `fanout` (the broadcast baseline), `presence` (who
+//!   here watches whom, told on the route events);
 //! - `route` (writing the Redis route table: `table` users' routes, `membership` the node's
 //!   record, lease and sweeps; the `cache` in front of it, `events`), `sessions` (the local
 //!   session table);
@@ -40,6 +41,7 @@ pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod quota;
 pub mod route;
 pub mod sessions;

@@ -67,6 +67,17 @@ pub struct Inner {
     /// sender, or a peer that did not see this node announce frames).
     pub mesh_items_received: IntCounterVec,
     pub route_events: IntCounterVec,
+    /// Connections on this node that watch at least one user's presence.
+    pub presence_watchers: IntGauge,
+    /// Distinct users watched by this node's connections.
+    pub presence_watched_users: IntGauge,
+    /// (connection, watched user) pairs on this node: what presence keeps in memory.
+    pub presence_watches: IntGauge,
+    /// Watched users' device counts read from Redis (one HLEN each).
+    pub presence_reads: IntCounter,
+    /// Presence frames for this node's watchers, by result: `queued`, or `dropped` (the
+    /// watcher's notice queue was full).
+    pub presence_frames: IntCounterVec,
 }
 
 impl Deref for Metrics {
@@ -219,6 +230,27 @@ impl Metrics {
             "Route events heard on the event channel, by kind (invalidate, inbox, node_up)",
             &["kind"],
         );
+        let presence_watchers = gauge(
+            "wsroute_presence_watchers",
+            "Connections on this node watching at least one user's presence",
+        );
+        let presence_watched_users = gauge(
+            "wsroute_presence_watched_users",
+            "Distinct users watched by this node's connections",
+        );
+        let presence_watches = gauge(
+            "wsroute_presence_watches",
+            "Watches (connection, watched user) held by this node",
+        );
+        let presence_reads = counter(
+            "wsroute_presence_reads_total",
+            "Watched users' device counts read from Redis (one HLEN each)",
+        );
+        let presence_frames = counter_vec(
+            "wsroute_presence_frames_total",
+            "Presence frames for this node's watchers, by result (queued; dropped: the watcher's notice queue was full)",
+            &["result"],
+        );
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
@@ -243,6 +275,11 @@ impl Metrics {
             Box::new(node_info.clone()),
             Box::new(mesh_items_received.clone()),
             Box::new(route_events.clone()),
+            Box::new(presence_watchers.clone()),
+            Box::new(presence_watched_users.clone()),
+            Box::new(presence_watches.clone()),
+            Box::new(presence_reads.clone()),
+            Box::new(presence_frames.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -271,6 +308,11 @@ impl Metrics {
             node_info,
             mesh_items_received,
             route_events,
+            presence_watchers,
+            presence_watched_users,
+            presence_watches,
+            presence_reads,
+            presence_frames,
         }))
     }
 

@@ -209,6 +209,12 @@ impl Node {
             }
         });
         holds.set_sink(delivery.clone());
+        let presence = Arc::new(crate::presence::Presence::new(
+            limits.max_watch,
+            routes.reader(),
+            sessions.clone(),
+            metrics.clone(),
+        ));
         let state = Arc::new(NodeState {
             auth: Authenticator::new(config.jwt_secret.as_deref(), &config.jwt, config.dev_auth)
                 .map_err(StartError::Keys)?,
@@ -225,6 +231,7 @@ impl Node {
             delivery,
             holds,
             confirms: Arc::default(),
+            presence,
             metrics,
             in_table: AtomicBool::new(false),
             nodes_seen: std::sync::RwLock::new(None),
@@ -269,6 +276,13 @@ impl Node {
         state
             .tracker
             .spawn(crate::keeper::run(state.clone(), hold_events).instrument(span.clone()));
+        state.tracker.spawn(
+            state
+                .presence
+                .clone()
+                .run(state.shutdown.clone())
+                .instrument(span.clone()),
+        );
         if state.config.fanout == Fanout::Broadcast {
             state.tracker.spawn(
                 crate::fanout::listen(
@@ -284,6 +298,7 @@ impl Node {
                 subscriptions,
                 state.cache.clone(),
                 state.sessions.clone(),
+                state.presence.clone(),
                 state.subscribed.clone(),
                 state.metrics.route_events.clone(),
                 state.shutdown.clone(),
@@ -376,6 +391,10 @@ impl Node {
                 .route("/metrics", web::get().to(api::probes::metrics))
                 .route("/gateway", web::get().to(api::probes::gateway))
                 .route("/v1/users/{user}/messages", web::post().to(api::push::push))
+                .route(
+                    "/v1/users/{user}/presence",
+                    web::get().to(api::presence::presence),
+                )
                 .configure(api::page::routes)
                 .default_service(web::to(api::probes::not_found))
         })

@@ -18,6 +18,7 @@ use crate::holds::Holds;
 use crate::ids::{IdGen, NodeId};
 use crate::inbox::Inbox;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
@@ -50,6 +51,8 @@ pub struct NodeState {
     pub holds: Arc<Holds>,
     /// Confirmations owed to peers for messages they hold.
     pub confirms: Arc<Confirms>,
+    /// Who this node's connections watch, and the counts they were told (PROTOCOL.md 7.3).
+    pub presence: Arc<Presence>,
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     pub(crate) in_table: AtomicBool,

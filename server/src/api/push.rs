@@ -8,7 +8,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::bearer::{self, BearerError};
 use crate::envelope::Envelope;
 use crate::error::Refusal;
 use crate::ids::{Cid, UserId};
@@ -26,26 +25,13 @@ struct PushBody {
     cid: Option<String>,
 }
 
-/// Checks `Authorization: Bearer <api-key>` (in constant time): the answer to a call refused,
-/// `None` for one let through.
-fn api_key_refusal(req: &HttpRequest, state: &NodeState) -> Option<HttpResponse> {
-    let e = bearer::check_http(req, state.config.api_key.as_deref()).err()?;
-    Some(Refusal::Unauthorized.http(match e {
-        BearerError::NotConfigured => {
-            "the push API is disabled on this node: no --api-key is configured"
-        }
-        BearerError::Missing => "missing `Authorization: Bearer <api-key>`",
-        BearerError::Wrong => "wrong API key",
-    }))
-}
-
 pub async fn push(
     req: HttpRequest,
     path: web::Path<String>,
     mut payload: web::Payload,
     state: web::Data<Arc<NodeState>>,
 ) -> HttpResponse {
-    if let Some(refused) = api_key_refusal(&req, &state) {
+    if let Some(refused) = super::api_key_refusal(&req, &state) {
         return refused;
     }
     let to = match UserId::parse(&path.into_inner()) {

@@ -1,5 +1,6 @@
 //! Route events between nodes over Redis pub/sub: "this user's routes changed" (drop the cached
-//! route) and "this user's inbox has new messages" (a node holding the user sends them).
+//! route, and read the user's device count again if a connection here watches its presence)
+//! and "this user's inbox has new messages" (a node holding the user sends them).
 //!
 //! Events are published on connect, disconnect and inbox writes, never per delivered message.
 
@@ -15,6 +16,7 @@ use wsroute_core::keys;
 
 use super::cache::RouteCache;
 use crate::ids::{NodeId, UserId};
+use crate::presence::Presence;
 use crate::sessions::{Control, Sessions};
 
 /// One event on the channel.
@@ -75,7 +77,8 @@ async fn until_unanswered(mut sink: redis::aio::PubSubSink) -> String {
 
 /// Listens to the event channel until cancelled, reconnecting with backoff. While it is not
 /// subscribed, invalidations may be missed, so on every (re)subscription the whole cache is
-/// dropped and every local session re-checks its inbox. `subs` names the server for each attempt:
+/// dropped, every local session re-checks its inbox and every watched user's device count is read
+/// again. `subs` names the server for each attempt:
 /// the seeds of a Redis Cluster in turn (a subscriber on any node hears every publish), or the
 /// primary the sentinels name at that moment; behind Sentinel the subscription is also moved when
 /// they name another primary (a demoted one keeps it open as a replica). The subscription is
@@ -85,6 +88,7 @@ pub async fn listen(
     subs: Subscriptions,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
+    presence: Arc<Presence>,
     subscribed: Arc<AtomicBool>,
     heard: prometheus::IntCounterVec,
     cancel: CancellationToken,
@@ -123,6 +127,7 @@ pub async fn listen(
         for (conn, _) in sessions.snapshot() {
             sessions.control(&conn, Control::InboxChanged);
         }
+        presence.recheck_all();
         tracing::info!("route events: subscribed");
         let (sink, mut stream) = pubsub.split();
         let health = until_unanswered(sink);
@@ -159,6 +164,7 @@ pub async fn listen(
                 Some(RouteEvent::Invalidate(user)) => {
                     heard.with_label_values(&["invalidate"]).inc();
                     cache.invalidate(&user);
+                    presence.changed(&user);
                 }
                 Some(RouteEvent::Inbox(user)) => {
                     heard.with_label_values(&["inbox"]).inc();
@@ -169,6 +175,9 @@ pub async fn listen(
                 Some(RouteEvent::NodeUp(node)) => {
                     heard.with_label_values(&["node_up"]).inc();
                     cache.node_up(&node);
+                    // A node that registers again puts its routes back in bulk, with no event
+                    // per user (after Redis lost its data): watched counts may have changed.
+                    presence.recheck_all();
                 }
                 None => tracing::debug!(payload = %payload, "route events: ignoring unknown event"),
             }

@@ -68,6 +68,11 @@ impl RouteTable {
         &self.node
     }
 
+    /// The read side of the route table (a clone: it shares the Redis handle).
+    pub fn reader(&self) -> RouteReader {
+        self.read.clone()
+    }
+
     /// A held connection, for what runs per client: connects, disconnects, events (see
     /// `wsroute_core::db`).
     async fn hot(&self) -> Result<RedisConn, DbError> {

@@ -28,6 +28,8 @@ pub enum AuthError {
     BadDevUser(#[source] crate::ids::IdError),
     #[error("?device= must be 1 to {MAX_DEVICE_BYTES} bytes of A-Z a-z 0-9 _ . @ : -")]
     BadDevice,
+    #[error("?watch= must be comma-separated user ids: {0}")]
+    BadDevWatch(#[source] crate::ids::IdError),
 }
 
 /// Why the configured keys cannot be used (the node refuses to start).
@@ -53,6 +55,9 @@ pub struct Principal {
     /// When the session ends (unix seconds): the token's `exp` plus the leeway, the last moment
     /// the token would still be accepted. `None` for dev auth (`?user=`): no token, no end.
     pub expires: Option<u64>,
+    /// Who the session may watch under `--presence-policy token`: the token's `watch` claim,
+    /// or a dev-auth session's `?watch=a,b` (empty when neither is given).
+    pub watch: Vec<UserId>,
 }
 
 /// A verified token: whose it is and until when the session it opens may last.
@@ -63,12 +68,30 @@ pub struct Verified {
     pub exp: u64,
     /// `exp` plus the leeway: when a session on this token ends.
     pub ends: u64,
+    /// The valid user ids of the token's `watch` claim (presence, PROTOCOL.md 7.3).
+    pub watch: Vec<UserId>,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    /// Who the holder may watch for presence: an array of user ids. Read leniently (it only
+    /// ever grants): an entry that is not a valid user id is skipped, and a claim that is not an
+    /// array grants nothing, so that a token stays good for everything else.
+    #[serde(default)]
+    watch: Option<serde_json::Value>,
+}
+
+/// The valid user ids of a `watch` claim.
+fn watch_claim(claim: Option<&serde_json::Value>) -> Vec<UserId> {
+    let Some(serde_json::Value::Array(items)) = claim else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|v| v.as_str().and_then(|s| UserId::parse(s).ok()))
+        .collect()
 }
 
 /// Which algorithms a key may verify. Keys never cross families, which is what stops algorithm
@@ -227,6 +250,7 @@ impl Authenticator {
             user,
             exp,
             ends: exp.saturating_add(self.leeway),
+            watch: watch_claim(data.claims.watch.as_ref()),
         })
     }
 
@@ -253,13 +277,30 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "));
         let token = header_token.or(query.get("token").map(String::as_str));
 
-        let (user, expires) = match token {
+        let (user, expires, watch) = match token {
             Some(token) if !self.keys.is_empty() || !self.dev_auth => {
                 let v = self.verify(token)?;
-                (v.user, Some(v.ends))
+                (v.user, Some(v.ends), v.watch)
             }
             _ if self.dev_auth => match query.get("user") {
-                Some(u) => (UserId::parse(u).map_err(AuthError::BadDevUser)?, None),
+                Some(u) => {
+                    // No token, no claim: dev auth trusts the client for who it is, so it
+                    // takes what it may watch from the query as well.
+                    let watch = match query.get("watch") {
+                        None => Vec::new(),
+                        Some(list) => list
+                            .split(',')
+                            .filter(|w| !w.is_empty())
+                            .map(UserId::parse)
+                            .collect::<Result<_, _>>()
+                            .map_err(AuthError::BadDevWatch)?,
+                    };
+                    (
+                        UserId::parse(u).map_err(AuthError::BadDevUser)?,
+                        None,
+                        watch,
+                    )
+                }
                 None => return Err(AuthError::Missing),
             },
             _ => return Err(AuthError::Missing),
@@ -268,6 +309,7 @@ impl Authenticator {
             user,
             device,
             expires,
+            watch,
         })
     }
 }
@@ -283,6 +325,13 @@ mod tests {
     struct C<'a> {
         sub: &'a str,
         exp: u64,
+    }
+
+    #[derive(Serialize)]
+    struct WithWatch<'a> {
+        sub: &'a str,
+        exp: u64,
+        watch: serde_json::Value,
     }
 
     fn now() -> u64 {
@@ -350,6 +399,52 @@ mod tests {
         assert!(matches!(
             a.authenticate(req.head()),
             Err(AuthError::Missing)
+        ));
+    }
+
+    #[test]
+    fn the_watch_claim_grants_only_valid_ids_and_never_spoils_the_token() {
+        let a = hs256("k");
+        let mint = |watch: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &WithWatch {
+                    sub: "alice",
+                    exp: now() + 60,
+                    watch,
+                },
+                &EncodingKey::from_secret(b"k"),
+            )
+            .expect("encode")
+        };
+        let v = a
+            .verify(&mint(serde_json::json!(["bob", "bad id!", 7, "carol"])))
+            .expect("valid");
+        let names: Vec<&str> = v.watch.iter().map(UserId::as_str).collect();
+        assert_eq!(names, ["bob", "carol"]);
+        let v = a
+            .verify(&mint(serde_json::json!("bob")))
+            .expect("a claim of the wrong shape grants nothing, the token stays good");
+        assert!(v.watch.is_empty());
+        let v = a.verify(&token("k", "alice", now() + 60)).expect("valid");
+        assert!(v.watch.is_empty(), "no claim, nothing to watch");
+    }
+
+    #[test]
+    fn dev_auth_takes_the_watch_list_from_the_query() {
+        let a = Authenticator::new(None, &JwtOptions::default(), true).expect("keys");
+        let req = TestRequest::get()
+            .uri("/ws?user=alice&watch=bob,carol")
+            .to_http_request();
+        let p = a.authenticate(req.head()).expect("dev");
+        let names: Vec<&str> = p.watch.iter().map(UserId::as_str).collect();
+        assert_eq!(names, ["bob", "carol"]);
+        let req = TestRequest::get()
+            .uri("/ws?user=alice&watch=bob,b%20b")
+            .to_http_request();
+        assert!(matches!(
+            a.authenticate(req.head()),
+            Err(AuthError::BadDevWatch(_))
         ));
     }
 

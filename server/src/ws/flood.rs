@@ -43,11 +43,18 @@ impl FloodGuard {
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
+        self.check_n(now, 1)
+    }
+
+    /// Counts a frame as `n` frames (a `watch` of `n` users; at most the burst allowance, so that
+    /// any frame can pass after a pause). A refused frame takes nothing.
+    pub fn check_n(&mut self, now: Instant, n: usize) -> Verdict {
+        let cost = (n.max(1) as f64).min(self.capacity);
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             self.strikes = 0;
             return Verdict::Allow;
         }
@@ -76,6 +83,23 @@ mod tests {
             assert_eq!(g.check(t0), Verdict::Refuse);
         }
         assert_eq!(g.check(t0), Verdict::Close);
+    }
+
+    #[test]
+    fn a_weighted_frame_takes_its_weight_or_nothing() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new(10);
+        assert_eq!(g.check_n(t0, 60), Verdict::Allow);
+        assert_eq!(g.check_n(t0, 41), Verdict::Refuse, "40 left");
+        assert_eq!(
+            g.check_n(t0, 40),
+            Verdict::Allow,
+            "the refusal took nothing"
+        );
+        assert_eq!(g.check(t0), Verdict::Refuse);
+        // Heavier than the whole burst: costs the burst, so it passes once the bucket is full.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(g.check_n(later, 1_000_000), Verdict::Allow);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{FrameErrorCode, RejectCode};
-use crate::ids::{Cid, IdError, MsgId};
+use crate::ids::{Cid, IdError, MsgId, UserId};
 
 /// Longest `ref` a client may attach to a send (it is echoed back verbatim).
 pub const MAX_REF_BYTES: usize = 256;
@@ -25,6 +25,15 @@ pub enum ClientFrame {
     /// A fresh token for the same user (PROTOCOL.md 7.5); verified by the session.
     Refresh {
         token: String,
+    },
+    /// Tell me about these users' presence (PROTOCOL.md 7.3): distinct, valid ids, in the
+    /// order given; the session checks them against `--max-watch` and the policy.
+    Watch {
+        users: Vec<UserId>,
+    },
+    /// Stop telling me about these users (distinct, valid ids).
+    Unwatch {
+        users: Vec<UserId>,
     },
 }
 
@@ -76,6 +85,8 @@ struct RawFrame<'a> {
     cid: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    users: Option<&'a RawValue>,
 }
 
 fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError> {
@@ -88,6 +99,27 @@ fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError
             format!("field `{name}` must be a string"),
         )
     })
+}
+
+/// The `users` of a `watch` or `unwatch`: an array of valid user ids, repeats dropped (the first
+/// kept). Anything else is refused whole (`bad_field`), naming the first bad entry.
+fn users_field(raw: Option<&RawValue>) -> Result<Vec<UserId>, FrameError> {
+    let bad = |message: String| FrameError::new(FrameErrorCode::BadField, message);
+    let raw = raw.ok_or_else(|| bad("missing field `users`".into()))?;
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| bad("`users` must be an array of user ids".into()))?;
+    let mut users = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let name = serde_json::from_str::<std::borrow::Cow<'_, str>>(item.get())
+            .map_err(|_| bad(format!("`users[{i}]` must be a string")))?;
+        let user = UserId::parse(&name)
+            .map_err(|e| bad(format!("`users[{i}]` is not a valid user id: {e}")))?;
+        if seen.insert(user.clone()) {
+            users.push(user);
+        }
+    }
+    Ok(users)
 }
 
 /// Parses one text frame.
@@ -166,6 +198,12 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "refresh" => Ok(ClientFrame::Refresh {
             token: string_field(raw.token, "token")?,
         }),
+        "watch" => Ok(ClientFrame::Watch {
+            users: users_field(raw.users)?,
+        }),
+        "unwatch" => Ok(ClientFrame::Unwatch {
+            users: users_field(raw.users)?,
+        }),
         other => Err(FrameError::new(
             FrameErrorCode::BadFrame,
             format!("unknown type {:?}", truncate(other, 64)),
@@ -225,6 +263,11 @@ enum ServerFrame<'a> {
     Refreshed {
         exp: u64,
     },
+    Presence {
+        user: &'a str,
+        online: bool,
+        devices: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -250,6 +293,16 @@ pub fn hello(conn_id: &str, user: &str, node: &str, heartbeat_ms: u64) -> String
 /// The answer to a good `refresh`: the new token's `exp` (unix seconds).
 pub fn refreshed(exp: u64) -> String {
     encode(&ServerFrame::Refreshed { exp })
+}
+
+/// A watched user's presence (PROTOCOL.md 7.3): online while it holds at least one live
+/// connection, `devices` of them cluster-wide.
+pub fn presence(user: &str, devices: u64) -> String {
+    encode(&ServerFrame::Presence {
+        user,
+        online: devices > 0,
+        devices,
+    })
 }
 
 /// The answer to a send, as the client sees it.
@@ -427,6 +480,59 @@ mod tests {
             v,
             serde_json::json!({"type":"refreshed","exp":1_700_000_000u64})
         );
+    }
+
+    #[test]
+    fn parses_watch_and_unwatch_and_refuses_bad_lists_whole() {
+        let users = |text: &str| match parse(text) {
+            Ok(ClientFrame::Watch { users } | ClientFrame::Unwatch { users }) => users
+                .iter()
+                .map(|u| u.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            users(r#"{"type":"watch","users":["bob","carol","bob"]}"#),
+            ["bob", "carol"],
+            "in order, repeats dropped"
+        );
+        assert_eq!(
+            users(r#"{"type":"unwatch","users":["a.b@c:d-e_f"]}"#),
+            ["a.b@c:d-e_f"]
+        );
+        assert!(users(r#"{"type":"watch","users":[]}"#).is_empty());
+        assert!(matches!(
+            parse(r#"{"type":"unwatch","users":["bob"]}"#),
+            Ok(ClientFrame::Unwatch { .. })
+        ));
+        for bad in [
+            r#"{"type":"watch"}"#,
+            r#"{"type":"watch","users":"bob"}"#,
+            r#"{"type":"watch","users":{"bob":1}}"#,
+            r#"{"type":"watch","users":null}"#,
+            r#"{"type":"watch","users":["bob",7]}"#,
+            r#"{"type":"watch","users":["bob",""]}"#,
+            r#"{"type":"watch","users":["bob","b b"]}"#,
+            r#"{"type":"unwatch","users":[["bob"]]}"#,
+        ] {
+            assert_eq!(code(bad), FrameErrorCode::BadField, "{bad}");
+        }
+        let long = format!(r#"{{"type":"watch","users":["{}"]}}"#, "x".repeat(129));
+        assert_eq!(code(&long), FrameErrorCode::BadField);
+        let e = parse(r#"{"type":"watch","users":["ok","no way"]}"#).expect_err("bad id");
+        assert!(e.message.contains("users[1]"), "{}", e.message);
+    }
+
+    #[test]
+    fn encodes_presence() {
+        let v: serde_json::Value = serde_json::from_str(&presence("bob", 2)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"presence","user":"bob","online":true,"devices":2})
+        );
+        let v: serde_json::Value = serde_json::from_str(&presence("bob", 0)).expect("json");
+        assert_eq!(v["online"], false);
+        assert_eq!(v["devices"], 0);
     }
 
     #[test]

@@ -76,6 +76,8 @@ struct Admitted {
     device: Option<Arc<str>>,
     /// When the token's session ends (unix seconds); `None` for dev auth.
     expires: Option<u64>,
+    /// Whose presence the session may watch.
+    may_watch: crate::presence::Allowance,
 }
 
 impl Admitted {
@@ -92,6 +94,7 @@ impl Admitted {
             self.device,
         )
         .ending_at(self.expires)
+        .watching(self.may_watch)
         .run(stream, self.mailbox)
         .instrument(self.span);
         actix_web::rt::spawn(tracker.track_future(task));
@@ -188,5 +191,6 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
         mailbox,
         device,
         expires: principal.expires,
+        may_watch: crate::presence::Allowance::new(state.config.presence_policy, principal.watch),
     })
 }

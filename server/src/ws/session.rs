@@ -27,6 +27,7 @@ use crate::envelope::Envelope;
 use crate::error::{FrameErrorCode, RejectCode, close};
 use crate::holds::ReceiptStatus;
 use crate::ids::{ConnId, MsgId, UserId};
+use crate::presence::Allowance;
 use crate::quota::Origin;
 use crate::sessions::{Control, Mail, Mailbox, Outbound, Source};
 use crate::state::NodeState;
@@ -75,6 +76,8 @@ pub struct Session {
     pub device: Option<Arc<str>>,
     /// When the session's token stops being valid (PROTOCOL.md 7.5); `None` for dev auth.
     pub expiry: Option<Expiry>,
+    /// Whose presence the session may watch (`--presence-policy`).
+    pub may_watch: Allowance,
 }
 
 /// A token session's end: one timer per session, allocated only for token sessions, moved by
@@ -151,7 +154,14 @@ impl Session {
             inbox_waiting,
             device,
             expiry: None,
+            may_watch: Allowance::Anyone,
         }
+    }
+
+    /// Whose presence the session may watch (open to anyone unless set).
+    pub fn watching(mut self, may_watch: Allowance) -> Self {
+        self.may_watch = may_watch;
+        self
     }
 
     /// A token session: it ends at `ends` (unix seconds) unless refreshed.
@@ -351,6 +361,12 @@ impl Session {
             }
             Ok(ClientFrame::Ping) => self.reply(frame::pong()).await,
             Ok(ClientFrame::Refresh { token }) => self.on_refresh(&token).await,
+            // Boxed: inline, its state would grow every idle connection's task.
+            Ok(ClientFrame::Watch { users }) => Box::pin(self.on_watch(users)).await,
+            Ok(ClientFrame::Unwatch { users }) => {
+                self.state.presence.unwatch(&self.conn, &users);
+                None
+            }
             Err(e) => self.refuse(&e).await,
         }
     }
@@ -363,7 +379,16 @@ impl Session {
         &mut self,
         parsed: Option<&Result<ClientFrame, FrameError>>,
     ) -> Option<Option<End>> {
-        match self.flood.check(std::time::Instant::now()) {
+        self.flood_check_n(parsed, 1).await
+    }
+
+    /// [`Self::flood_check`] for a frame that counts as `n` frames.
+    async fn flood_check_n(
+        &mut self,
+        parsed: Option<&Result<ClientFrame, FrameError>>,
+        n: usize,
+    ) -> Option<Option<End>> {
+        match self.flood.check_n(std::time::Instant::now(), n) {
             Verdict::Allow => None,
             Verdict::Refuse => Some(self.rate_limited(parsed).await),
             Verdict::Close => {
@@ -381,6 +406,65 @@ impl Session {
         }
     }
 
+    /// `watch` (PROTOCOL.md 7.3): all of `users` (distinct, valid) or, refused with an `error`,
+    /// none of them. The first check that fails answers: over `--max-watch` on its own
+    /// (`too_many`), a user the session may not watch (`forbidden`), the flood limit
+    /// (`rate_limited`: each user beyond the first counts as a frame, since a user nobody here
+    /// watched yet costs a Redis read), then over `--max-watch` with what the connection already
+    /// watches (`too_many`). Each user is then answered with one `presence` frame.
+    async fn on_watch(&mut self, users: Vec<UserId>) -> Option<End> {
+        let max = self.state.presence.max_watch();
+        if users.len() > max {
+            return self
+                .refuse(&FrameError {
+                    code: FrameErrorCode::TooMany,
+                    message: format!(
+                        "{} users in one watch; at most {max} per connection (--max-watch)",
+                        users.len()
+                    ),
+                    reference: None,
+                })
+                .await;
+        }
+        let refused = self.may_watch.refused(&users);
+        if !refused.is_empty() {
+            let named: Vec<&str> = refused.iter().take(5).map(|u| u.as_str()).collect();
+            let message = format!(
+                "{} of these users may not be watched by this session ({}{}): only the users in the token's `watch` claim (--presence-policy token)",
+                refused.len(),
+                named.join(", "),
+                if refused.len() > named.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+            return self
+                .refuse(&FrameError {
+                    code: FrameErrorCode::Forbidden,
+                    message,
+                    reference: None,
+                })
+                .await;
+        }
+        if users.len() > 1
+            && let Some(refused) = self.flood_check_n(None, users.len() - 1).await
+        {
+            return refused;
+        }
+        match self.state.presence.watch(&self.conn, &users) {
+            Ok(()) => None,
+            Err(e) => {
+                self.refuse(&FrameError {
+                    code: FrameErrorCode::TooMany,
+                    message: e.to_string(),
+                    reference: None,
+                })
+                .await
+            }
+        }
+    }
+
     /// A fresh token for this session's user moves its end; anything else is refused
     /// (`unauthorized`) and the session keeps its end. The token is never logged.
     async fn on_refresh(&mut self, token: &str) -> Option<End> {
@@ -389,6 +473,14 @@ impl Session {
                 match &mut self.expiry {
                     Some(e) => e.reset(v.ends),
                     None => self.expiry = Some(Expiry::new(v.ends)),
+                }
+                // Under `--presence-policy token` the new token's `watch` claim is the session's
+                // allowance from now on; watches it no longer covers end.
+                if let Allowance::Only(_) = self.may_watch {
+                    self.may_watch = Allowance::new(self.state.config.presence_policy, v.watch);
+                    self.state
+                        .presence
+                        .keep_allowed(&self.conn, &self.may_watch);
                 }
                 tracing::info!(user = %self.user, conn_id = %self.conn, exp = v.exp, "session token refreshed");
                 return self.reply(frame::refreshed(v.exp)).await;
@@ -785,6 +877,7 @@ impl Session {
         mut pending: FuturesUnordered<PendingAck>,
     ) {
         self.state.sessions.remove(&self.conn);
+        self.state.presence.forget(&self.conn);
         // Unwritten messages: their senders learn "not written" and re-route or store them.
         drop(mailbox.close());
         match end {
