@@ -446,3 +446,38 @@ async fn without_webhook_flags_no_stream_is_written() {
     assert_eq!(exists, 0);
     assert_eq!(emitted, 0.0);
 }
+
+#[tokio::test]
+async fn a_user_whose_node_dies_goes_offline_when_the_node_is_swept() {
+    let receiver = Receiver::start(SECRET, Mode::Accept).await;
+    let mut c = Cluster::start_with(2, |o| o.extra = flags(&receiver, &[])).await;
+    let mut caused = Events::default();
+    // gina only on node 2; hal on both: the sweep leaves him online.
+    let _gina = Client::connect(&c.node(2).ws_user("gina")).await;
+    caused.online("gina");
+    let _hal1 = Client::connect(&c.node(1).ws_user("hal")).await;
+    caused.online("hal");
+    let _hal2 = Client::connect(&c.node(2).ws_user("hal")).await;
+    wait_all_settled(&receiver, &c.redis, caused.total()).await;
+    c.nodes[1].kill();
+    // node 1 sweeps node 2's routes once its lease runs out: gina's last connection goes.
+    caused.offline("gina");
+    eventually("node2's routes swept", || async {
+        (c.redis.routes_on_node("node2").await == 0).then_some(())
+    })
+    .await;
+    // The sweep wrote its events before it removed the index: all are in the stream now.
+    wait_all_settled(&receiver, &c.redis, caused.total()).await;
+    let seen = receiver.seen();
+    println!(
+        "ledger: caused {} events (gina online, hal online, gina offline by the sweep); accepted {} \
+         distinct, {} repeats; hal's routes left {}",
+        caused.total(),
+        seen.accepted.len(),
+        seen.repeats,
+        c.redis.routes_of_user("hal").await
+    );
+    assert_eq!(Events::accepted(&seen), caused);
+    assert_eq!(seen.repeats, 0);
+    assert_eq!(c.redis.routes_of_user("hal").await, 1);
+}
