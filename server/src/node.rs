@@ -50,8 +50,8 @@ pub enum StartError {
     Keys(#[source] crate::ws::auth::KeyError),
     #[error("gRPC TLS: {0}")]
     Tls(String),
-    #[error("webhook client: {0}")]
-    Webhooks(String),
+    #[error("cannot make the webhook HTTP client: {0}")]
+    Webhooks(#[source] reqwest::Error),
     #[error(
         "node id {node} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
     )]
@@ -194,7 +194,7 @@ impl Node {
                     },
                     metrics.clone(),
                 )
-                .map_err(|e| StartError::Webhooks(e.to_string()))?,
+                .map_err(StartError::Webhooks)?,
             )),
             None => None,
         };

@@ -283,6 +283,14 @@ async fn a_node_killed_mid_retry_leaves_its_events_to_the_others() {
         .expect("the victim is a node");
     c.nodes[index].kill();
     let refused_before = receiver.seen().attempts.values().sum::<u32>();
+    // The receiver still fails everything while the survivors take the dead node's entries
+    // over (so that a POST the dead node had in flight cannot be accepted either).
+    eventually(
+        "the dead node's pending events claimed by the others",
+        || async { (!pending(&c.redis).await.1.contains_key(&victim)).then_some(()) },
+    )
+    .await;
+    let refused_at_takeover = receiver.seen().attempts.values().sum::<u32>();
     receiver.set_mode(Mode::Accept);
 
     wait_all_settled(&receiver, &c.redis, caused.total()).await;
@@ -292,8 +300,9 @@ async fn a_node_killed_mid_retry_leaves_its_events_to_the_others() {
     let sent = total(&survivors, "wsroute_webhook_sent_total").await;
     println!(
         "ledger: caused {} events; pending per node at the kill {held:?}; killed {victim} holding \
-         {victim_held}; {refused_before} POSTs refused before the kill; receiver accepted {} \
-         distinct, {} repeats; survivors sent {sent}",
+         {victim_held}; {refused_before} POSTs refused before the kill, {refused_at_takeover} when \
+         the others had claimed its events; receiver accepted {} distinct, {} repeats; survivors \
+         sent {sent}",
         caused.total(),
         seen.accepted.len(),
         seen.repeats,
