@@ -206,6 +206,11 @@ impl IdGen {
     pub fn conn(&self) -> ConnId {
         ConnId(self.next_hex(b'c'))
     }
+
+    /// A webhook event id (`e...`), unique across the cluster like the others.
+    pub fn event(&self) -> Arc<str> {
+        self.next_hex(b'e')
+    }
 }
 
 impl Default for IdGen {

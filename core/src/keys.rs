@@ -79,6 +79,24 @@ pub fn sweep_turn() -> String {
     format!("{PREFIX}:sweep")
 }
 
+/// Stream of webhook events not yet settled (PROTOCOL 7.4): appended in the same Redis step as
+/// the change that causes each one, read by the nodes' shared consumer group, each entry
+/// deleted once its POST was answered 2xx or it was moved to [`webhook_dead`]. Both webhook keys
+/// share the hash tag `{webhooks}`, so that moving an entry between them stays in one slot.
+pub fn webhook_events() -> String {
+    format!("{PREFIX}:{{webhooks}}:events")
+}
+
+/// Stream of webhook events that failed every attempt, with the last error (`router-cli
+/// webhooks dead` lists them, `retry` moves them back to [`webhook_events`]).
+pub fn webhook_dead() -> String {
+    format!("{PREFIX}:{{webhooks}}:dead")
+}
+
+/// The consumer group of [`webhook_events`] that every node delivers from (each node is one
+/// consumer, named by its node id).
+pub const WEBHOOK_GROUP: &str = "deliver";
+
 /// Pub/sub channel of route events (`inv USER`, `inbox USER`).
 pub fn events_channel() -> String {
     format!("{PREFIX}:events")

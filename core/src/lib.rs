@@ -11,6 +11,7 @@
 //!   Redis call;
 //! - the read side of what the nodes keep in Redis: `routes` (a user's routes, a node's index),
 //!   `nodes` (the node list, a node's record and mesh endpoint), `inbox` (what waits for a user);
+//! - `webhooks`: the fields of webhook stream entries, and dead events (listed, retried);
 //! - `secret`: secrets read from files, shared by the node and router-cli (no Redis in it).
 
 pub mod clock;
@@ -22,3 +23,4 @@ pub mod nodes;
 pub mod observe;
 pub mod routes;
 pub mod secret;
+pub mod webhooks;

@@ -12,6 +12,7 @@ mod routes;
 mod send;
 mod stats;
 mod watch;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,11 @@ enum Command {
     Inbox {
         /// The user id
         user: String,
+    },
+    /// Webhook events that failed every attempt: list them, give them back for delivery
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Connect as a user and chat from the terminal (to try a cluster by hand)
     Chat(chat::ChatArgs),
@@ -174,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => stats::show(&redis()?.nodes, args, &cli.tls, cli.json).await,
         Command::Watch(args) => watch::watch(&redis()?.nodes, args, &cli.tls, cli.json).await,
         Command::Inbox { user } => inbox::show(&redis()?.inbox, &user, cli.json).await,
+        Command::Webhooks { command } => webhooks::run(&redis()?.webhooks, command, cli.json).await,
         Command::Chat(args) => chat::chat(args).await,
         Command::Bench(args) => bench::run(args, cli.json).await,
         Command::Completions { shell } => {

@@ -9,13 +9,16 @@ use wsroute_core::inbox::InboxReader;
 use wsroute_core::nodes::NodeReader;
 use wsroute_core::observe::Unobserved;
 use wsroute_core::routes::RouteReader;
+use wsroute_core::webhooks::DeadEvents;
 
-/// What router-cli reads in Redis: the node list, users' routes and inboxes (it writes nothing
-/// there; it keeps no metrics).
+/// What router-cli reads in Redis: the node list, users' routes and inboxes, dead webhook
+/// events (the one thing it writes there: `webhooks retry` moves dead events back). It keeps no
+/// metrics.
 pub struct Readers {
     pub nodes: NodeReader,
     pub routes: RouteReader,
     pub inbox: InboxReader,
+    pub webhooks: DeadEvents,
 }
 
 impl Readers {
@@ -28,7 +31,8 @@ impl Readers {
         Ok(Self {
             nodes: NodeReader::new(redis.clone(), observer.clone()),
             routes: RouteReader::new(redis.clone(), observer.clone()),
-            inbox: InboxReader::new(redis, observer),
+            inbox: InboxReader::new(redis.clone(), observer),
+            webhooks: DeadEvents::new(redis),
         })
     }
 }

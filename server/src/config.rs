@@ -164,6 +164,47 @@ pub struct Args {
     /// [default: open]
     #[arg(long, env = "WSROUTE_PRESENCE_POLICY", value_enum)]
     pub presence_policy: Option<PresencePolicy>,
+    /// POST webhook events (message.stored, user.online, user.offline) to this http:// URL of
+    /// the app's backend, signed with --webhook-secret [default: no webhooks]
+    #[arg(long, env = "WSROUTE_WEBHOOK_URL", help_heading = "Webhooks")]
+    pub webhook_url: Option<String>,
+    /// Key of the X-Wsroute-Signature of every webhook POST (HMAC-SHA256 of the body); required
+    /// with --webhook-url
+    #[arg(
+        long,
+        env = "WSROUTE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Webhooks"
+    )]
+    pub webhook_secret: Option<String>,
+    /// File holding the webhook secret (one trailing newline trimmed)
+    #[arg(long, env = "WSROUTE_WEBHOOK_SECRET_FILE", help_heading = "Webhooks")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Attempts per webhook event (a 2xx answer settles it; anything else, or no answer in 5 s,
+    /// is retried); after the last one the event is kept as dead (`router-cli webhooks dead`)
+    /// [default: 10]
+    #[arg(long, env = "WSROUTE_WEBHOOK_MAX_ATTEMPTS", help_heading = "Webhooks")]
+    pub webhook_max_attempts: Option<u32>,
+    /// Wait after a webhook event's first failed attempt; it doubles after each failure, up to
+    /// --webhook-backoff-max-ms, and each wait is jittered (between half and all of it)
+    /// [default: 5000]
+    #[arg(long, env = "WSROUTE_WEBHOOK_BACKOFF_MS", help_heading = "Webhooks")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// Longest wait between two attempts of a webhook event [default: 3600000]
+    #[arg(
+        long,
+        env = "WSROUTE_WEBHOOK_BACKOFF_MAX_MS",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_backoff_max_ms: Option<u64>,
+    /// Webhook events kept waiting for delivery in Redis (cluster-wide), and dead events kept;
+    /// past it the oldest are dropped and counted (wsroute_webhook_dropped_total)
+    /// [default: 100000]
+    #[arg(long, env = "WSROUTE_WEBHOOK_MAX_EVENTS", help_heading = "Webhooks")]
+    pub webhook_max_events: Option<u64>,
+    /// Webhook POSTs one node has in flight at most [default: 16]
+    #[arg(long, env = "WSROUTE_WEBHOOK_CONCURRENCY", help_heading = "Webhooks")]
+    pub webhook_concurrency: Option<u64>,
 }
 
 /// Who a signed-in user may watch for presence (PROTOCOL.md 7.3).
@@ -222,6 +263,14 @@ struct FileConfig {
     insecure_mesh: Option<bool>,
     max_watch: Option<u64>,
     presence_policy: Option<PresencePolicy>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    webhook_max_attempts: Option<u32>,
+    webhook_backoff_ms: Option<u64>,
+    webhook_backoff_max_ms: Option<u64>,
+    webhook_max_events: Option<u64>,
+    webhook_concurrency: Option<u64>,
 }
 
 /// Everything a node needs, resolved and validated. Plain data: building it has no side effects.
@@ -252,7 +301,46 @@ pub struct Config {
     pub grpc_tls: Option<GrpcTls>,
     /// Who may watch whom for presence.
     pub presence_policy: PresencePolicy,
+    /// Where and how webhook events go; `None`: no webhooks (no event is written to Redis).
+    pub webhooks: Option<Webhooks>,
     pub limits: Limits,
+}
+
+/// Webhooks to the app's backend (PROTOCOL 7.4).
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// An `http://` URL (this build has no TLS client); printed without its query, which may
+    /// carry a token.
+    pub url: WebhookUrl,
+    pub secret: Secret,
+    /// Attempts per event before it is dead.
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt (doubled after each further one).
+    pub backoff: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Events kept in each webhook stream at most (approximately: Redis trims whole nodes).
+    pub max_events: u64,
+    /// POSTs in flight per node.
+    pub concurrency: usize,
+}
+
+/// The `--webhook-url`: reads as a `str`; prints without its query string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl std::ops::Deref for WebhookUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0.split('?').next().unwrap_or_default();
+        write!(f, "{shown:?}")
+    }
 }
 
 /// A secret from the configuration: reads as a `str`, prints as `[redacted]`, so that logging a
@@ -460,6 +548,16 @@ pub enum ConfigError {
     OutOfRange(&'static str, u64, u64, u64),
     #[error(transparent)]
     SecretFile(#[from] wsroute_core::secret::SecretError),
+    #[error(
+        "--webhook-url must be an http:// URL with a host (this build has no TLS client: reach the backend over a private network or through a TLS-terminating proxy), got {0:?}"
+    )]
+    WebhookUrl(String),
+    #[error(
+        "--webhook-url needs --webhook-secret (or --webhook-secret-file, WSROUTE_WEBHOOK_SECRET_FILE): the backend checks every event's signature with it"
+    )]
+    WebhookNoSecret,
+    #[error("--webhook-secret is given without --webhook-url")]
+    WebhookNoUrl,
     #[error(
         "the mesh is not protected: set --mesh-secret (or --mesh-secret-file, WSROUTE_MESH_SECRET_FILE) or --mesh-mtls; \
          --insecure-mesh (WSROUTE_INSECURE_MESH=1) runs it open, so that anyone who reaches the gRPC port can \
@@ -716,6 +814,22 @@ impl Config {
         if mesh_mtls && grpc_tls.as_ref().is_none_or(|t| t.ca.is_none()) {
             return Err(ConfigError::MtlsNeedsCa);
         }
+        let webhooks = webhooks(
+            WebhookInput {
+                url: args.webhook_url.or(file.webhook_url),
+                secret: secret(
+                    "webhook-secret",
+                    (args.webhook_secret, args.webhook_secret_file),
+                    (file.webhook_secret, file.webhook_secret_file),
+                )?,
+                max_attempts: args.webhook_max_attempts.or(file.webhook_max_attempts),
+                backoff_ms: args.webhook_backoff_ms.or(file.webhook_backoff_ms),
+                backoff_max_ms: args.webhook_backoff_max_ms.or(file.webhook_backoff_max_ms),
+                max_events: args.webhook_max_events.or(file.webhook_max_events),
+                concurrency: args.webhook_concurrency.or(file.webhook_concurrency),
+            },
+            ranged,
+        )?;
         let insecure_mesh = args.insecure_mesh || file.insecure_mesh.unwrap_or(false);
         if mesh_secret.is_none() && !mesh_mtls && !dev_auth && !insecure_mesh {
             return Err(ConfigError::OpenMesh);
@@ -724,6 +838,7 @@ impl Config {
         Ok(Self {
             node_id,
             grpc_tls,
+            webhooks,
             ws_listen: args
                 .ws_listen
                 .or(file.ws_listen)
@@ -758,6 +873,70 @@ impl Config {
             limits,
         })
     }
+}
+
+/// The webhook flags as given (flag, env or file).
+struct WebhookInput {
+    url: Option<String>,
+    secret: Option<String>,
+    max_attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    max_events: Option<u64>,
+    concurrency: Option<u64>,
+}
+
+/// Validates the webhook flags: none without a URL, and a URL only with a secret.
+fn webhooks(
+    given: WebhookInput,
+    ranged: impl Fn(&'static str, Option<u64>, u64, u64) -> Result<Option<u64>, ConfigError>,
+) -> Result<Option<Webhooks>, ConfigError> {
+    let Some(url) = given.url else {
+        if given.secret.is_some() {
+            return Err(ConfigError::WebhookNoUrl);
+        }
+        return Ok(None);
+    };
+    let host = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default())
+        .unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(ConfigError::WebhookUrl(
+            url.split('?').next().unwrap_or_default().to_owned(),
+        ));
+    }
+    let secret = match given.secret {
+        None => return Err(ConfigError::WebhookNoSecret),
+        Some(s) if s.is_empty() => return Err(ConfigError::EmptySecret("webhook-secret")),
+        Some(s) => Secret(s),
+    };
+    let max_attempts = ranged(
+        "webhook-max-attempts",
+        given.max_attempts.map(u64::from),
+        1,
+        100,
+    )?
+    .unwrap_or(10) as u32;
+    let backoff_ms = ranged("webhook-backoff-ms", given.backoff_ms, 10, 3_600_000)?.unwrap_or(5000);
+    let backoff_max_ms = ranged(
+        "webhook-backoff-max-ms",
+        given.backoff_max_ms,
+        backoff_ms,
+        86_400_000,
+    )?
+    .unwrap_or(3_600_000.max(backoff_ms));
+    Ok(Some(Webhooks {
+        url: WebhookUrl(url),
+        secret,
+        max_attempts,
+        backoff: Duration::from_millis(backoff_ms),
+        backoff_max: Duration::from_millis(backoff_max_ms),
+        max_events: ranged("webhook-max-events", given.max_events, 100, 100_000_000)?
+            .unwrap_or(100_000),
+        concurrency: ranged("webhook-concurrency", given.concurrency, 1, 1024)?.unwrap_or(16)
+            as usize,
+    }))
 }
 
 /// One secret from its flag (or env) or its `-file` flag, else from the TOML file's key or its
@@ -1046,6 +1225,51 @@ mod tests {
         assert_eq!(
             dialable("10.1.2.3:9000".parse().expect("addr")),
             "10.1.2.3:9000"
+        );
+    }
+
+    #[test]
+    fn webhooks_need_an_http_url_and_a_secret() {
+        let base = ["--node-id", "n", "--dev-auth"];
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            Config::resolve(args(&a))
+        };
+        assert!(with(&[]).expect("valid").webhooks.is_none());
+        let e = with(&["--webhook-url", "http://b/h"]).expect_err("no secret");
+        assert!(matches!(e, ConfigError::WebhookNoSecret), "{e}");
+        let e = with(&["--webhook-secret", "s"]).expect_err("no url");
+        assert!(matches!(e, ConfigError::WebhookNoUrl), "{e}");
+        for bad in ["https://b/h", "ftp://b", "http://", "b:80/h"] {
+            let e = with(&["--webhook-url", bad, "--webhook-secret", "s"]).expect_err(bad);
+            assert!(matches!(e, ConfigError::WebhookUrl(_)), "{bad}: {e}");
+        }
+        let e = with(&[
+            "--webhook-url",
+            "http://b/h",
+            "--webhook-secret",
+            "s",
+            "--webhook-max-attempts",
+            "0",
+        ])
+        .expect_err("0 attempts");
+        assert!(e.to_string().contains("--webhook-max-attempts"), "{e}");
+        let c = with(&[
+            "--webhook-url",
+            "http://b:81/h?token=t",
+            "--webhook-secret",
+            "s",
+        ])
+        .expect("valid");
+        let w = c.webhooks.expect("on");
+        assert_eq!(w.max_attempts, 10);
+        assert_eq!(w.backoff, Duration::from_secs(5));
+        assert_eq!(w.concurrency, 16);
+        let printed = format!("{w:?}");
+        assert!(
+            !printed.contains("token=t") && !printed.contains("\"s\""),
+            "{printed}"
         );
     }
 }

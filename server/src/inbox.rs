@@ -4,7 +4,7 @@
 //! scripts below) for new sends; messages a connection had not acked are kept whatever its size.
 //! Reading an inbox is `wsroute_core::inbox` (router-cli reads it too); storing and acking here.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use wsroute_core::db::{DbError, Redis};
@@ -14,29 +14,34 @@ use wsroute_core::keys;
 use crate::envelope::Envelope;
 use crate::ids::{MsgId, UserId};
 use crate::metrics::Metrics;
+use crate::webhooks::event::{ADD_EVENT_LUA, Emitter};
 
 /// Appends a message unless the inbox is full (by count or by bytes). Idempotent per id, so a
-/// retried store never duplicates. KEYS: ids list, msgs hash, bytes counter. ARGV: id, frame,
-/// max messages, max bytes, ttl_ms. Returns the depth after storing, -1 when already there, 0
-/// when full by count, -2 when full by bytes. The counter moves with the hash, here and in
-/// [`ACK`], and expires with it.
+/// retried store never duplicates. KEYS: ids list, msgs hash, bytes counter, and with webhooks on
+/// a single server the webhook events stream. ARGV: id, frame, max messages, max bytes, ttl_ms,
+/// and with the stream the `message.stored` event's id, body and the stream's max entries.
+/// Returns {the depth after storing, -1 when already there, 0 when full by count, -2 when full
+/// by bytes; how many old events the event's append dropped}. The counter moves with the hash,
+/// here and in [`ACK`], and expires with it. The event is written only when the message was.
 static STORE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+    redis::Script::new(&format!(
+        r"{ADD_EVENT_LUA}
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {{-1, 0}} end
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {{0, 0}} end
 local size = string.len(ARGV[2])
 local bytes = tonumber(redis.call('GET', KEYS[3]) or '0')
-if bytes + size > tonumber(ARGV[4]) then return -2 end
+if bytes + size > tonumber(ARGV[4]) then return {{-2, 0}} end
 local depth = redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('INCRBY', KEYS[3], size)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
-return depth
-",
-    )
+local dropped = 0
+if KEYS[4] then dropped = add_event(KEYS[4], ARGV[6], ARGV[7], ARGV[8]) end
+return {{depth, dropped}}
+"
+    ))
 });
 
 /// Removes one acked message and its bytes from the counter. Returns 1 if it was there.
@@ -70,6 +75,8 @@ pub struct Inbox {
     ttl: Duration,
     metrics: Metrics,
     read: InboxReader,
+    /// With webhooks: writes `message.stored` beside every message stored.
+    webhooks: Option<Arc<Emitter>>,
 }
 
 impl Inbox {
@@ -80,7 +87,7 @@ impl Inbox {
         ttl: Duration,
         metrics: Metrics,
     ) -> Self {
-        let read = InboxReader::new(redis.clone(), std::sync::Arc::new(metrics.clone()));
+        let read = InboxReader::new(redis.clone(), Arc::new(metrics.clone()));
         Self {
             redis,
             max,
@@ -88,7 +95,14 @@ impl Inbox {
             ttl,
             metrics,
             read,
+            webhooks: None,
         }
+    }
+
+    /// Writes a `message.stored` webhook event with every message that enters an inbox.
+    pub fn with_webhooks(mut self, emitter: Arc<Emitter>) -> Self {
+        self.webhooks = Some(emitter);
+        self
     }
 
     pub async fn store(&self, env: &Envelope) -> Result<StoreOutcome, DbError> {
@@ -117,19 +131,36 @@ impl Inbox {
     ) -> Result<StoreOutcome, DbError> {
         let _timer = self.metrics.redis_op("inbox_store");
         let mut c = self.redis.hot().await?;
-        let stored: i64 = STORE
-            .key(keys::inbox_ids(user))
+        let mut store = STORE.key(keys::inbox_ids(user));
+        store
             .key(keys::inbox_msgs(user))
             .key(keys::inbox_bytes(user))
             .arg(id.as_str())
             .arg(frame)
             .arg(max)
             .arg(max_bytes)
-            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
-            .invoke_async(&mut c)
-            .await?;
+            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        let event = self
+            .webhooks
+            .as_ref()
+            .and_then(|w| Some((w, w.stored(frame)?)));
+        let cluster = c.is_cluster();
+        if let Some((w, event)) = &event
+            && !cluster
+        {
+            // In the script: the event is written in the same step as the message.
+            w.add_to(&mut store, event);
+        }
+        let (stored, dropped): (i64, i64) = store.invoke_async(&mut c).await?;
         if stored > 0 {
             self.metrics.inbox_depth.observe(stored as f64);
+            if let Some((w, event)) = &event {
+                if cluster {
+                    w.append(&mut c, event).await;
+                } else {
+                    w.written(event, dropped);
+                }
+            }
         }
         Ok(match stored {
             0 => StoreOutcome::Full,

@@ -15,6 +15,8 @@
 //! - `route` (writing the Redis route table: `table` users' routes, `membership` the node's
 //!   record, lease and sweeps; the `cache` in front of it, `events`), `sessions` (the local
 //!   session table);
+//! - `webhooks` (events to the app's backend: written beside the route and inbox changes that
+//!   cause them, delivered from a Redis stream by every node);
 //! - plain types: `envelope`, `ids` (the core's, re-exported), `error` (every code a client or
 //!   caller sees, and the HTTP and gRPC refusals), `bearer` (secret checks), `metrics`, `config`.
 //!
@@ -48,4 +50,5 @@ pub mod sessions;
 pub mod state;
 pub mod stats;
 pub mod upkeep;
+pub mod webhooks;
 pub mod ws;

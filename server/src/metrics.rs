@@ -4,8 +4,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramTimer, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramTimer, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, 50 µs to 2.5 s: the hot path is sub-millisecond, and a Redis or
@@ -78,6 +78,28 @@ pub struct Inner {
     /// Presence frames for this node's watchers, by result: `queued`, or `dropped` (the
     /// watcher's notice queue was full).
     pub presence_frames: IntCounterVec,
+    /// Webhook events this node wrote to the events stream, by type.
+    pub webhook_emitted: IntCounterVec,
+    /// Webhook events lost before delivery, by why: `trimmed` (the events stream was at
+    /// --webhook-max-events and its oldest went), `dead_trimmed` (the same for dead events),
+    /// `unwritten` (Redis Cluster: the append after its change failed).
+    pub webhook_dropped: IntCounterVec,
+    /// Webhook POSTs answered 2xx (events settled).
+    pub webhook_sent: IntCounter,
+    /// Webhook POSTs that failed (not 2xx, no answer in time, no connection).
+    pub webhook_failed: IntCounter,
+    /// Webhook POSTs that were a second or later attempt.
+    pub webhook_retried: IntCounter,
+    /// Webhook events this node gave up on (moved to the dead stream).
+    pub webhook_dead: IntCounter,
+    /// Cluster-wide, as last read: events not settled yet.
+    pub webhook_waiting: IntGauge,
+    /// Cluster-wide, as last read: events read by a node at least once and not settled.
+    pub webhook_pending: IntGauge,
+    /// Cluster-wide, as last read: age of the oldest event not settled.
+    pub webhook_oldest_age: Gauge,
+    /// Cluster-wide, as last read: dead events kept.
+    pub webhook_dead_kept: IntGauge,
 }
 
 impl Deref for Metrics {
@@ -251,6 +273,49 @@ impl Metrics {
             "Presence frames for this node's watchers, by result (queued; dropped: the watcher's notice queue was full)",
             &["result"],
         );
+        let webhook_emitted = counter_vec(
+            "wsroute_webhook_events_total",
+            "Webhook events this node wrote to the events stream, by type",
+            &["type"],
+        );
+        let webhook_dropped = counter_vec(
+            "wsroute_webhook_dropped_total",
+            "Webhook events lost before delivery, by why (trimmed: the events stream was at --webhook-max-events and its oldest went; dead_trimmed: the same for dead events; unwritten: on Redis Cluster the append after its change failed)",
+            &["why"],
+        );
+        let webhook_sent = counter(
+            "wsroute_webhook_sent_total",
+            "Webhook POSTs answered 2xx (events settled)",
+        );
+        let webhook_failed = counter(
+            "wsroute_webhook_failed_total",
+            "Webhook POSTs that failed (not 2xx, no answer within 5 s, no connection)",
+        );
+        let webhook_retried = counter(
+            "wsroute_webhook_retried_total",
+            "Webhook POSTs that were a second or later attempt of their event",
+        );
+        let webhook_dead = counter(
+            "wsroute_webhook_dead_total",
+            "Webhook events this node gave up on after --webhook-max-attempts (moved to the dead stream)",
+        );
+        let webhook_waiting = gauge(
+            "wsroute_webhook_waiting",
+            "Webhook events not settled yet, cluster-wide (as last read)",
+        );
+        let webhook_pending = gauge(
+            "wsroute_webhook_pending",
+            "Webhook events read by a node at least once and not settled, cluster-wide (as last read)",
+        );
+        let webhook_oldest_age = Gauge::new(
+            "wsroute_webhook_oldest_age_seconds",
+            "Age of the oldest webhook event not settled, cluster-wide (as last read)",
+        )
+        .expect("valid metric");
+        let webhook_dead_kept = gauge(
+            "wsroute_webhook_dead_events",
+            "Dead webhook events kept, cluster-wide (as last read)",
+        );
         for c in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(messages.clone()),
@@ -280,6 +345,16 @@ impl Metrics {
             Box::new(presence_watches.clone()),
             Box::new(presence_reads.clone()),
             Box::new(presence_frames.clone()),
+            Box::new(webhook_emitted.clone()),
+            Box::new(webhook_dropped.clone()),
+            Box::new(webhook_sent.clone()),
+            Box::new(webhook_failed.clone()),
+            Box::new(webhook_retried.clone()),
+            Box::new(webhook_dead.clone()),
+            Box::new(webhook_waiting.clone()),
+            Box::new(webhook_pending.clone()),
+            Box::new(webhook_oldest_age.clone()),
+            Box::new(webhook_dead_kept.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -313,6 +388,16 @@ impl Metrics {
             presence_watches,
             presence_reads,
             presence_frames,
+            webhook_emitted,
+            webhook_dropped,
+            webhook_sent,
+            webhook_failed,
+            webhook_retried,
+            webhook_dead,
+            webhook_waiting,
+            webhook_pending,
+            webhook_oldest_age,
+            webhook_dead_kept,
         }))
     }
 

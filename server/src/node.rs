@@ -32,6 +32,8 @@ use crate::route::membership::{Claim, Membership};
 use crate::route::table::RouteTable;
 use crate::sessions::Sessions;
 use crate::state::NodeState;
+use crate::webhooks::deliver::{Deliverer, Settings};
+use crate::webhooks::event::Emitter;
 use crate::ws::auth::Authenticator;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum StartError {
     Keys(#[source] crate::ws::auth::KeyError),
     #[error("gRPC TLS: {0}")]
     Tls(String),
+    #[error("cannot make the webhook HTTP client: {0}")]
+    Webhooks(#[source] reqwest::Error),
     #[error(
         "node id {node} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
     )]
@@ -134,13 +138,22 @@ impl Node {
             .with_label_values(&[node.as_str(), env!("CARGO_PKG_VERSION")])
             .set(1);
         let limits = config.limits.clone();
-        let routes = RouteTable::new(redis.clone(), node.clone(), metrics.clone());
-        let nodes = Membership::new(
+        // With webhooks, the route table and the inbox write events beside their changes.
+        let emitter = config
+            .webhooks
+            .as_ref()
+            .map(|w| Arc::new(Emitter::new(w.max_events, metrics.clone())));
+        let mut routes = RouteTable::new(redis.clone(), node.clone(), metrics.clone());
+        let mut nodes = Membership::new(
             redis.clone(),
             node.clone(),
             limits.lease_ttl,
             metrics.clone(),
         );
+        if let Some(e) = &emitter {
+            routes = routes.with_webhooks(e.clone());
+            nodes = nodes.with_webhooks(e.clone());
+        }
         // The node id's lease before anything else: a second process under a live node's id
         // refuses to start here rather than wipe that node's routes. With Redis unreachable
         // now, the lease loop takes it (and writes nothing under the id until it has).
@@ -155,13 +168,36 @@ impl Node {
         }
         let sessions = Arc::new(Sessions::default());
         let cache = Arc::new(RouteCache::new(metrics.clone()));
-        let inbox = Inbox::new(
+        let mut inbox = Inbox::new(
             redis.clone(),
             limits.inbox_max,
             limits.inbox_max_bytes,
             limits.inbox_ttl,
             metrics.clone(),
         );
+        if let Some(e) = emitter {
+            inbox = inbox.with_webhooks(e);
+        }
+        let deliverer = match &config.webhooks {
+            Some(w) => Some(Arc::new(
+                Deliverer::new(
+                    redis.clone(),
+                    node.as_str(),
+                    Settings {
+                        url: w.url.to_string(),
+                        secret: w.secret.to_string(),
+                        max_attempts: w.max_attempts,
+                        backoff: w.backoff,
+                        backoff_max: w.backoff_max,
+                        max_events: w.max_events,
+                        concurrency: w.concurrency,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(StartError::Webhooks)?,
+            )),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         // The runtime this runs on (the multi-thread one, see `main.rs`): background loops run
@@ -283,6 +319,13 @@ impl Node {
                 .run(state.shutdown.clone())
                 .instrument(span.clone()),
         );
+        if let Some(deliverer) = deliverer {
+            state.tracker.spawn(
+                deliverer
+                    .run(state.tracker.clone(), state.shutdown.clone())
+                    .instrument(span.clone()),
+            );
+        }
         if state.config.fanout == Fanout::Broadcast {
             state.tracker.spawn(
                 crate::fanout::listen(

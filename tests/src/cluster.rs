@@ -105,6 +105,9 @@ impl Node {
             .env_remove("WSROUTE_API_KEY_FILE")
             .env_remove("WSROUTE_MESH_SECRET_FILE")
             .env_remove("WSROUTE_INSECURE_MESH")
+            .env_remove("WSROUTE_WEBHOOK_URL")
+            .env_remove("WSROUTE_WEBHOOK_SECRET")
+            .env_remove("WSROUTE_WEBHOOK_SECRET_FILE")
             .env(
                 "WSROUTE_LOG",
                 "info,wsroute_server=debug,wsroute_core=debug",

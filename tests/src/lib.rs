@@ -9,6 +9,7 @@ pub mod redis_server;
 pub mod router_cli;
 pub mod tcp_proxy;
 pub mod traffic;
+pub mod webhook_receiver;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -26,9 +26,10 @@ use wsroute_core::db::{DbError, Redis, RedisConn, Writes};
 use wsroute_core::keys::{self, info};
 use wsroute_core::nodes::{NodeReader, NodeRecord};
 
-use super::table::removal;
+use super::table::{removal, unroute_announcing};
 use crate::ids::{NodeId, UserId};
 use crate::metrics::Metrics;
+use crate::webhooks::event::Emitter;
 
 /// Claims a dead node's routes for removal, in one step: refuses (nil) if the node's lease is
 /// back; else deletes the node's record and returns its index's entries (`conn, user, ...`).
@@ -74,6 +75,8 @@ pub struct Membership {
     /// Set once this process took the node id's lease ([`Membership::claim_lease`]); until
     /// then it must not touch the node id's routes (another process may own them).
     claimed: Arc<AtomicBool>,
+    /// With webhooks: writes `user.offline` for users whose last connection a removal took.
+    webhooks: Option<Arc<Emitter>>,
 }
 
 /// What [`Membership::claim_lease`] found.
@@ -123,7 +126,14 @@ impl Membership {
             read,
             instance: Arc::from(instance),
             claimed: Arc::default(),
+            webhooks: None,
         }
+    }
+
+    /// Writes `user.offline` for the users a node removal leaves without a connection.
+    pub fn with_webhooks(mut self, emitter: Arc<Emitter>) -> Self {
+        self.webhooks = Some(emitter);
+        self
     }
 
     /// Whether this process took the node id's lease.
@@ -326,6 +336,9 @@ impl Membership {
         let _timer = self.metrics.redis_op("remove_node");
         let mut c = self.cold().await?;
         let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(node)).await?;
+        if let Some(emitter) = &self.webhooks {
+            unroute_announcing(&mut c, emitter, entries.iter()).await?;
+        }
         let (mut w, mut users) = removal(node, entries.iter());
         let info_key = keys::node_info(node);
         w.add(&keys::nodes(), Cmd::srem(keys::nodes(), node.as_str()))
@@ -437,6 +450,13 @@ impl Membership {
     pub async fn finish_sweep(&self, claim: SweepClaim) -> Result<Vec<UserId>, DbError> {
         let _timer = self.metrics.redis_op("remove_node");
         let mut c = self.cold().await?;
+        if let Some(emitter) = &self.webhooks {
+            let announced = unroute_announcing(&mut c, emitter, claim.entries.iter()).await;
+            if let Err(e) = announced {
+                let _: Result<(), _> = c.del(keys::node_cleanup_lock(&claim.node)).await;
+                return Err(e);
+            }
+        }
         let (mut w, mut users) = removal(&claim.node, claim.entries.iter());
         w.add(
             &keys::nodes(),

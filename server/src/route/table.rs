@@ -5,6 +5,8 @@
 //! Every route is indexed under its node (`keys::node_conns`), index entry first, so that a
 //! node's routes can be removed without scanning every user (see `membership`).
 
+use std::sync::Arc;
+
 use redis::{AsyncCommands, Cmd};
 use wsroute_core::db::{DbError, Redis, RedisConn, Writes};
 use wsroute_core::keys;
@@ -13,19 +15,70 @@ use wsroute_core::routes::{Route, RouteReader};
 use super::events::RouteEvent;
 use crate::ids::{ConnId, NodeId, UserId};
 use crate::metrics::Metrics;
+use crate::webhooks::event::{ADD_EVENT_LUA, Emitter, Event};
 
 /// Adds a route unless the user is at the limit. KEYS: the user's connections, the user's inbox
-/// ids (same slot). ARGV: conn, route value, max per user. Returns -1 refused, else how many
-/// messages wait in the inbox (so that a connect with an empty inbox skips reading it).
+/// ids (same slot), and with webhooks on a single server the webhook events stream. ARGV: conn,
+/// route value, max per user, and with the stream: event id, body, max events. Returns {-1, 0,
+/// 0} refused, else {how many messages wait in the inbox (so that a connect with an empty inbox
+/// skips reading it), 1 if this is the user's first connection in the cluster, how many old
+/// events the event's append dropped}. The `user.online` event is appended here, in the step
+/// that sees the first connection.
 static REGISTER_NEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r"
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+    redis::Script::new(&format!(
+        r"{ADD_EVENT_LUA}
+local n = redis.call('HLEN', KEYS[1])
+if n >= tonumber(ARGV[3]) then return {{-1, 0, 0}} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('LLEN', KEYS[2])
-",
-    )
+local first, dropped = 0, 0
+if n == 0 then
+  first = 1
+  if KEYS[3] then dropped = add_event(KEYS[3], ARGV[4], ARGV[5], ARGV[6]) end
+end
+return {{redis.call('LLEN', KEYS[2]), first, dropped}}
+"
+    ))
 });
+
+/// Removes connections of one user and tells whether that removed the user's last one. KEYS:
+/// the user's connections, and with webhooks on a single server the webhook events stream. ARGV:
+/// event id, body, max events (of the `user.offline` event appended when the last connection
+/// went), then the connection ids. Returns {1 if the user has no connection left and this removed
+/// one, how many old events the append dropped}.
+const UNREGISTER_LUA: &str = r"
+local removed = 0
+for i = 4, #ARGV do removed = removed + redis.call('HDEL', KEYS[1], ARGV[i]) end
+if removed > 0 and redis.call('HLEN', KEYS[1]) == 0 then
+  local dropped = 0
+  if KEYS[2] then dropped = add_event(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) end
+  return {1, dropped}
+end
+return {0, 0}
+";
+
+static UNREGISTER: std::sync::LazyLock<(String, redis::Script)> = std::sync::LazyLock::new(|| {
+    let source = format!("{ADD_EVENT_LUA}{UNREGISTER_LUA}");
+    let script = redis::Script::new(&source);
+    (source, script)
+});
+
+/// Adds connections of one user (bulk re-registration) and tells whether the user had none
+/// before. KEYS: the user's connections, [the events stream]. ARGV: event id, body, max events
+/// (of the `user.online` event), then connection id, route value pairs. Returns {1 if the
+/// user had no connection before and has now, dropped}.
+const REGISTER_BULK_LUA: &str = r"
+local n = redis.call('HLEN', KEYS[1])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if n == 0 and #ARGV >= 5 then
+  local dropped = 0
+  if KEYS[2] then dropped = add_event(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) end
+  return {1, dropped}
+end
+return {0, 0}
+";
+
+static REGISTER_BULK: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{ADD_EVENT_LUA}{REGISTER_BULK_LUA}"));
 
 /// What registering a new connection answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +104,8 @@ pub struct RouteTable {
     node: NodeId,
     metrics: Metrics,
     read: RouteReader,
+    /// With webhooks: writes `user.online` / `user.offline` beside the route changes.
+    webhooks: Option<Arc<Emitter>>,
 }
 
 impl RouteTable {
@@ -61,7 +116,14 @@ impl RouteTable {
             node,
             metrics,
             read,
+            webhooks: None,
         }
+    }
+
+    /// Writes a user's first and last connection as webhook events.
+    pub fn with_webhooks(mut self, emitter: Arc<Emitter>) -> Self {
+        self.webhooks = Some(emitter);
+        self
     }
 
     pub fn node(&self) -> &NodeId {
@@ -111,13 +173,18 @@ impl RouteTable {
             RouteEvent::Invalidate(reg.user.clone()).encode(),
         );
         let mut c = self.hot().await?;
+        let online = self.webhooks.as_ref().map(|w| (w, w.online(&reg.user)));
         // The index entry first: a route must never exist without it.
-        let admitted: i64 = if c.is_cluster() {
+        let (admitted, first, dropped): (i64, i64, i64) = if c.is_cluster() {
             indexed.query_async::<()>(&mut c).await?;
-            let admitted = add.invoke_async(&mut c).await?;
+            let answer = add.invoke_async(&mut c).await?;
             announce.query_async::<()>(&mut c).await?;
-            admitted
+            answer
         } else {
+            // The event goes in the script: written in the same step as the route.
+            if let Some((w, event)) = &online {
+                w.add_to(&mut add, event);
+            }
             // One round trip: all three in one pipeline (the script loaded first if Redis
             // lost it). A refused connect announces too: harmless, and rare.
             let mut pipe = redis::pipe();
@@ -126,13 +193,13 @@ impl RouteTable {
                 .invoke_script(&add)
                 .add_command(announce)
                 .ignore();
-            let first: Result<(i64,), _> = pipe.query_async(&mut c).await;
+            let first: Result<((i64, i64, i64),), _> = pipe.query_async(&mut c).await;
             match first {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     add.load_async(&mut c).await?;
-                    pipe.query_async::<(i64,)>(&mut c).await?.0
+                    pipe.query_async::<((i64, i64, i64),)>(&mut c).await?.0
                 }
                 r => r?.0,
             }
@@ -140,6 +207,15 @@ impl RouteTable {
         if admitted < 0 {
             let _: Result<(), _> = c.hdel(&index, conn).await;
             return Ok(Admission::Refused);
+        }
+        if let Some((w, event)) = &online
+            && first == 1
+        {
+            if c.is_cluster() {
+                w.append(&mut c, event).await;
+            } else {
+                w.written(event, dropped);
+            }
         }
         Ok(Admission::Admitted {
             inbox: admitted.unsigned_abs(),
@@ -163,6 +239,13 @@ impl RouteTable {
         }
         // Index entries first, so that no route exists without one.
         w.then();
+        let mut c = self.cold().await?;
+        if let Some(emitter) = &self.webhooks {
+            c.write(w).await?;
+            // Users' entries by script, one per user, so that a user who had no connection
+            // before is announced online in the same step.
+            return register_announcing(&mut c, emitter, regs).await;
+        }
         for r in regs {
             let key = keys::user_conns(&r.user);
             w.add(
@@ -170,7 +253,7 @@ impl RouteTable {
                 Cmd::hset(&key, r.route.conn.as_str(), r.route.encode_value()),
             );
         }
-        self.cold().await?.write(w).await
+        c.write(w).await
     }
 
     /// Removes one connection of this node and tells the other nodes to drop the user from their
@@ -180,16 +263,41 @@ impl RouteTable {
         let _timer = self.count("unregister");
         let (route, index) = (keys::user_conns(user), keys::node_conns(&self.node));
         let mut w = Writes::new();
-        // The route first, its index entry after.
         let channel = keys::events_channel();
-        w.add(&route, Cmd::hdel(&route, conn.as_str()))
-            .then()
-            .add(&index, Cmd::hdel(&index, conn.as_str()))
-            .add(
-                &channel,
-                Cmd::publish(&channel, RouteEvent::Invalidate(user.clone()).encode()),
-            );
-        self.hot().await?.write(w).await
+        let mut c = self.hot().await?;
+        // The route first, its index entry after.
+        match &self.webhooks {
+            None => {
+                w.add(&route, Cmd::hdel(&route, conn.as_str())).then();
+            }
+            Some(emitter) => {
+                // A script that sees whether this was the user's last connection, and writes
+                // `user.offline` in the same step if so (on a single server; on a cluster just
+                // after it).
+                let offline = emitter.offline(user);
+                let cluster = c.is_cluster();
+                let mut remove = UNREGISTER.1.key(&route);
+                if cluster {
+                    remove.arg(emitter.args(&offline));
+                } else {
+                    emitter.add_to(&mut remove, &offline);
+                }
+                remove.arg(conn.as_str());
+                let (last, dropped): (i64, i64) = remove.invoke_async(&mut c).await?;
+                if last == 1 {
+                    if cluster {
+                        emitter.append(&mut c, &offline).await;
+                    } else {
+                        emitter.written(&offline, dropped);
+                    }
+                }
+            }
+        }
+        w.add(&index, Cmd::hdel(&index, conn.as_str())).add(
+            &channel,
+            Cmd::publish(&channel, RouteEvent::Invalidate(user.clone()).encode()),
+        );
+        c.write(w).await
     }
 
     /// Removes this node's index entries (and their user entries) for connections it no longer
@@ -198,8 +306,12 @@ impl RouteTable {
         let _timer = self.count("reconcile");
         let mut c = self.cold().await?;
         let entries: Vec<(String, String)> = c.hgetall(keys::node_conns(&self.node)).await?;
-        let stale = entries.iter().filter(|(conn, _)| !holds(conn));
-        let (w, users) = removal(&self.node, stale);
+        let stale: Vec<&(String, String)> =
+            entries.iter().filter(|(conn, _)| !holds(conn)).collect();
+        if let Some(emitter) = &self.webhooks {
+            unroute_announcing(&mut c, emitter, stale.iter().copied()).await?;
+        }
+        let (w, users) = removal(&self.node, stale.into_iter());
         if !w.is_empty() {
             c.write(w).await?;
         }
@@ -265,4 +377,101 @@ pub(super) fn removal<'a>(
         routes.add(&index, cmd);
     }
     (routes, users)
+}
+
+/// Users per pipeline of [`per_user_scripts`] (each carries its script's text: bulk paths run
+/// rarely, and EVAL needs no script loaded on every cluster node).
+const SCRIPT_BATCH: usize = 1000;
+
+/// Removes `(conn, user)` entries from the users' connections by script, one per user, writing
+/// `user.offline` for each user left with none (a bulk removal's first stage, with webhooks: the
+/// index entries go after, as in [`removal`], whose own removal of these entries then finds them
+/// gone).
+pub(super) async fn unroute_announcing<'a>(
+    c: &mut RedisConn,
+    emitter: &Emitter,
+    entries: impl Iterator<Item = &'a (String, String)>,
+) -> Result<(), DbError> {
+    let mut by_user: std::collections::BTreeMap<UserId, Vec<String>> = Default::default();
+    for (conn, user) in entries {
+        if let Ok(u) = UserId::parse(user) {
+            by_user.entry(u).or_default().push(conn.clone());
+        }
+    }
+    let scripts = by_user
+        .into_iter()
+        .map(|(user, conns)| {
+            let event = emitter.offline(&user);
+            (user, event, conns)
+        })
+        .collect();
+    per_user_scripts(c, emitter, &UNREGISTER.0, scripts).await
+}
+
+/// Adds this node's connections to their users' entries by script, one per user, writing
+/// `user.online` for each user who had none (bulk re-registration, with webhooks).
+async fn register_announcing(
+    c: &mut RedisConn,
+    emitter: &Emitter,
+    regs: &[Registration],
+) -> Result<(), DbError> {
+    let mut by_user: std::collections::BTreeMap<UserId, Vec<String>> = Default::default();
+    for r in regs {
+        let pairs = by_user.entry(r.user.clone()).or_default();
+        pairs.push(r.route.conn.as_str().to_owned());
+        pairs.push(r.route.encode_value());
+    }
+    let scripts = by_user
+        .into_iter()
+        .map(|(user, pairs)| {
+            let event = emitter.online(&user);
+            (user, event, pairs)
+        })
+        .collect();
+    per_user_scripts(c, emitter, &REGISTER_BULK, scripts).await
+}
+
+/// Runs `source` once per user (KEYS: the user's connections, and on a single server the
+/// events stream; ARGV: the event's arguments, then the user's own), in per-slot pipelines of
+/// up to [`SCRIPT_BATCH`]; then counts the events written, or on a cluster appends them.
+async fn per_user_scripts(
+    c: &mut RedisConn,
+    emitter: &Emitter,
+    source: &str,
+    scripts: Vec<(UserId, Event, Vec<String>)>,
+) -> Result<(), DbError> {
+    let cluster = c.is_cluster();
+    for batch in scripts.chunks(SCRIPT_BATCH) {
+        let groups = batch
+            .iter()
+            .map(|(user, event, rest)| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(source);
+                if cluster {
+                    cmd.arg(1).arg(keys::user_conns(user));
+                } else {
+                    cmd.arg(2).arg(keys::user_conns(user)).arg(emitter.stream());
+                }
+                cmd.arg(emitter.args(event)).arg(rest);
+                vec![cmd]
+            })
+            .collect();
+        let replies = c.read_groups(groups).await?;
+        for ((_, event, _), reply) in batch.iter().zip(replies) {
+            let (happened, dropped): (i64, i64) = reply
+                .into_iter()
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or((0, 0));
+            if happened != 1 {
+                continue;
+            }
+            if cluster {
+                emitter.append(c, event).await;
+            } else {
+                emitter.written(event, dropped);
+            }
+        }
+    }
+    Ok(())
 }
