@@ -1,9 +1,11 @@
 //! What other services, operators and people call: the HTTP probes and push API, the try-it page,
-//! and the public gRPC `Router` service.
+//! the public gRPC `Router` service and the standard gRPC health and reflection services.
 
+pub mod health;
 pub mod page;
 pub mod probes;
 pub mod push;
+pub mod reflection;
 pub mod router;
 
 use crate::delivery::Outcome;
