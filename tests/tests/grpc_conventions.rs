@@ -19,7 +19,7 @@ use wsroute_tests::standard_grpc::{
 };
 use wsroute_tests::{Client, Cluster, Node, NodeOpts, RedisServer, authed, eventually, patience};
 
-/// The names the health service answers for (PROTOCOL 7.9).
+/// The names the health service answers for (docs/protocol.md, "gRPC").
 const HEALTH_NAMES: [&str; 2] = ["", "wsroute.v1.Router"];
 
 /// Starts a `Watch` of every name in [`HEALTH_NAMES`], each of which first says `now`.

@@ -91,7 +91,7 @@ async fn the_mesh_runs_over_mutual_tls() {
         .nodes;
     assert_eq!(nodes.len(), 2);
 
-    // Health and reflection too, with no credentials at all (PROTOCOL 7.9), while the Mesh on
+    // Health and reflection too, with no credentials at all (docs/protocol.md, "gRPC"), while the Mesh on
     // the same listener refused above.
     let bare = channel(c.node(1).grpc_port, false).await;
     assert_eq!(
