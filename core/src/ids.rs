@@ -35,7 +35,7 @@ fn cid_char(b: u8) -> bool {
     b != b'@' && id_char(b)
 }
 
-/// The id rules of PROTOCOL.md section 2: 1 to `max` bytes of `[A-Za-z0-9_.@:-]`.
+/// The id rules of docs/protocol.md ("Identifiers"): 1 to `max` bytes of `[A-Za-z0-9_.@:-]`.
 fn check(s: &str, max: usize) -> Result<(), IdError> {
     check_chars(s, max, id_char, ID_CHARS)
 }
@@ -108,7 +108,7 @@ id_type!(
     MsgId, 128
 );
 
-/// The client's own key for a message it sends (PROTOCOL.md 7.1): 1 to [`Cid::MAX_BYTES`] bytes
+/// The client's own key for a message it sends (docs/protocol.md, "Idempotent sends"): 1 to [`Cid::MAX_BYTES`] bytes
 /// of `[A-Za-z0-9_.:-]`. Only ever used to derive a [`MsgId`] with [`MsgId::derived`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Cid(Arc<str>);

@@ -416,7 +416,7 @@ pub struct JwtOptions {
     pub audience: Option<String>,
 }
 
-/// Tunables that PROTOCOL.md does not name; sensible defaults, overridable in code and tests.
+/// Tunables that are no flag (docs/protocol.md lists the flags); sensible defaults, overridable in code and tests.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Node lease in Redis; a node whose lease ran out is dead.

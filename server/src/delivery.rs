@@ -313,7 +313,7 @@ impl Delivery {
 
     /// Writes a notice (a `receipt` about message `id`) to every live connection of `user`,
     /// wherever they are. Best effort: nothing waits for it and nothing keeps it; a user with no
-    /// live connection misses it (PROTOCOL 7.2). The user's connections on this node are taken
+    /// live connection misses it (docs/protocol.md, `receipt`). The user's connections on this node are taken
     /// from the session table, not the route table: they get it even while their routes are
     /// not in Redis (Redis restarted empty and the node has not put them back yet) or cannot
     /// be read.

@@ -13,6 +13,7 @@ impl Node {
     pub async fn drain(self) {
         let state = &self.state;
         state.draining.store(true, Ordering::Release);
+        state.readiness_changed.notify_one();
         state.metrics.draining.set(1);
         tracing::info!(node = %state.node, connections = state.sessions.len(), "draining");
         if let Err(e) = state

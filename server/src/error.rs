@@ -7,95 +7,86 @@ use std::fmt;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 
-/// Why a client frame was refused (`error` frame, PROTOCOL.md section 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameErrorCode {
-    /// Not JSON, not an object, binary, or no/unknown `type`.
-    BadFrame,
-    /// A field is missing or of the wrong kind.
-    BadField,
-    /// Over `--max-frame-bytes`; the connection is closed with 1009.
-    TooLarge,
-    /// Too many sends waiting for their outcome on this connection.
-    RateLimited,
-    /// A `refresh` whose token is not valid, or is for another user; the session keeps its
-    /// old expiry.
-    Unauthorized,
-    /// The session's token expired; the connection is closed with 4001.
-    TokenExpired,
-    /// A `watch` that would take the connection past `--max-watch` users (PROTOCOL.md 7.3).
-    TooMany,
-    /// A `watch` of a user the session may not watch (`--presence-policy token`).
-    Forbidden,
+/// An enum of codes that clients see, its `as_str` and `ALL`, from one list: a code added here
+/// is in `ALL`, so the test that every code is documented (`tests/protocol_doc.rs`) sees it.
+macro_rules! codes {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The code as clients see it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )+
+                }
+            }
+        }
+    };
 }
 
-impl FrameErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadFrame => "bad_frame",
-            Self::BadField => "bad_field",
-            Self::TooLarge => "too_large",
-            Self::RateLimited => "rate_limited",
-            Self::Unauthorized => "unauthorized",
-            Self::TokenExpired => "token_expired",
-            Self::TooMany => "too_many",
-            Self::Forbidden => "forbidden",
-        }
+codes! {
+    /// Why a client frame was refused (`error` frame, docs/protocol.md).
+    pub enum FrameErrorCode {
+        /// Not JSON, not an object, binary, or no/unknown `type`.
+        BadFrame = "bad_frame",
+        /// A field is missing or of the wrong kind.
+        BadField = "bad_field",
+        /// Over `--max-frame-bytes`; the connection is closed with 1009.
+        TooLarge = "too_large",
+        /// Too many sends waiting for their outcome on this connection.
+        RateLimited = "rate_limited",
+        /// A `refresh` whose token is not valid, or is for another user; the session keeps its
+        /// old expiry.
+        Unauthorized = "unauthorized",
+        /// The session's token expired; the connection is closed with 4001.
+        TokenExpired = "token_expired",
+        /// A `watch` that would take the connection past `--max-watch` users.
+        TooMany = "too_many",
+        /// A `watch` of a user the session may not watch (`--presence-policy token`).
+        Forbidden = "forbidden",
     }
 }
 
-/// Why a message was not accepted (`rejected` ack, HTTP push, gRPC `SendResult`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectCode {
-    /// `to` is not a valid user id.
-    BadRecipient,
-    /// The body is larger than the node accepts.
-    TooLarge,
-    /// The recipient's inbox holds the maximum number of messages or bytes.
-    InboxFull,
-    /// The sender (a user, or the API key) sent more messages to inboxes than its quota
-    /// (`--max-stored-per-minute`, `--api-stored-per-minute`).
-    QuotaExceeded,
-    /// The route table or the recipient's node could not be reached in time: try again later.
-    Unavailable,
-    /// The node is draining and accepts no new messages from this connection.
-    Draining,
-    /// The body (or the sender label) of a pushed message is not acceptable.
-    BadBody,
-    /// The connection sends faster than `--max-msgs-per-sec`.
-    RateLimited,
-    /// A field of the send is outside its rules (a `cid` of the wrong shape).
-    BadField,
+codes! {
+    /// Why a message was not accepted (`rejected` ack, HTTP push, gRPC `SendResult`).
+    pub enum RejectCode {
+        /// `to` is not a valid user id.
+        BadRecipient = "bad_recipient",
+        /// The body is larger than the node accepts.
+        TooLarge = "too_large",
+        /// The recipient's inbox holds the maximum number of messages or bytes.
+        InboxFull = "inbox_full",
+        /// The sender (a user, or the API key) sent more messages to inboxes than its quota
+        /// (`--max-stored-per-minute`, `--api-stored-per-minute`).
+        QuotaExceeded = "quota_exceeded",
+        /// The route table or the recipient's node could not be reached in time: try again later.
+        Unavailable = "unavailable",
+        /// The node is draining and accepts no new messages from this connection.
+        Draining = "draining",
+        /// The body (or the sender label) of a pushed message is not acceptable.
+        BadBody = "bad_body",
+        /// The connection sends faster than `--max-msgs-per-sec`.
+        RateLimited = "rate_limited",
+        /// A field of the send is outside its rules (a `cid` of the wrong shape).
+        BadField = "bad_field",
+    }
 }
 
 impl RejectCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRecipient => "bad_recipient",
-            Self::TooLarge => "too_large",
-            Self::InboxFull => "inbox_full",
-            Self::QuotaExceeded => "quota_exceeded",
-            Self::Unavailable => "unavailable",
-            Self::Draining => "draining",
-            Self::BadBody => "bad_body",
-            Self::RateLimited => "rate_limited",
-            Self::BadField => "bad_field",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "bad_recipient" => Self::BadRecipient,
-            "too_large" => Self::TooLarge,
-            "inbox_full" => Self::InboxFull,
-            "quota_exceeded" => Self::QuotaExceeded,
-            "unavailable" => Self::Unavailable,
-            "draining" => Self::Draining,
-            "bad_body" => Self::BadBody,
-            "rate_limited" => Self::RateLimited,
-            "bad_field" => Self::BadField,
-            _ => return None,
-        })
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
     }
 }
 
@@ -119,56 +110,51 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Back off, then reconnect: the server could not keep up or lost its route table.
     pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// Reconnect with a fresh token: the session's token expired (PROTOCOL 7.5).
+    /// Reconnect with a fresh token: the session's token expired (docs/protocol.md).
     pub const TOKEN_EXPIRED: u16 = 4001;
+
+    /// Every close code above (`tests/protocol_doc.rs` checks each is documented).
+    pub const ALL: &[u16] = &[
+        GOING_AWAY,
+        PROTOCOL,
+        INVALID_PAYLOAD,
+        POLICY,
+        TOO_BIG,
+        TRY_AGAIN_LATER,
+        TOKEN_EXPIRED,
+    ];
 }
 
-/// Why a request is refused before anything is done (an upgrade, an HTTP call, a gRPC call):
-/// the `error` code of the JSON body, the HTTP status and the gRPC status code, in one table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Not what the endpoint takes (not a WebSocket handshake, a malformed argument).
-    BadRequest,
-    /// The recipient is not a valid user id.
-    BadRecipient,
-    /// The body (or the sender label) of a pushed message is not acceptable.
-    BadBody,
-    /// A body or a batch larger than the node accepts.
-    TooLarge,
-    /// No credentials, or wrong ones (client token, API key, mesh secret, client certificate).
-    Unauthorized,
-    /// A page from an origin that may not connect (`--allowed-origins`).
-    ForbiddenOrigin,
-    /// Nothing is served there.
-    NotFound,
-    /// The user holds its maximum of connections (`--max-conns-per-user`).
-    TooManyConnections,
-    /// This node holds its maximum of connections: ask `/gateway` for another.
-    NodeFull,
-    /// Starting, draining, or the route table is away: try again, or another node.
-    Unavailable,
-    /// A call addressed to another node (a reused address).
-    WrongNode,
+codes! {
+    /// Why a request is refused before anything is done (an upgrade, an HTTP call, a gRPC call):
+    /// the `error` code of the JSON body, the HTTP status and the gRPC status code, in one table.
+    pub enum Refusal {
+        /// Not what the endpoint takes (not a WebSocket handshake, a malformed argument).
+        BadRequest = "bad_request",
+        /// The recipient is not a valid user id.
+        BadRecipient = "bad_recipient",
+        /// The body (or the sender label) of a pushed message is not acceptable.
+        BadBody = "bad_body",
+        /// A body or a batch larger than the node accepts.
+        TooLarge = "too_large",
+        /// No credentials, or wrong ones (client token, API key, mesh secret, client certificate).
+        Unauthorized = "unauthorized",
+        /// A page from an origin that may not connect (`--allowed-origins`).
+        ForbiddenOrigin = "forbidden_origin",
+        /// Nothing is served there.
+        NotFound = "not_found",
+        /// The user holds its maximum of connections (`--max-conns-per-user`).
+        TooManyConnections = "too_many_connections",
+        /// This node holds its maximum of connections: ask `/gateway` for another.
+        NodeFull = "node_full",
+        /// Starting, draining, or the route table is away: try again, or another node.
+        Unavailable = "unavailable",
+        /// A call addressed to another node (a reused address).
+        WrongNode = "wrong_node",
+    }
 }
 
 impl Refusal {
-    /// The `error` code of the JSON body.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::BadRecipient => "bad_recipient",
-            Self::BadBody => "bad_body",
-            Self::TooLarge => "too_large",
-            Self::Unauthorized => "unauthorized",
-            Self::ForbiddenOrigin => "forbidden_origin",
-            Self::NotFound => "not_found",
-            Self::TooManyConnections => "too_many_connections",
-            Self::NodeFull => "node_full",
-            Self::Unavailable => "unavailable",
-            Self::WrongNode => "wrong_node",
-        }
-    }
-
     pub fn http_status(self) -> StatusCode {
         match self {
             Self::BadRequest | Self::BadRecipient | Self::BadBody => StatusCode::BAD_REQUEST,

@@ -5,9 +5,9 @@
 //! `tests/module_graph.rs` checks):
 //! - `node` wires the parts together (and only that), `drain` stops a node;
 //! - endpoints: `ws` (client WebSockets: auth, the session loop, its `ledger` of what was
-//!   written and acked, frames, flood control), `api` (push API, Router, probes, the try-it
-//!   page), `mesh` (`server`, `client` peers, `wire` the protobuf form), `upkeep` (lease,
-//!   sweeps), `stats` (what `Mesh.Stats` answers);
+//!   written and acked, frames, flood control), `api` (push API, Router, probes, gRPC health
+//!   and reflection, the try-it page), `mesh` (`server`, `client` peers, `wire` the protobuf
+//!   form), `upkeep` (lease, sweeps), `stats` (what `Mesh.Stats` answers);
 //! - `state`: what the endpoints share;
 //! - `delivery` (resolve, deliver, forward, store), `local` (a message handed to this node's
 //!   connections), `inbox` (offline users), `fanout` (the broadcast baseline), `presence` (who

@@ -52,6 +52,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot make the webhook HTTP client: {0}")]
     Webhooks(#[source] reqwest::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
     #[error(
         "node id {node} is in use by another live process (it renews the id's lease in Redis, instance {holder}); give each node its own --node-id"
     )]
@@ -274,6 +276,7 @@ impl Node {
             nodes_refresh: tokio::sync::Mutex::new(()),
             subscribed: Arc::new(AtomicBool::new(false)),
             draining: AtomicBool::new(false),
+            readiness_changed: tokio::sync::Notify::new(),
             lease_until: std::sync::Mutex::new(None),
             cut_off: AtomicBool::new(false),
             backlog: crate::backlog::Backlog::new(limits.hold_bytes),
@@ -349,7 +352,7 @@ impl Node {
             .instrument(span),
         );
 
-        // gRPC: the mesh and the public Router API on one listener.
+        // gRPC: the mesh, the public Router API, health and reflection on one listener.
         let mesh = MeshService {
             sessions: state.sessions.clone(),
             secret: state.config.mesh_secret.as_deref().map(str::to_owned),
@@ -363,6 +366,15 @@ impl Node {
         let router = api::router::RouterService {
             state: state.clone(),
         };
+        // The standard services: health and reflection, asked without credentials (each of
+        // Mesh and Router checks its own secret, so these two need no exemption).
+        let (reflection_v1, reflection_v1alpha) =
+            api::reflection::services().map_err(StartError::Reflection)?;
+        let (health_reporter, health) = api::health::service(state.shutdown.clone()).await;
+        state.tracker.spawn(
+            api::health::follow_readiness(state.clone(), health_reporter)
+                .instrument(tracing::info_span!("node", node = %state.node)),
+        );
         let grpc_shutdown = state.shutdown.clone();
         let mut builder = tonic::transport::Server::builder();
         if let Some(t) = &tls {
@@ -376,7 +388,10 @@ impl Node {
             .add_service(
                 MeshServer::new(mesh).max_decoding_message_size(crate::mesh::wire::MAX_BATCH_BYTES),
             )
-            .add_service(RouterServer::new(router));
+            .add_service(RouterServer::new(router))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         // The gRPC server starts on the first HTTP worker, beside the client sessions there: a
         // forwarded message then reaches its recipient's session, and the session's "written"
         // its mesh reply, without waking another thread. Its listener moves to that worker's

@@ -1,5 +1,5 @@
 //! Quotas on what senders can make the cluster keep: a token bucket per sending user, and one
-//! for the API key, charged for each new send that goes to an inbox (PROTOCOL.md 7.6).
+//! for the API key, charged for each new send that goes to an inbox (docs/protocol.md, "Limits").
 //!
 //! The buckets live in this node's memory and cost no Redis call: a user connected to several
 //! nodes has a quota on each (at most `--max-conns-per-user` of them).

@@ -110,13 +110,21 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
         match result {
             Ok(()) => {
                 state.lease_renewed(sent);
-                state.in_table.store(true, Ordering::Release);
-                if state.cut_off.swap(false, Ordering::AcqRel) {
+                let was_in = state.in_table.swap(true, Ordering::AcqRel);
+                let was_cut_off = state.cut_off.swap(false, Ordering::AcqRel);
+                if !was_in || was_cut_off {
+                    state.readiness_changed.notify_one();
+                }
+                if was_cut_off {
                     tracing::warn!("Redis reachable again: registered anew, taking clients again");
                 }
             }
             Err(e) => {
-                if state.in_table.swap(false, Ordering::AcqRel) || first {
+                let was_in = state.in_table.swap(false, Ordering::AcqRel);
+                if was_in {
+                    state.readiness_changed.notify_one();
+                }
+                if was_in || first {
                     tracing::warn!(error = %e, "route table unavailable; not ready until it is back");
                 }
             }
@@ -193,6 +201,7 @@ pub(crate) async fn lease_watch(state: Arc<NodeState>) {
         }
         state.cut_off.store(true, Ordering::Release);
         state.in_table.store(false, Ordering::Release);
+        state.readiness_changed.notify_one();
         tracing::error!(
             clients = state.sessions.len(),
             to = %url,

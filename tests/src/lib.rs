@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod netns;
 pub mod redis_server;
 pub mod router_cli;
+pub mod standard_grpc;
 pub mod tcp_proxy;
 pub mod traffic;
 pub mod webhook_receiver;

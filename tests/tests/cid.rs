@@ -1,4 +1,4 @@
-//! Idempotent sends (PROTOCOL.md 7.1): a `send` with a `cid` gets an id derived from its sender
+//! Idempotent sends (docs/protocol.md, "Idempotent sends"): a `send` with a `cid` gets an id derived from its sender
 //! and the cid, the same on every resend from any node; the inbox holds it once; a cid outside
 //! its rules is rejected with `bad_field`.
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
-use wsroute_tests::{Client, Cluster, metrics_text, patience, poll_until};
+use tonic_health::pb::health_check_response::ServingStatus;
+use wsroute_tests::{Client, Cluster, metrics_text, patience, poll_until, standard_grpc};
 
 /// The repository root.
 fn repo() -> PathBuf {
@@ -689,14 +690,28 @@ fn k8s_statefulset_probes_drain_and_config_fit_the_server() {
     let labels = &pod["metadata"]["labels"];
     let (node, spec) = node_container(&all);
 
-    // Probes on the endpoints PROTOCOL.md section 3 defines, on the HTTP port.
+    // Readiness: the kubelet's gRPC probe on the gRPC port, asking the health service for a
+    // name it answers (docs/protocol.md, gRPC); liveness: `/healthz` on the HTTP port, which
+    // stays 200 while the node drains.
     let http_port = container_port(node, "http");
-    assert_eq!(node["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let readiness = &node["readinessProbe"];
+    assert_eq!(
+        readiness["grpc"]["port"],
+        container_port(node, "grpc"),
+        "readiness asks gRPC health on the gRPC port (a number: the kubelet takes no name)"
+    );
+    assert!(readiness.get("httpGet").is_none(), "one handler per probe");
+    let service = readiness["grpc"]["service"].as_str().unwrap_or_default();
+    assert!(
+        wsroute_server::api::health::SERVICES.contains(&service),
+        "the health service answers for {service:?}"
+    );
     assert_eq!(node["livenessProbe"]["httpGet"]["path"], "/healthz");
-    for probe in ["readinessProbe", "livenessProbe"] {
-        let port = &node[probe]["httpGet"]["port"];
-        assert!(port == "http" || *port == http_port, "{probe} port {port}");
-    }
+    let port = &node["livenessProbe"]["httpGet"]["port"];
+    assert!(
+        port == "http" || *port == http_port,
+        "livenessProbe port {port}"
+    );
 
     // Config by environment: every WSROUTE_* name set (directly, or from the ConfigMap and the
     // Secret) is one the server reads; other names only feed $(NAME) references.
@@ -904,16 +919,36 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
         .as_ref()
         .map(std::process::Child::id)
         .expect("running");
-    let readyz = format!("http://127.0.0.1:{ws_port}/readyz");
-    let ready = |want: u16| {
-        let url = readyz.clone();
-        async move { reqwest::get(url).await.is_ok_and(|r| r.status() == want) }
+    // Ready as the kubelet's readiness probe sees it: gRPC health SERVING for the probe's
+    // service, on the gRPC port, without credentials.
+    let probed = container["readinessProbe"]["grpc"]["service"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let grpc_url = format!("http://127.0.0.1:{grpc_port}");
+    let serving = || {
+        let (url, service) = (grpc_url.clone(), probed.clone());
+        async move {
+            let Ok(channel) = tonic::transport::Channel::from_shared(url)
+                .expect("URL")
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            standard_grpc::check(channel, &service)
+                .await
+                .is_ok_and(|s| s == ServingStatus::Serving)
+        }
     };
     assert!(
-        poll_until(patience(), || ready(200)).await,
+        poll_until(patience(), &serving).await,
         "the node did not get ready with the manifests' environment (log: {})",
         log.display()
     );
+    let readyz = format!("http://127.0.0.1:{ws_port}/readyz");
+    let r = reqwest::get(&readyz).await.expect("readyz");
+    assert_eq!(r.status(), 200, "/readyz agrees");
 
     // A client authenticated with a token signed with the Secret's JWT key.
     // `ps` shows no secret: neither the arguments nor the environment carry one.
@@ -932,17 +967,18 @@ async fn a_pod_configured_by_the_manifests_drains_within_its_grace_period() {
     let started = std::time::Instant::now();
     let (ok, _, err) = run("kill", &["-TERM", &pid.to_string()]);
     assert!(ok, "kill -TERM: {err}");
-    // Not ready from the kubelet's view: /readyz answers 503 while the drain runs. With one
-    // client and no other node the drain can finish before the first probe, and then the port
-    // is closed, which a readiness probe also counts as not ready. (That /readyz itself says
-    // 503 during a drain is shown in operations.rs, where the drain is held open by clients.)
+    // Not ready from the kubelet's view: gRPC health stops saying SERVING while the drain
+    // runs. With one client and no other node the drain can finish before the first probe, and
+    // then the port is closed, which a readiness probe also counts as not ready. (That health
+    // says NOT_SERVING during a drain is shown in grpc_conventions.rs, and /readyz's 503 in
+    // operations.rs, where the drain is held open by clients.)
     let not_ready = || {
-        let url = readyz.clone();
-        async move { reqwest::get(url).await.map_or(true, |r| r.status() == 503) }
+        let serving = serving();
+        async move { !serving.await }
     };
     assert!(
         poll_until(patience(), not_ready).await,
-        "/readyz turns 503 while draining, so the pod leaves the Service"
+        "gRPC health stops saying SERVING while draining, so the pod leaves the Service"
     );
     // The only node: its client is told to go (1001) and finds its way back via /gateway.
     let (_, close) = alice.expect_close().await;

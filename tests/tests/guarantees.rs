@@ -1,6 +1,6 @@
 //! Delivery you can prove (issue #12): the user stories, run as written. A message acked
 //! `delivered` or `stored` reaches its recipient whatever single failure comes between, once per
-//! connection, and its sender is told what became of it (`receipt`, PROTOCOL 7.2).
+//! connection, and its sender is told what became of it (`receipt`, docs/protocol.md).
 
 use std::collections::{HashMap, HashSet};
 

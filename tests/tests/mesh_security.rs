@@ -1,4 +1,4 @@
-//! The mesh and the secrets, tried as an attacker would (issue 13; PROTOCOL.md 7.7): a node
+//! The mesh and the secrets, tried as an attacker would (issue 13; docs/protocol.md, "Secrets from files"): a node
 //! for production does not start with an open mesh; a drain without the secret is refused and
 //! the node keeps serving; a forged `Mesh.Forward` with the RIGHT secret cannot put a
 //! `reconnect` (or any frame but the item's own message) in front of a client; secrets read

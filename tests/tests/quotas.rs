@@ -1,5 +1,5 @@
 //! What one user (or one API key) can make the cluster keep, tried as an attacker with an account
-//! would (PROTOCOL.md 7.6): sends to inboxes are held to a quota per sender (`quota_exceeded`),
+//! would (docs/protocol.md, "Limits"): sends to inboxes are held to a quota per sender (`quota_exceeded`),
 //! an inbox to a byte cap (`inbox_full`), the push API and Router to their own quota; acks and
 //! WebSocket pings count toward the flood limit, and an inbox ack costs one Redis call, once.
 

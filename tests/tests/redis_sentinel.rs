@@ -1,4 +1,4 @@
-//! wsroute behind Redis Sentinel (`redis+sentinel://`, PROTOCOL 7.8): a primary, one replica and
+//! wsroute behind Redis Sentinel (`redis+sentinel://`, docs/protocol.md "Redis URLs"): a primary, one replica and
 //! three `redis-sentinel` processes, three nodes. The primary is killed with -9; the sentinels
 //! promote the replica; the nodes follow it: their routes are back on the new primary (one that
 //! the replica never had included) and cross-node delivery works again within 15 s of the

@@ -1,6 +1,7 @@
 //! TLS on the gRPC listener and mutual TLS for the mesh: nodes forward to each other over TLS with
 //! client certificates; a mesh call without a certificate is refused even with the secret; a
-//! plaintext client gets nowhere; the Router API works over TLS without a client certificate.
+//! plaintext client gets nowhere; the Router API, health and reflection work over TLS without a
+//! client certificate.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,7 +10,7 @@ use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use wsroute_proto::v1 as pb;
 use wsroute_tests::cluster::{API_KEY, MESH_SECRET};
-use wsroute_tests::{Client, Cluster, authed, binary};
+use wsroute_tests::{Client, Cluster, authed, binary, standard_grpc};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,6 +90,21 @@ async fn the_mesh_runs_over_mutual_tls() {
         .into_inner()
         .nodes;
     assert_eq!(nodes.len(), 2);
+
+    // Health and reflection too, with no credentials at all (docs/protocol.md, "gRPC"), while the Mesh on
+    // the same listener refused above.
+    let bare = channel(c.node(1).grpc_port, false).await;
+    assert_eq!(
+        standard_grpc::check(bare.clone(), "")
+            .await
+            .expect("Health over TLS"),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let listed = standard_grpc::reflect_v1(bare, standard_grpc::Ask::Services)
+        .await
+        .expect("reflection over TLS")
+        .services;
+    assert!(listed.iter().any(|s| s == "wsroute.v1.Mesh"), "{listed:?}");
 
     // Plaintext gets nowhere.
     let mut plain = pb::router_client::RouterClient::connect(c.node(1).grpc())

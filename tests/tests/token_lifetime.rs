@@ -1,4 +1,4 @@
-//! A session lasts as long as its token (PROTOCOL.md 7.5), tried as a client whose token runs
+//! A session lasts as long as its token (docs/protocol.md, "Token lifetime"), tried as a client whose token runs
 //! out would: it ends with `token_expired` and close 4001, unless a `refresh` with a valid token
 //! for the same user came first; a refresh with anyone else's token, or a forged or expired one,
 //! is refused and changes nothing.

@@ -1,10 +1,13 @@
 //! What other services, operators and people call: the HTTP probes, push and presence API, the
-//! try-it page, and the public gRPC `Router` service.
+//! try-it page, the public gRPC `Router` service and the standard gRPC health and reflection
+//! services.
 
+pub mod health;
 pub mod page;
 pub mod presence;
 pub mod probes;
 pub mod push;
+pub mod reflection;
 pub mod router;
 
 use actix_web::{HttpRequest, HttpResponse};

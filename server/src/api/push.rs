@@ -21,7 +21,7 @@ pub const DEFAULT_SENDER: &str = "api";
 struct PushBody {
     body: Box<RawValue>,
     from: Option<String>,
-    /// The caller's idempotency key: the id is derived from `from` and `cid` (PROTOCOL.md 7.1).
+    /// The caller's idempotency key: the id is derived from `from` and `cid` (docs/protocol.md, "Idempotent sends").
     cid: Option<String>,
 }
 

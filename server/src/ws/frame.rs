@@ -10,6 +10,26 @@ use crate::ids::{Cid, IdError, MsgId, UserId};
 /// Longest `ref` a client may attach to a send (it is echoed back verbatim).
 pub const MAX_REF_BYTES: usize = 256;
 
+/// Every `type` a client may send. [`parse`] refuses any other as unknown, so a frame type that
+/// the parser learns is listed here or refused; `tests/protocol_doc.rs` checks each one is
+/// documented.
+pub const CLIENT_FRAME_TYPES: &[&str] = &["send", "ack", "read", "ping", "refresh", "watch", "unwatch"];
+
+/// Every `type` the server writes to a client: [`ServerFrame`]'s (see its `kind`, which a new
+/// variant must extend) and the `message` frame (`envelope.rs`). `tests/protocol_doc.rs` checks
+/// each one is documented.
+pub const SERVER_FRAME_TYPES: &[&str] = &[
+    "hello",
+    "message",
+    "ack",
+    "pong",
+    "error",
+    "reconnect",
+    "receipt",
+    "refreshed",
+    "presence",
+];
+
 /// A frame from the client, checked.
 #[derive(Debug)]
 pub enum ClientFrame {
@@ -17,12 +37,12 @@ pub enum ClientFrame {
     Ack {
         id: String,
     },
-    /// The user has read message `id` (PROTOCOL.md 7.2).
+    /// The user has read message `id` (docs/protocol.md, `read`).
     Read {
         id: MsgId,
     },
     Ping,
-    /// A fresh token for the same user (PROTOCOL.md 7.5); verified by the session.
+    /// A fresh token for the same user (docs/protocol.md, `refresh`); verified by the session.
     Refresh {
         token: String,
     },
@@ -43,7 +63,7 @@ pub struct SendFrame {
     pub to: String,
     /// The client's own reference, echoed in the ack (`null` when absent).
     pub reference: Option<String>,
-    /// The client's key for this message (PROTOCOL.md 7.1), `Ok(None)` when absent or `null`.
+    /// The client's key for this message (docs/protocol.md, "Idempotent sends"), `Ok(None)` when absent or `null`.
     /// One that is not a string is refused here; one that is a string outside the cid rules is
     /// kept as its error, for the caller to answer with a `rejected` ack (`bad_field`), like `to`.
     pub cid: Result<Option<Cid>, IdError>,
@@ -138,6 +158,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         Some(k) => serde_json::from_str::<String>(k.get())
             .map_err(|_| FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string"))?,
     };
+    if !CLIENT_FRAME_TYPES.contains(&kind.as_str()) {
+        return Err(unknown_type(&kind));
+    }
     match kind.as_str() {
         "send" => {
             // Read `ref` first so that every later error can echo it.
@@ -204,11 +227,15 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         "unwatch" => Ok(ClientFrame::Unwatch {
             users: users_field(raw.users)?,
         }),
-        other => Err(FrameError::new(
-            FrameErrorCode::BadFrame,
-            format!("unknown type {:?}", truncate(other, 64)),
-        )),
+        other => Err(unknown_type(other)),
     }
+}
+
+fn unknown_type(kind: &str) -> FrameError {
+    FrameError::new(
+        FrameErrorCode::BadFrame,
+        format!("unknown type {:?}", truncate(kind, 64)),
+    )
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -270,6 +297,23 @@ enum ServerFrame<'a> {
     },
 }
 
+impl ServerFrame<'_> {
+    /// The frame's `type` (serde writes the same: lowercase variant names). Exhaustive, so a new
+    /// variant is named here, beside [`SERVER_FRAME_TYPES`].
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Ack { .. } => "ack",
+            Self::Pong => "pong",
+            Self::Error { .. } => "error",
+            Self::Reconnect { .. } => "reconnect",
+            Self::Receipt { .. } => "receipt",
+            Self::Refreshed { .. } => "refreshed",
+            Self::Presence { .. } => "presence",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,
@@ -277,6 +321,11 @@ struct ErrorBody<'a> {
 }
 
 fn encode(frame: &ServerFrame<'_>) -> String {
+    debug_assert!(
+        SERVER_FRAME_TYPES.contains(&frame.kind()),
+        "{} is missing from SERVER_FRAME_TYPES",
+        frame.kind()
+    );
     serde_json::to_string(frame)
         .expect("server frames always serialize: no maps with non-string keys")
 }
@@ -341,7 +390,7 @@ pub fn reconnect(url: &str, reason: &str) -> String {
     encode(&ServerFrame::Reconnect { url, reason })
 }
 
-/// What became of message `id` that the connection's user sent to `to` (PROTOCOL 7.2).
+/// What became of message `id` that the connection's user sent to `to` (docs/protocol.md, `receipt`).
 pub fn receipt(id: &str, to: &str, status: &str, device: Option<&str>) -> String {
     encode(&ServerFrame::Receipt {
         id,
@@ -542,6 +591,67 @@ mod tests {
             parse(r#"{"type":"ack","id":"m1"}"#),
             Ok(ClientFrame::Ack { id }) if id == "m1"
         ));
+    }
+
+    #[test]
+    fn every_frame_type_is_listed_and_written_as_its_kind() {
+        for t in CLIENT_FRAME_TYPES {
+            let refused = parse(&format!(r#"{{"type":"{t}"}}"#)).err();
+            assert!(
+                refused
+                    .as_ref()
+                    .is_none_or(|e| e.code == FrameErrorCode::BadField),
+                "{t} is listed but not parsed: {refused:?}"
+            );
+        }
+        let samples = [
+            ServerFrame::Hello {
+                conn_id: "c",
+                user: "u",
+                node: "n",
+                heartbeat_ms: 1,
+            },
+            ServerFrame::Ack {
+                reference: None,
+                id: None,
+                status: "stored",
+                devices: 0,
+                error: None,
+            },
+            ServerFrame::Pong,
+            ServerFrame::Error {
+                code: "bad_frame",
+                message: "m",
+                reference: None,
+            },
+            ServerFrame::Reconnect {
+                url: "ws://n/ws",
+                reason: "r",
+            },
+            ServerFrame::Receipt {
+                id: "m1",
+                to: "bob",
+                status: "read",
+                device: None,
+            },
+            ServerFrame::Refreshed { exp: 1 },
+        ];
+        for frame in &samples {
+            let v: serde_json::Value = serde_json::from_str(&encode(frame)).expect("json");
+            assert_eq!(v["type"], frame.kind());
+            assert!(
+                SERVER_FRAME_TYPES.contains(&frame.kind()),
+                "{}",
+                frame.kind()
+            );
+        }
+        // Every listed type is written by one of the frames above, or is the message frame.
+        for t in SERVER_FRAME_TYPES {
+            assert!(
+                *t == "message" || samples.iter().any(|f| f.kind() == *t),
+                "{t} is listed but no frame writes it"
+            );
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub struct Session {
     pub inbox_waiting: bool,
     /// The device the client named (`?device=`), told to senders in receipts.
     pub device: Option<Arc<str>>,
-    /// When the session's token stops being valid (PROTOCOL.md 7.5); `None` for dev auth.
+    /// When the session's token stops being valid (docs/protocol.md, "Token lifetime"); `None` for dev auth.
     pub expiry: Option<Expiry>,
     /// Whose presence the session may watch (`--presence-policy`).
     pub may_watch: Allowance,
@@ -572,7 +572,7 @@ impl Session {
         permit: tokio::sync::OwnedSemaphorePermit,
         pending: &mut FuturesUnordered<PendingAck>,
     ) {
-        // A send with a cid keeps its id on every resend (PROTOCOL.md 7.1); `on_send` refused a
+        // A send with a cid keeps its id on every resend (docs/protocol.md, "Idempotent sends"); `on_send` refused a
         // bad cid.
         let cid = send.cid.as_ref().ok().and_then(Option::as_ref);
         let id = self.state.ids.msg_for(&self.user, cid);
