@@ -164,7 +164,7 @@ pub struct Args {
     /// [default: open]
     #[arg(long, env = "WSROUTE_PRESENCE_POLICY", value_enum)]
     pub presence_policy: Option<PresencePolicy>,
-    /// POST webhook events (message.stored, user.online, user.offline) to this http:// URL of
+    /// POST webhook events (message.stored, user.online, user.offline) to this http(s):// URL of
     /// the app's backend, signed with --webhook-secret [default: no webhooks]
     #[arg(long, env = "WSROUTE_WEBHOOK_URL", help_heading = "Webhooks")]
     pub webhook_url: Option<String>,
@@ -309,8 +309,8 @@ pub struct Config {
 /// Webhooks to the app's backend (PROTOCOL 7.4).
 #[derive(Debug, Clone)]
 pub struct Webhooks {
-    /// An `http://` URL (this build has no TLS client); printed without its query, which may
-    /// carry a token.
+    /// An `http://` or `https://` URL (a server certificate is checked against the system's
+    /// roots, or `SSL_CERT_FILE`); printed without its query, which may carry a token.
     pub url: WebhookUrl,
     pub secret: Secret,
     /// Attempts per event before it is dead.
@@ -549,7 +549,7 @@ pub enum ConfigError {
     #[error(transparent)]
     SecretFile(#[from] wsroute_core::secret::SecretError),
     #[error(
-        "--webhook-url must be an http:// URL with a host (this build has no TLS client: reach the backend over a private network or through a TLS-terminating proxy), got {0:?}"
+        "--webhook-url must be an http:// or https:// URL with a host, got {0:?}"
     )]
     WebhookUrl(String),
     #[error(
@@ -899,6 +899,7 @@ fn webhooks(
     };
     let host = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default())
         .unwrap_or_default();
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -1241,7 +1242,7 @@ mod tests {
         assert!(matches!(e, ConfigError::WebhookNoSecret), "{e}");
         let e = with(&["--webhook-secret", "s"]).expect_err("no url");
         assert!(matches!(e, ConfigError::WebhookNoUrl), "{e}");
-        for bad in ["https://b/h", "ftp://b", "http://", "b:80/h"] {
+        for bad in ["ftp://b", "http://", "https://", "b:80/h", "https:// b/h"] {
             let e = with(&["--webhook-url", bad, "--webhook-secret", "s"]).expect_err(bad);
             assert!(matches!(e, ConfigError::WebhookUrl(_)), "{bad}: {e}");
         }
@@ -1255,6 +1256,7 @@ mod tests {
         ])
         .expect_err("0 attempts");
         assert!(e.to_string().contains("--webhook-max-attempts"), "{e}");
+        with(&["--webhook-url", "https://b/h", "--webhook-secret", "s"]).expect("https");
         let c = with(&[
             "--webhook-url",
             "http://b:81/h?token=t",
