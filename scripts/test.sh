@@ -12,4 +12,4 @@ cargo test --workspace --locked "$@"
 # (--workspace, as above, so that the same build is reused.)
 WSROUTE_TEST_REDIS=cluster cargo test --workspace --locked \
   --test delivery --test inbox --test api --test operations --test limits --test client_input \
-  --test cid --test webhooks "$@"
+  --test cid --test presence --test webhooks "$@"
