@@ -635,6 +635,11 @@ mod tests {
                 device: None,
             },
             ServerFrame::Refreshed { exp: 1 },
+            ServerFrame::Presence {
+                user: "bob",
+                online: true,
+                devices: 2,
+            },
         ];
         for frame in &samples {
             let v: serde_json::Value = serde_json::from_str(&encode(frame)).expect("json");
