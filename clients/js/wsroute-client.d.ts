@@ -63,7 +63,6 @@ export interface WsRouteError extends Error {
     | "timeout"
     | "outbox_full"
     | "resend_refused"
-    | "unconfirmed"
     | "bad_field"
     | "too_many"
     | "gateway"
@@ -102,14 +101,14 @@ interface Callbacks<B> {
   onHello?: (hello: Hello) => void;
   /** detail: the url being dialled ("connecting"), the hello ("open"), the close ("closed"). */
   onState?: (state: State, detail?: string | Hello | { code: number; reason: string }) => void;
-  /** Errors not tied to a send's promise: refused frames, refused resends (`resend_refused`), sends no receipt confirmed (`unconfirmed`), untrusted reconnects, gateways, getToken. */
+  /** Errors not tied to a send's promise: refused frames, refused resends (`resend_refused`), untrusted reconnects, gateways, getToken. */
   onError?: (error: WsRouteError) => void;
 }
 
 interface Tuning {
   /** A send not acked by then fails with `timeout` (default 30000; 0: never). */
   ackTimeoutMs?: number;
-  /** A send acked `delivered` waits this long for its receipt, then leaves the outbox with an `unconfirmed` error (default 120000). */
+  /** A send acked `delivered` waits this long for its receipt (or a reconnect), then leaves the outbox (default 120000). */
   receiptTimeoutMs?: number;
   /** Sends waiting for an ack or receipt; past it send() fails with `outbox_full` (default 1000). */
   maxOutbox?: number;
@@ -161,7 +160,7 @@ export interface Stats {
   acked: number;
   received: number;
   duplicates: number;
-  /** Sends acked `delivered` whose receipt did not come within receiptTimeoutMs. */
+  /** Sends acked `delivered` whose receipt did not come within receiptTimeoutMs (no reconnect meanwhile). */
   expired: number;
 }
 

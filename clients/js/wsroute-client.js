@@ -20,14 +20,15 @@
 //   `rejected`, or acked `delivered` and then confirmed by a `received`, `read` or `stored`
 //   receipt. After every (re)connect the outbox is sent again, in order: sends never acked, and
 //   sends acked `delivered` that no receipt confirmed (the node that held both ends may have died
-//   with the only copy). A resend refused for a passing reason (`rate_limited`,
-//   `quota_exceeded`, `unavailable`, `inbox_full`) is tried again after a back-off; refused for
-//   any other, it leaves the outbox and onError says so (code `resend_refused`). Bounds: at most
-//   `maxOutbox` sends (a send past it fails at once with code `outbox_full` and queues nothing);
-//   a send not acked within `ackTimeoutMs` fails with code `timeout` and leaves the outbox; one
-//   acked `delivered` waits `receiptTimeoutMs` for its receipt, then leaves the outbox and
-//   onError says so (code `unconfirmed`). The first ack settles the send's promise: a rejected
-//   first send is not resent (the app has its reason).
+//   with the only copy); a resend acked `delivered` or `stored` is settled. A resend refused for
+//   a passing reason (`rate_limited`, `quota_exceeded`, `unavailable`, `inbox_full`) is tried
+//   again after a back-off; refused for any other, it leaves the outbox and onError says so
+//   (code `resend_refused`). Bounds: at most `maxOutbox` sends (a send past it fails at once
+//   with code `outbox_full` and queues nothing); a send not acked within `ackTimeoutMs` fails
+//   with code `timeout` and leaves the outbox; one acked `delivered` leaves the outbox after
+//   `receiptTimeoutMs` without a receipt or a reconnect (`stats.expired`: its connection, and so
+//   its node, lived on, and the server keeps what it acked). The first ack settles the send's
+//   promise: a rejected first send is not resent (the app has its reason).
 // - Pings every `heartbeat_ms` from `hello`, and reconnects when the server stays silent for two.
 // - Reconnects after any close with exponential back-off and full jitter (a random wait between
 //   0 and min(maxBackoffMs, minBackoffMs * 2^failures)); a connection that reached `hello`
@@ -251,18 +252,20 @@ export class WsRouteClient {
       entry.resolve(f);
       return;
     }
-    // A resend of a message acked `delivered` that no receipt confirmed.
-    if (f.status === "stored" || confirmed) this._settle(entry);
-    else if (f.status === "rejected") this._resendRefused(entry, f.error?.code, f.error?.message);
-    // delivered again: its receipt is waited for as before
+    // A resend, after a reconnect, of a message acked `delivered` that no receipt confirmed.
+    // Acked again on the new connection, it is as safe as any acked message: settled. (A
+    // receipt would not always come: a connection that already had the message is not written
+    // it again, and does not ack it again.)
+    if (f.status === "rejected") this._resendRefused(entry, f.error?.code, f.error?.message);
+    else this._settle(entry);
   }
 
   _awaitReceipt(entry) {
     this._byId.set(entry.ack.id, entry);
+    // With the connection it was acked on still up, its node did not die: the server keeps it.
     entry.receiptTimer = setTimeout(() => {
       this.stats.expired += 1;
       this._settle(entry);
-      this._emitError(failure("unconfirmed", `no receipt for ${entry.ack.id} (cid ${entry.cid}) to ${entry.to} within ${this.options.receiptTimeoutMs} ms: acked delivered, no device confirmed it; it is no longer resent`));
     }, this.options.receiptTimeoutMs);
   }
 

@@ -194,8 +194,11 @@ test("the outbox: after a reconnect it resends, in order and with their cids, th
   assert.equal(again[1].cid, d.cid);
   assert.equal(c.stats.resent, 3, "e was never sent before: it counts as sent");
   assert.equal(c.stats.sent, 5);
-  // The resends' acks: d's and e's promises resolve with them; b's stays resolved with its first.
-  for (const f of again) ws.ack(f, "stored");
+  // The resends' acks: d's and e's promises resolve with them; b's stays resolved with its first,
+  // and its resend acked delivered settles it.
+  ws.ack(again[0], "delivered");
+  assert.equal(c.outboxSize, 2);
+  for (const f of again.slice(1)) ws.ack(f, "stored");
   assert.deepEqual((await Promise.all(sends)).map((x) => x.status), ["delivered", "delivered", "stored", "stored", "stored"]);
   assert.equal(c.outboxSize, 0);
   c.close();
@@ -243,7 +246,7 @@ test("the outbox is bounded: past maxOutbox a send fails at once and queues noth
   await assert.rejects(third, (e) => e.code === "closed");
 });
 
-test("a delivered send leaves the outbox when its receipt does not come in time, and the app hears so", async () => {
+test("a delivered send leaves the outbox when its receipt does not come in time", async () => {
   const errors = [];
   const { c, ws, sending, frame } = await sentOne({ receiptTimeoutMs: 10, onError: (e) => errors.push(e) });
   ws.ack(frame, "delivered");
@@ -252,8 +255,7 @@ test("a delivered send leaves the outbox when its receipt does not come in time,
   await new Promise((r) => setTimeout(r, 30));
   assert.equal(c.outboxSize, 0);
   assert.equal(c.stats.expired, 1);
-  assert.deepEqual(errors.map((e) => e.code), ["unconfirmed"]);
-  assert.match(errors[0].message, /no receipt for m-\S+ \(cid \S+\) to bob/);
+  assert.deepEqual(errors, [], "its connection lived on: nothing to tell");
   c.close();
 });
 
