@@ -108,8 +108,9 @@ async fn the_js_client_follows_a_drain_to_a_node_it_knows() {
 }
 
 /// Needs the server side of presence (PROTOCOL 7.3: `watch`, `unwatch`, `presence`), built in
-/// parallel; until it lands the server refuses `watch` (`bad_frame`) and this fails. Run it
-/// alone with `cargo test -p wsroute-tests --test js_client presence -- --include-ignored`.
+/// parallel on the `presence` branch (passed against it merged at 75a2acc); until it lands the
+/// server refuses `watch` (`bad_frame`) and this fails. Run it alone with
+/// `cargo test -p wsroute-tests --test js_client presence -- --include-ignored`.
 #[tokio::test]
 #[ignore = "needs the server side of presence (PROTOCOL 7.3); remove this once it has landed"]
 async fn the_js_client_watches_presence() {
