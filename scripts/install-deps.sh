@@ -6,7 +6,8 @@
 # a container engine) and, with pip, PyYAML, kubernetes-validate (Kubernetes schemas) and
 # promql-parser (the dashboard's queries); for the browser test (tests/tests/browser.rs) Debian's
 # chromium, Node.js and npm, and the npm packages of tests/browser (playwright-core, which drives
-# that chromium and never downloads a browser of its own). Runs as root or with sudo, without a
+# that chromium and never downloads a browser of its own); for the JavaScript client's tests
+# (tests/tests/js_client.rs) the dev packages of clients/js (ws, typescript). Runs as root or with sudo, without a
 # terminal. Rust itself must already be installed (https://rustup.rs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -60,8 +61,15 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if [ "$node_major" -lt 20 ]; then
   echo "warning: Node.js $(node --version) is older than playwright-core needs (20+): the browser test will fail" >&2
 fi
-if [ ! -d "$root/tests/browser/node_modules" ]; then
-  echo "installing the browser test's npm packages (tests/browser)" >&2
-  (cd "$root/tests/browser" &&
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
-fi
+# npm packages, exactly as each package-lock.json pins them; skipped when node_modules already
+# matches its lock (so an offline machine that has them goes on).
+npm_ci() {
+  local dir="$root/$1" what="$2"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+    [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "installing $what's npm packages ($1)" >&2
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+npm_ci tests/browser "the browser test"
+npm_ci clients/js "the JavaScript client's tests (ws, typescript)"

@@ -1,6 +1,7 @@
-// The try-it page served at `/`: wires the form to wsroute.js. Everything a peer sends is shown
+// The try-it page served at `/`: wires the form to the wsroute-client package (clients/js),
+// served by every node at /wsroute-client.js. Everything a peer sends is shown
 // with textContent, never as HTML.
-import { connect, sameHostUrl } from "./wsroute.js";
+import { connect, sameHostUrl } from "./wsroute-client.js";
 
 const $ = (id) => document.getElementById(id);
 let client = null;
@@ -50,6 +51,29 @@ function row(list, parts) {
   return li;
 }
 
+// What a receipt says, strongest last: a `read` is not undone by a late `received`.
+const RECEIPT_RANK = { stored: 1, received: 2, read: 3 };
+// Receipts that came before their send's ack named the id (at most 100 kept).
+const early = new Map();
+
+/** Shows a receipt on the sent message it is about. */
+function showReceipt(r) {
+  const li = [...$("sent").children].find((el) => el.dataset.id === r.id);
+  if (!li) {
+    early.set(r.id, r);
+    if (early.size > 100) early.delete(early.keys().next().value);
+    return;
+  }
+  if ((RECEIPT_RANK[r.status] || 0) <= (RECEIPT_RANK[li.dataset.receipt] || 0)) return;
+  li.dataset.receipt = r.status;
+  const device = r.device ? ` (${r.device})` : "";
+  li.querySelector(".receipt").textContent = {
+    received: `received by ${r.to}${device}`,
+    read: `read by ${r.to}${device}`,
+    stored: `kept in ${r.to}'s inbox`,
+  }[r.status] || r.status;
+}
+
 function start(event) {
   event.preventDefault();
   const user = $("user").value.trim();
@@ -89,7 +113,10 @@ function start(event) {
       ]);
       li.dataset.from = m.from;
       li.dataset.id = m.id;
+      // Shown on the page: read. The sender's page hears so (a `read` receipt).
+      client.read(m.id);
     },
+    onReceipt: showReceipt,
     onError: (e) => showState("error", e.message),
   });
 }
@@ -103,6 +130,7 @@ async function send(event) {
     ["who", `to ${to}`],
     ["body", text],
     ["status", "sending…"],
+    ["receipt", ""],
   ]);
   li.dataset.status = "pending";
   const status = li.querySelector(".status");
@@ -116,6 +144,11 @@ async function send(event) {
       rejected: `rejected: ${ack.error?.code}${ack.error?.message ? ` (${ack.error.message})` : ""}`,
     }[ack.status] || ack.status;
     if (ack.status !== "rejected") $("text").value = "";
+    const r = early.get(ack.id);
+    if (r) {
+      early.delete(ack.id);
+      showReceipt(r);
+    }
   } catch (e) {
     li.dataset.status = "failed";
     status.textContent = e.message;

@@ -5,7 +5,9 @@
 // Opens each node's own page (GET /) in headless Chromium (Debian's, /usr/bin/chromium, or
 // $CHROMIUM), connects alice on A and bob on B with dev auth through the form, sends from alice
 // to bob, and checks what a person would see: alice's send acked `delivered` to 1 device, bob's
-// page showing the message from alice (as text, not HTML), then bob's reply arriving at alice.
+// page showing the message from alice (as text, not HTML), alice's page showing that bob read
+// it (the `read` receipt the page's client package sends when it shows a message), then bob's
+// reply arriving at alice.
 // Saves one PNG with both pages side by side. Given node A's process id, it then drains node A
 // (SIGTERM) and checks that alice's page follows the `reconnect` to another node and can still
 // send to bob. Exits 1 with the reason on any failure; every wait has a deadline, and the whole
@@ -108,6 +110,15 @@ try {
     fail("bob's message id differs from alice's ack id");
   }
   console.log(`alice -> bob: ${statusText}, bob's page shows "${body.text}"`);
+  // Bob's page shows it, and so reads it: alice's page hears both receipts through the package.
+  const sentId = await sent.getAttribute("data-id");
+  const receipt = await step(
+    "alice's page shows bob read it",
+    alice.waitForSelector(`#sent li[data-id="${sentId}"][data-receipt="read"]`),
+  );
+  const receiptText = await receipt.$eval(".receipt", (e) => e.textContent);
+  if (receiptText !== "read by bob") fail(`alice's page shows the receipt "${receiptText}", expected "read by bob"`);
+  console.log(`alice's page: ${receiptText}`);
 
   await say(bob, "alice", `hi alice, from ${nodeB}`);
   await step("bob's ack", bob.waitForSelector('#sent li[data-status="delivered"]'));

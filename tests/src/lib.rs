@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 pub mod ledger;
 pub mod netns;
+pub mod node_js;
 pub mod redis_server;
 pub mod router_cli;
 pub mod standard_grpc;

@@ -1,11 +1,12 @@
-//! The try-it page: every node serves it (and the JavaScript client) itself, and in a real
-//! headless Chromium two pages on two nodes see a message cross, and the sender's page follows
-//! its node's drain to another node (`tests/browser/cross.mjs`); and the JavaScript client's own
-//! tests against a scripted server (`tests/browser/client.test.mjs`).
+//! The try-it page: every node serves it (and the JavaScript client package it uses) itself, and
+//! in a real headless Chromium two pages on two nodes see a message cross through the package,
+//! with its receipts, and the sender's page follows its node's drain to another node
+//! (`tests/browser/cross.mjs`). The package's own tests: `js_client.rs`.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use wsroute_tests::node_js::{finish, require};
 use wsroute_tests::{Cluster, artifacts_dir, patience, workspace_dir};
 
 /// GET `url` (optionally with another `Host` header): status, content type, CSP, body.
@@ -57,7 +58,7 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
         assert!(csp.contains(directive), "CSP lacks `{directive}`: {csp}");
     }
     // The same nodes are named in the page: the only hosts besides its own that its client
-    // follows a `reconnect` to (web/wsroute.js).
+    // follows a `reconnect` to (clients/js/wsroute-client.js).
     let meta = html
         .lines()
         .find(|l| l.contains(r#"name="wsroute-nodes""#))
@@ -67,15 +68,35 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
         assert!(meta.contains(&origin), "{origin} in {meta}");
     }
 
+    // The package's module, as it is in clients/js, at its path and at the old `/wsroute.js`.
+    let package = std::fs::read_to_string(
+        workspace_dir()
+            .join("clients")
+            .join("js")
+            .join("wsroute-client.js"),
+    )
+    .expect("the package's module");
     for (path, ctype, marker) in [
+        (
+            "/wsroute-client.js",
+            "text/javascript",
+            "export function connect(",
+        ),
         ("/wsroute.js", "text/javascript", "export function connect("),
-        ("/page.js", "text/javascript", "from \"./wsroute.js\""),
+        (
+            "/page.js",
+            "text/javascript",
+            "from \"./wsroute-client.js\"",
+        ),
         ("/page.css", "text/css", ".log"),
     ] {
         let (status, got, _, body) = get(&node.http(path), None).await;
         assert_eq!(status, 200, "{path}");
         assert_eq!(got, format!("{ctype}; charset=utf-8"), "{path}");
         assert!(body.contains(marker), "{path} lacks {marker}");
+        if path.starts_with("/wsroute") {
+            assert_eq!(body, package, "{path} is the package's module");
+        }
     }
 
     // A Host header that could smuggle a directive into the policy is not echoed.
@@ -83,35 +104,6 @@ async fn a_node_serves_the_page_and_the_client_with_a_strict_policy() {
     assert_eq!(status, 200);
     assert!(csp.contains("connect-src 'self' ws://127.0.0.1:"), "{csp}");
     assert!(!csp.contains("evil"), "{csp}");
-}
-
-/// Runs `cmd` to its end (killed after `limit`), asserts it succeeded, and returns what it printed.
-async fn finish(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> String {
-    let run = cmd.kill_on_drop(true).output();
-    let out = tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not end within {limit:?}"))
-        .expect("node runs (is Node.js installed?)");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{printed}",
-        out.status
-    );
-    printed
-}
-
-/// Fails with what to run when the browser test's tools are missing.
-fn require(path: &Path, what: &str) {
-    assert!(
-        path.exists(),
-        "{} not found ({what}): run `bash scripts/install-deps.sh`",
-        path.display()
-    );
 }
 
 #[tokio::test]
@@ -165,15 +157,4 @@ async fn two_pages_on_two_nodes_in_chromium_see_a_message_cross_and_follow_a_dra
 
     let drained = c.nodes[0].wait_exit(patience()).await;
     assert!(drained.success(), "node1 ended its drain with {drained}");
-}
-
-#[tokio::test]
-async fn the_javascript_client_passes_its_tests_against_a_scripted_server() {
-    let dir = workspace_dir().join("tests").join("browser");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("--test")
-        .arg(format!("--test-timeout={}", patience().as_millis()))
-        .arg(dir.join("client.test.mjs"));
-    let report = finish(cmd, "client.test.mjs", patience() * 2).await;
-    assert!(report.contains("# fail 0"), "{report}");
 }

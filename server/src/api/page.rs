@@ -1,5 +1,6 @@
-//! The try-it page: `GET /` serves a small chat page and `GET /wsroute.js` the JavaScript client
-//! it uses (the files in `web/`, embedded in the binary), under a Content-Security-Policy that
+//! The try-it page: `GET /` serves a small chat page (the files in `web/`) and
+//! `GET /wsroute-client.js` the JavaScript client package it uses (`clients/js/`, also at its old
+//! path `/wsroute.js`), all embedded in the binary, under a Content-Security-Policy that
 //! lets the page load only itself and connect only to the cluster's nodes; the same nodes are
 //! named in the page, the only places besides its own host that its client follows a
 //! `reconnect` to.
@@ -19,11 +20,16 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
-const ASSETS: [Asset; 4] = [
+/// The JavaScript client: one file, one copy, in its package.
+const CLIENT: &str = include_str!("../../../clients/js/wsroute-client.js");
+
+const ASSETS: [Asset; 5] = [
     Asset("/", HTML, include_str!("../../../web/index.html")),
     Asset("/page.js", JS, include_str!("../../../web/page.js")),
     Asset("/page.css", CSS, include_str!("../../../web/page.css")),
-    Asset("/wsroute.js", JS, include_str!("../../../web/wsroute.js")),
+    Asset("/wsroute-client.js", JS, CLIENT),
+    // Where the client was served before it became a package; apps may still load it there.
+    Asset("/wsroute.js", JS, CLIENT),
 ];
 
 /// How long the page waits for the cluster's node list before it is served without it.
