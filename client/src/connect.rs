@@ -1,5 +1,5 @@
 //! Where and as whom to connect: [`ConnectOptions`] turns a `/ws` URL, credentials and a device
-//! name into the upgrade request the server expects (PROTOCOL section 2).
+//! name into the upgrade request the server expects (docs/protocol.md).
 
 use std::time::Duration;
 

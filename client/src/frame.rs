@@ -23,11 +23,11 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     /// The node is draining: reconnect to `url`; the server then closes with 1001.
     Reconnect(Reconnect),
-    /// What became of a message this user sent (PROTOCOL 7.2).
+    /// What became of a message this user sent (docs/protocol.md, receipts).
     Receipt(Receipt),
-    /// A watched user's presence (PROTOCOL 7.3).
+    /// A watched user's presence (docs/protocol.md, presence).
     Presence(Presence),
-    /// The answer to a good `refresh` (PROTOCOL 7.5).
+    /// The answer to a good `refresh` (docs/protocol.md, token refresh).
     Refreshed(Refreshed),
     /// A frame type this client does not know (a newer server); ignored by [`crate::Client`].
     #[serde(other)]

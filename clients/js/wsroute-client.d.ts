@@ -1,5 +1,5 @@
 // Types for wsroute-client.js (written by hand; `npm test` checks them with tsc --noEmit).
-// The frames are those of the wsroute protocol (PROTOCOL.md sections 2 and 7).
+// The frames are those of the wsroute protocol (docs/protocol.md and 7).
 
 /** Any JSON value: what a message body may be. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -35,7 +35,7 @@ export interface Ack {
   error?: { code: string; message: string };
 }
 
-/** What became of a message after its ack (PROTOCOL 7.2), sent to every connection of its sender. */
+/** What became of a message after its ack (docs/protocol.md, receipts), sent to every connection of its sender. */
 export interface Receipt {
   type: "receipt";
   id: string;
@@ -45,7 +45,7 @@ export interface Receipt {
   device?: string;
 }
 
-/** A watched user's presence (PROTOCOL 7.3). */
+/** A watched user's presence (docs/protocol.md, presence). */
 export interface Presence {
   type: "presence";
   user: string;

@@ -1,5 +1,5 @@
-// wsroute-client: the JavaScript client for wsroute (docs/protocol in PROTOCOL.md, sections 2 and
-// 7). One ES module with no dependencies: it needs only a WebSocket (browsers; Node.js 22+ has
+// wsroute-client: the JavaScript client for wsroute (the protocol: docs/protocol.md in the
+// repository). One ES module with no dependencies: it needs only a WebSocket (browsers; Node.js 22+ has
 // one built in, Node.js 20 with --experimental-websocket; or pass the `ws` package's in
 // `options.WebSocket`). Types: wsroute-client.d.ts. Examples: README.md beside this file.
 //
@@ -15,7 +15,7 @@
 // - Acks every message it receives (the server keeps unacked ones and sends them again) and
 //   hands each id to onMessage once: the last `rememberIds` ids are remembered (oldest forgotten
 //   first), and a copy of one of them is acked and dropped.
-// - An outbox: every send gets a `cid` (PROTOCOL 7.1), so a message sent again is the same
+// - An outbox: every send gets a `cid` (docs/protocol.md, cid), so a message sent again is the same
 //   message (same id). A send stays in the outbox until it is settled: acked `stored` or
 //   `rejected`, or acked `delivered` and then confirmed by a `received`, `read` or `stored`
 //   receipt. After every (re)connect the outbox is sent again, in order: sends never acked, and
@@ -43,9 +43,9 @@
 //   so) and the client reconnects as after any close, so a forged or mistaken frame cannot send
 //   the token elsewhere.
 // - With `getToken`, asks the app for a token on every connect and again before the token's
-//   `exp`, which it sends as a `refresh` (PROTOCOL 7.5); a session ended by expiry (close 4001)
+//   `exp`, which it sends as a `refresh` (docs/protocol.md, token refresh); a session ended by expiry (close 4001)
 //   reconnects at once with a fresh token.
-// - watch(users) / unwatch(users): presence (PROTOCOL 7.3), re-sent after every reconnect;
+// - watch(users) / unwatch(users): presence (docs/protocol.md, presence), re-sent after every reconnect;
 //   onPresence gets each `presence` frame. read(id): a `read` receipt for the message's sender.
 
 const DEFAULTS = {

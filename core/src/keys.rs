@@ -79,7 +79,7 @@ pub fn sweep_turn() -> String {
     format!("{PREFIX}:sweep")
 }
 
-/// Stream of webhook events not yet settled (PROTOCOL 7.4): appended in the same Redis step as
+/// Stream of webhook events not yet settled (docs/protocol.md, webhooks): appended in the same Redis step as
 /// the change that causes each one, read by the nodes' shared consumer group, each entry
 /// deleted once its POST was answered 2xx or it was moved to [`webhook_dead`]. Both webhook keys
 /// share the hash tag `{webhooks}`, so that moving an entry between them stays in one slot.

@@ -207,7 +207,7 @@ pub struct Args {
     pub webhook_concurrency: Option<u64>,
 }
 
-/// Who a signed-in user may watch for presence (PROTOCOL.md 7.3).
+/// Who a signed-in user may watch for presence (docs/protocol.md, presence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresencePolicy {
@@ -306,7 +306,7 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Webhooks to the app's backend (PROTOCOL 7.4).
+/// Webhooks to the app's backend (docs/protocol.md, webhooks).
 #[derive(Debug, Clone)]
 pub struct Webhooks {
     /// An `http://` or `https://` URL (a server certificate is checked against the system's

@@ -1,4 +1,4 @@
-//! Presence (PROTOCOL.md 7.3): who on this node watches whom, the device count each watched user
+//! Presence (docs/protocol.md, presence): who on this node watches whom, the device count each watched user
 //! had when last read, and the task that reads a watched user's count again when a route event
 //! says its connections changed, telling this node's watchers when the count did.
 //!

@@ -51,7 +51,7 @@ pub struct NodeState {
     pub holds: Arc<Holds>,
     /// Confirmations owed to peers for messages they hold.
     pub confirms: Arc<Confirms>,
-    /// Who this node's connections watch, and the counts they were told (PROTOCOL.md 7.3).
+    /// Who this node's connections watch, and the counts they were told (docs/protocol.md, presence).
     pub presence: Arc<Presence>,
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).

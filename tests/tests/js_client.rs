@@ -107,12 +107,8 @@ async fn the_js_client_follows_a_drain_to_a_node_it_knows() {
     assert!(drained.success(), "node1 ended its drain with {drained}");
 }
 
-/// Needs the server side of presence (PROTOCOL 7.3: `watch`, `unwatch`, `presence`), built in
-/// parallel on the `presence` branch (passed against it merged at 75a2acc); until it lands the
-/// server refuses `watch` (`bad_frame`) and this fails. Run it alone with
-/// `cargo test -p wsroute-tests --test js_client presence -- --include-ignored`.
+/// Presence through the JS client (`watch`, `unwatch`, `presence`; docs/protocol.md).
 #[tokio::test]
-#[ignore = "needs the server side of presence (PROTOCOL 7.3); remove this once it has landed"]
 async fn the_js_client_watches_presence() {
     let c = Cluster::start(2).await;
     node_test("presence.test.mjs", Some(&c)).await;

@@ -1,4 +1,4 @@
-//! Presence (PROTOCOL.md 7.3) against real nodes: `watch`/`unwatch` frames and the `presence`
+//! Presence (docs/protocol.md, presence) against real nodes: `watch`/`unwatch` frames and the `presence`
 //! frames that follow a watched user's connections across the cluster, `--max-watch`,
 //! `--presence-policy token`, bad input, a watched user's node killed with -9, the HTTP
 //! `GET /v1/users/{user}/presence`, and what presence costs per connect and disconnect on 8 nodes.

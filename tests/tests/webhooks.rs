@@ -1,4 +1,4 @@
-//! Webhooks to the app's backend (PROTOCOL 7.4) against a real cluster and a real HTTP receiver:
+//! Webhooks to the app's backend (docs/protocol.md, webhooks) against a real cluster and a real HTTP receiver:
 //! every event a scenario causes arrives signed, once per event id at the receiver, through
 //! failures, retries and a node killed mid-retry; events that fail every attempt become dead,
 //! `router-cli webhooks dead` lists them and `retry` delivers them; without webhook flags no

@@ -224,7 +224,7 @@ fn answer(e: &mut Entry, ack: &Ack) {
     }
 }
 
-/// 1 to 64 bytes of `[A-Za-z0-9_.:-]` (PROTOCOL 7.1).
+/// 1 to 64 bytes of `[A-Za-z0-9_.:-]` (docs/protocol.md, cid).
 pub(crate) fn valid_cid(c: &str) -> bool {
     (1..=64).contains(&c.len())
         && c.bytes()

@@ -15,7 +15,7 @@ pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
 pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send>>;
 
 /// The app's token callback: called for the first connect, every reconnect, and before the
-/// current token expires (the client then sends `refresh`, PROTOCOL 7.5).
+/// current token expires (the client then sends `refresh`, docs/protocol.md, token refresh).
 #[derive(Clone)]
 pub struct TokenSource(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
 

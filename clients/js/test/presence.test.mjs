@@ -1,4 +1,4 @@
-// Presence (PROTOCOL 7.3) through the client against a real two-node cluster (started by
+// Presence (docs/protocol.md, presence) through the client against a real two-node cluster (started by
 // tests/tests/js_client.rs): watch, onPresence on every change of a watched user's devices
 // across nodes, unwatch, and the watch list sent again after a reconnect.
 

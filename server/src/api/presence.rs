@@ -1,5 +1,5 @@
 //! `GET /v1/users/{user}/presence`: another service asks, behind the API key, whether a user is
-//! online and on which connections (PROTOCOL.md 7.3), straight from the route table.
+//! online and on which connections (docs/protocol.md, presence), straight from the route table.
 
 use std::sync::Arc;
 

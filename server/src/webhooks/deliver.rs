@@ -20,7 +20,7 @@ use super::sign::signature;
 use crate::envelope::now_ms;
 use crate::metrics::Metrics;
 
-/// An answer must come within this, or the attempt failed (PROTOCOL 7.4).
+/// An answer must come within this, or the attempt failed (docs/protocol.md, webhooks).
 pub const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an entry another node holds must sit idle before this node takes it over: longer

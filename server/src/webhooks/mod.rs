@@ -1,4 +1,4 @@
-//! Webhooks to the app's backend (PROTOCOL 7.4): `message.stored`, `user.online`,
+//! Webhooks to the app's backend (docs/protocol.md, webhooks): `message.stored`, `user.online`,
 //! `user.offline`, POSTed signed, at least once each, surviving the crash of the node sending them.
 //!
 //! How: each event is written to a Redis stream (`keys::webhook_events`) in the same Redis step

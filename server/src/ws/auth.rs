@@ -68,7 +68,7 @@ pub struct Verified {
     pub exp: u64,
     /// `exp` plus the leeway: when a session on this token ends.
     pub ends: u64,
-    /// The valid user ids of the token's `watch` claim (presence, PROTOCOL.md 7.3).
+    /// The valid user ids of the token's `watch` claim (presence, docs/protocol.md, presence).
     pub watch: Vec<UserId>,
 }
 

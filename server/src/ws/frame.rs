@@ -46,7 +46,7 @@ pub enum ClientFrame {
     Refresh {
         token: String,
     },
-    /// Tell me about these users' presence (PROTOCOL.md 7.3): distinct, valid ids, in the
+    /// Tell me about these users' presence (docs/protocol.md, presence): distinct, valid ids, in the
     /// order given; the session checks them against `--max-watch` and the policy.
     Watch {
         users: Vec<UserId>,
@@ -344,7 +344,7 @@ pub fn refreshed(exp: u64) -> String {
     encode(&ServerFrame::Refreshed { exp })
 }
 
-/// A watched user's presence (PROTOCOL.md 7.3): online while it holds at least one live
+/// A watched user's presence (docs/protocol.md, presence): online while it holds at least one live
 /// connection, `devices` of them cluster-wide.
 pub fn presence(user: &str, devices: u64) -> String {
     encode(&ServerFrame::Presence {

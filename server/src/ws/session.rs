@@ -406,7 +406,7 @@ impl Session {
         }
     }
 
-    /// `watch` (PROTOCOL.md 7.3): all of `users` (distinct, valid) or, refused with an `error`,
+    /// `watch` (docs/protocol.md, presence): all of `users` (distinct, valid) or, refused with an `error`,
     /// none of them. The first check that fails answers: over `--max-watch` on its own
     /// (`too_many`), a user the session may not watch (`forbidden`), the flood limit
     /// (`rate_limited`: each user beyond the first counts as a frame, since a user nobody here
