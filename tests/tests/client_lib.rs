@@ -110,10 +110,21 @@ async fn reconnects_through_the_gateway_when_its_node_is_killed_and_keeps_receiv
         (10..20).collect::<Vec<u64>>(),
         "every later message, in order"
     );
-    for p in sent {
+    // Before the kill every send is delivered. After it, alice's node may still hold bob's old
+    // route for a moment (the invalidation from his new registration is in flight): such a send
+    // fails to reach the dead node and is stored, honestly acked `stored`, and reaches bob from
+    // his inbox, in order, as the list above shows.
+    let (mut delivered, mut stored) = (0, 0);
+    for (i, p) in sent.into_iter().enumerate() {
         let ack = p.await.expect("acked");
-        assert_eq!(ack.status, AckStatus::Delivered, "{ack:?}");
+        match ack.status {
+            AckStatus::Delivered => delivered += 1,
+            AckStatus::Stored if i >= 10 => stored += 1,
+            _ => panic!("send {i}: {ack:?}"),
+        }
     }
+    println!("acks: {delivered} delivered, {stored} stored (after the kill), 20 received in order");
+    assert_eq!(delivered + stored, 20);
     alice.close().await;
     bob.close().await;
 }
