@@ -49,11 +49,84 @@ pub struct Receiver {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Receiver {
     /// Starts a receiver on a free loopback port, checking signatures with `secret`.
     pub async fn start(secret: &str, mode: Mode) -> Self {
+        let (shared, app, listener, addr) = Self::parts(secret, mode).await;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            shared,
+            task,
+            scheme: "http",
+        }
+    }
+
+    /// The same over HTTPS, with the certificate and key in these PEM files (the nodes must
+    /// trust its issuer, e.g. through `SSL_CERT_FILE`).
+    pub async fn start_tls(
+        secret: &str,
+        mode: Mode,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)
+            .expect("the certificate file reads")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM certificates");
+        let key = PrivateKeyDer::from_pem_file(key).expect("a PEM private key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a certificate and its key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (shared, app, listener, addr) = Self::parts(secret, mode).await;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            shared,
+            task,
+            scheme: "https",
+        }
+    }
+
+    async fn parts(
+        secret: &str,
+        mode: Mode,
+    ) -> (
+        Arc<Shared>,
+        axum::Router,
+        tokio::net::TcpListener,
+        SocketAddr,
+    ) {
         let shared = Arc::new(Shared {
             secret: secret.to_owned(),
             mode: Mutex::new(mode),
@@ -66,15 +139,12 @@ impl Receiver {
             .await
             .expect("the receiver binds");
         let addr = listener.local_addr().expect("bound");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { addr, shared, task }
+        (shared, app, listener, addr)
     }
 
     /// The `--webhook-url` to give the nodes.
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}://{}/hook", self.scheme, self.addr)
     }
 
     pub fn set_mode(&self, mode: Mode) {

@@ -457,6 +457,77 @@ async fn without_webhook_flags_no_stream_is_written() {
 }
 
 #[tokio::test]
+async fn events_reach_an_https_backend_whose_certificate_is_checked() {
+    let fixture = |f: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(f)
+    };
+    let receiver = Receiver::start_tls(
+        SECRET,
+        Mode::Accept,
+        &fixture("node.pem"),
+        &fixture("node-key.pem"),
+    )
+    .await;
+    assert!(receiver.url().starts_with("https://127.0.0.1:"));
+
+    // A node that trusts the receiver's issuer (SSL_CERT_FILE) delivers.
+    let ca = fixture("ca.pem").display().to_string();
+    let trusting = Cluster::start_with(1, |o| {
+        o.extra = flags(&receiver, &[]);
+        o.env.push(("SSL_CERT_FILE".into(), ca.clone()));
+    })
+    .await;
+    let mut alice = Client::connect(&trusting.node(1).ws_user("alice")).await;
+    let ack = alice.send_and_ack("carol", json!({"n": 1})).await;
+    assert_eq!(ack["status"], "stored", "{ack}");
+    let id = ack["id"].as_str().expect("id").to_owned();
+    eventually("the stored event accepted over https", || async {
+        receiver
+            .seen()
+            .accepted
+            .values()
+            .any(|e| e["type"] == "message.stored" && e["id"] == id.as_str())
+            .then_some(())
+    })
+    .await;
+    let sent = metric(&trusting.node(1).http("/metrics"), "wsroute_webhook_sent_total").await;
+
+    // One that knows only the system's roots refuses the certificate: nothing is sent, the
+    // attempt fails and counts.
+    let doubting = Cluster::start_with(1, |o| o.extra = flags(&receiver, &[])).await;
+    let mut dave = Client::connect(&doubting.node(1).ws_user("dave")).await;
+    let ack = dave.send_and_ack("erin", json!({"n": 2})).await;
+    assert_eq!(ack["status"], "stored", "{ack}");
+    let untrusted = doubting.node(1).http("/metrics");
+    eventually("the untrusted attempt failed", || async {
+        (metric(&untrusted, "wsroute_webhook_failed_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let seen = receiver.seen();
+    let sent_untrusted = metric(&untrusted, "wsroute_webhook_sent_total").await;
+    let failed_untrusted = metric(&untrusted, "wsroute_webhook_failed_total").await;
+    println!(
+        "ledger: https receiver accepted {} events, {} POSTs, {} bad signatures; trusting node sent {sent}; \
+         untrusting node sent {sent_untrusted}, failed {failed_untrusted}",
+        seen.accepted.len(),
+        seen.attempts.values().sum::<u32>(),
+        seen.bad_signatures
+    );
+    assert!(sent >= 2.0, "user.online and message.stored");
+    assert_eq!(seen.bad_signatures, 0);
+    assert_eq!(seen.repeats, 0);
+    assert_eq!(sent_untrusted, 0.0, "an untrusted certificate is refused");
+    assert!(
+        seen.accepted.values().all(|e| e["user"] != "dave" && e["from"] != "dave"),
+        "nothing of the untrusting node's reached the receiver"
+    );
+    alice.close().await;
+    dave.close().await;
+}
+
+#[tokio::test]
 async fn a_user_whose_node_dies_goes_offline_when_the_node_is_swept() {
     let receiver = Receiver::start(SECRET, Mode::Accept).await;
     let mut c = Cluster::start_with(2, |o| o.extra = flags(&receiver, &[])).await;
