@@ -10,8 +10,8 @@
 # BIN_DIR=dir uses the binaries there instead of building (to compare two builds in one session)
 # and LABEL=name tags every result line with that build's name. FANOUTS="route" skips the
 # broadcast baseline, RATES="10000 20000" picks the latency group's rates. The ceiling group runs
-# the same throughput and latency loads against the ceiling server (../shared/ceiling, built with
-# `cargo build --release` there; CEILING_BIN names another binary), one process on 127.0.0.1:9400
+# the same throughput and latency loads against the ceiling server (../shared/ceiling, built into
+# .local/ceiling-target; CEILING_BIN names another binary), one process on 127.0.0.1:9400
 # given as three URLs so that the bench's users split as they do over three nodes.
 # NODE_CPUS=0 LOADGEN_CPUS=1 pins the nodes and the connections group's load generator to
 # separate cores (taskset).
@@ -164,8 +164,14 @@ for g in $groups; do
     done
     ;;
   ceiling)
-    ceiling="${CEILING_BIN:-../shared/ceiling/target/release/wsroute-ceiling}"
-    [ -x "$ceiling" ] || { echo "no ceiling server at $ceiling (cd ../shared/ceiling && cargo build --release)" >&2; exit 2; }
+    # The ceiling server (../shared/ceiling), built here into .local/ceiling-target when no
+    # CEILING_BIN is given (../shared may be read-only).
+    if [ -z "${CEILING_BIN:-}" ]; then
+      [ -d ../shared/ceiling ] || { echo "no ../shared/ceiling to build the ceiling server from" >&2; exit 2; }
+      (cd ../shared/ceiling && CARGO_TARGET_DIR="$OLDPWD/.local/ceiling-target" cargo build --release --quiet)
+    fi
+    ceiling="${CEILING_BIN:-.local/ceiling-target/release/wsroute-ceiling}"
+    [ -x "$ceiling" ] || { echo "no ceiling server at $ceiling" >&2; exit 2; }
     stop_all
     redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
     pids+=($!)

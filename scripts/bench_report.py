@@ -87,7 +87,26 @@ def main(path):
                   f"| {fmt(med([c.get('connect', {}).get('per_second') for c in cs]))} "
                   f"| {fmt(med([c.get('rss_per_connection_bytes') for c in cs]))} |")
 
+    ceiling_ratio(groups)
     instructions(rows)
+
+
+def ceiling_ratio(groups):
+    """wsroute's throughput as a share of the ceiling's, both from this file (one sitting)."""
+    best = {}
+    for (group, label, nodes, fanout), rs in groups.items():
+        if group == "throughput":
+            best[(label, fanout)] = med([r["result"].get("throughput_per_s") for r in rs])
+    ceilings = [v for (label, fanout), v in best.items() if fanout == "ceiling" and v]
+    if not ceilings:
+        return
+    ceiling = med(ceilings)
+    print()
+    print(f"| throughput (median) | msg/s | share of the ceiling ({fmt(ceiling)} msg/s) |")
+    print("|---|---|---|")
+    for (label, fanout), v in sorted(best.items()):
+        if fanout != "ceiling" and v:
+            print(f"| {label} ({fanout}) | {fmt(v)} | {v / ceiling:.2f} |")
 
 
 def instructions(rows):
