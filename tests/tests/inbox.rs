@@ -49,6 +49,44 @@ async fn offline_messages_wait_in_the_inbox_until_acked() {
     assert_eq!(dave.expect_type("message").await["id"], a3["id"]);
 }
 
+/// A message that waited in the inbox gets its `received` receipt when a device acks it, and
+/// `read` when the user reads it, on whichever nodes sender and recipient are; once each.
+#[tokio::test]
+async fn an_inbox_message_acked_later_tells_its_sender_received_and_read() {
+    let c = Cluster::start(2).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let stored = alice.send_and_ack("erin", json!({"n": 1})).await;
+    assert_eq!(stored["status"], "stored", "{stored}");
+    let id = stored["id"].as_str().expect("id").to_owned();
+
+    let mut erin = Client::connect(&format!("{}&device=tablet", c.node(2).ws_user("erin")))
+        .await
+        .manual_ack();
+    let got = erin.expect_type("message").await;
+    assert_eq!(got["id"], id.as_str());
+    erin.send_json(json!({"type":"ack","id":id})).await;
+    erin.send_json(json!({"type":"ack","id":id})).await; // a repeated ack tells nothing more
+    let received = alice
+        .expect(|f| f["type"] == "receipt" && f["status"] == "received", "received")
+        .await;
+    assert_eq!(received["id"], id.as_str(), "{received}");
+    assert_eq!(received["to"], "erin");
+    assert_eq!(received["device"], "tablet");
+    erin.send_json(json!({"type":"read","id":id})).await;
+    let read = alice
+        .expect(|f| f["type"] == "receipt" && f["status"] == "read", "read")
+        .await;
+    assert_eq!(read["id"], id.as_str(), "{read}");
+    let more: Vec<_> = alice
+        .frames_until_pong()
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "receipt")
+        .collect();
+    println!("receipts for the inbox message: received, read, then {more:?}");
+    assert!(more.is_empty(), "one receipt of each: {more:?}");
+}
+
 #[tokio::test]
 async fn an_inbox_is_bounded_and_says_so() {
     // One sender's quota (120 a minute) is raised so that alice alone can fill the inbox; the

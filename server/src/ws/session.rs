@@ -635,6 +635,7 @@ impl Session {
             return;
         };
         let acked = self.ledger.acked(&id);
+        let was_live = acked.live.is_some();
         if let Some(Some(source)) = acked.live {
             // Whoever waits to hear: the peer holding it (it tells the sender), or the sender.
             match source.holder {
@@ -661,6 +662,21 @@ impl Session {
                     );
                 }
             }
+        }
+        // A message that reached this device through the inbox (its sender was answered
+        // `stored`): its sender hears `received` too, as for a live one (a live message with a
+        // stored copy was told above).
+        if acked.inbox
+            && !was_live
+            && let Some(from) = self.ledger.sender_of(&id)
+        {
+            self.state.holds.receipt(
+                &from,
+                id.clone(),
+                &self.user,
+                ReceiptStatus::Received,
+                self.device.clone(),
+            );
         }
         if acked.inbox
             && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
