@@ -130,6 +130,14 @@ async fn a_connect_reads_the_inbox_only_when_messages_wait() {
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     let ack = alice.send_and_ack("frank", json!("hi")).await;
     assert_eq!(ack["status"], "stored", "{ack}");
+    // The store announced itself ("inbox frank"); once the node has heard it, only frank's
+    // connect can read his inbox (heard after his session starts, it would read it again, and
+    // on a loaded machine with Redis Cluster it sometimes was).
+    wsroute_tests::eventually("the inbox event heard", || async {
+        (wsroute_tests::metric(&metrics, "wsroute_route_events_total{kind=\"inbox\"}").await >= 1.0)
+            .then_some(())
+    })
+    .await;
     let mut frank = Client::connect(&c.node(1).ws_user("frank")).await;
     assert_eq!(frank.expect_type("message").await["id"], ack["id"]);
     assert_eq!(fetches().await, 1.0);
