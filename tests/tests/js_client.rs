@@ -18,6 +18,9 @@ fn package_dir() -> PathBuf {
     workspace_dir().join("clients").join("js")
 }
 
+/// The window of `--max-stored-per-minute`, which a test's resends may have to wait out.
+const QUOTA_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `node --test FILE` in the package's directory, with the cluster (if any) in the environment;
 /// asserts every test passed and returns the report.
 async fn node_test(file: &str, cluster: Option<&Cluster>) -> String {
@@ -30,8 +33,14 @@ async fn node_test(file: &str, cluster: Option<&Cluster>) -> String {
     }
     cmd.current_dir(&dir)
         .arg("--test")
-        // Per test; the file's own run counts as one too. Every wait inside has the patience.
-        .arg(format!("--test-timeout={}", (patience() * 5).as_millis()))
+        // Per test; the file's own run counts as one too. Every wait inside has the patience,
+        // and the outbox test may wait out a minute of --max-stored-per-minute on top (its
+        // resends to an inbox are refused with quota_exceeded and tried again): without that
+        // minute here the run was cancelled before it could end, and said nothing of why.
+        .arg(format!(
+            "--test-timeout={}",
+            (patience() * 5 + QUOTA_MINUTE).as_millis()
+        ))
         .arg(dir.join("test").join(file));
     if let Some(c) = cluster {
         let nodes: Vec<_> = c
@@ -53,7 +62,7 @@ async fn node_test(file: &str, cluster: Option<&Cluster>) -> String {
         });
         cmd.env("WSROUTE_TEST_CLUSTER", env.to_string());
     }
-    let report = finish(cmd, file, patience() * 6).await;
+    let report = finish(cmd, file, patience() * 6 + QUOTA_MINUTE).await;
     eprintln!("{file}:\n{report}");
     assert!(report.contains("# fail 0"), "{report}");
     assert!(
