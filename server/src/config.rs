@@ -548,9 +548,7 @@ pub enum ConfigError {
     OutOfRange(&'static str, u64, u64, u64),
     #[error(transparent)]
     SecretFile(#[from] wsroute_core::secret::SecretError),
-    #[error(
-        "--webhook-url must be an http:// or https:// URL with a host, got {0:?}"
-    )]
+    #[error("--webhook-url must be an http:// or https:// URL with a host, got {0:?}")]
     WebhookUrl(String),
     #[error(
         "--webhook-url needs --webhook-secret (or --webhook-secret-file, WSROUTE_WEBHOOK_SECRET_FILE): the backend checks every event's signature with it"

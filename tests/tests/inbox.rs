@@ -67,7 +67,10 @@ async fn an_inbox_message_acked_later_tells_its_sender_received_and_read() {
     erin.send_json(json!({"type":"ack","id":id})).await;
     erin.send_json(json!({"type":"ack","id":id})).await; // a repeated ack tells nothing more
     let received = alice
-        .expect(|f| f["type"] == "receipt" && f["status"] == "received", "received")
+        .expect(
+            |f| f["type"] == "receipt" && f["status"] == "received",
+            "received",
+        )
         .await;
     assert_eq!(received["id"], id.as_str(), "{received}");
     assert_eq!(received["to"], "erin");

@@ -526,7 +526,9 @@ async fn events_reach_an_https_backend_whose_certificate_is_checked() {
     assert_eq!(seen.repeats, 0);
     assert_eq!(sent_untrusted, 0.0, "an untrusted certificate is refused");
     assert!(
-        seen.accepted.values().all(|e| e["user"] != "dave" && e["from"] != "dave"),
+        seen.accepted
+            .values()
+            .all(|e| e["user"] != "dave" && e["from"] != "dave"),
         "nothing of the untrusting node's reached the receiver"
     );
     alice.close().await;

@@ -13,7 +13,8 @@ pub const MAX_REF_BYTES: usize = 256;
 /// Every `type` a client may send. [`parse`] refuses any other as unknown, so a frame type that
 /// the parser learns is listed here or refused; `tests/protocol_doc.rs` checks each one is
 /// documented.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["send", "ack", "read", "ping", "refresh", "watch", "unwatch"];
+pub const CLIENT_FRAME_TYPES: &[&str] =
+    &["send", "ack", "read", "ping", "refresh", "watch", "unwatch"];
 
 /// Every `type` the server writes to a client: [`ServerFrame`]'s (see its `kind`, which a new
 /// variant must extend) and the `message` frame (`envelope.rs`). `tests/protocol_doc.rs` checks
