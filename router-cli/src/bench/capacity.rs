@@ -41,7 +41,13 @@ pub async fn run(c: Capacity) -> ConnectionsReport {
         IDLE_READ_BUFFER,
         Duration::from_secs(10),
     ));
+    let cpu_before = c.pid.and_then(cpu_seconds);
     let opened = conn::open_all(dialer, jobs, c.concurrency, true).await;
+    let cpu_connecting = c
+        .pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let connect = ConnectFigures::of(&opened);
 
     // Hold: every connection keeps reading (so pings are answered) and counts if it is dropped.
@@ -82,7 +88,23 @@ pub async fn run(c: Capacity) -> ConnectionsReport {
         pid: c.pid,
         rss_before,
         rss_holding,
+        cpu_connecting,
     }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in seconds. `/proc`
+/// counts it in USER_HZ ticks, which Linux fixes at 100 per second for user space.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    parse_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: count fields after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // fields 14 (utime) and 15 (stime)
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// `VmRSS` of a process, in bytes.
@@ -112,6 +134,20 @@ mod tests {
         let status = "Name:\twsroute-server\nVmPeak:\t  99 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        // A command name with a space and a parenthesis; utime 250 and stime 50 ticks.
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 5 6 7";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+        assert_eq!(parse_cpu_seconds("42 (x) S 1"), None);
+        assert_eq!(parse_cpu_seconds("no parenthesis"), None);
+    }
+
+    #[test]
+    fn our_own_cpu_time_is_readable() {
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]

@@ -337,6 +337,8 @@ pub struct ConnectionsReport {
     pub pid: Option<u32>,
     pub rss_before: Option<u64>,
     pub rss_holding: Option<u64>,
+    /// CPU seconds the node used while the connections opened (all its threads).
+    pub cpu_connecting: Option<f64>,
 }
 
 impl ConnectionsReport {
@@ -345,6 +347,13 @@ impl ConnectionsReport {
         let (before, after) = (self.rss_before?, self.rss_holding?);
         (self.connect.opened > 0)
             .then(|| (after as f64 - before as f64) / self.connect.opened as f64)
+    }
+
+    /// The node's CPU time per opened connection, in microseconds: what a connect costs the
+    /// node whatever else shares the machine (the load generator, Redis).
+    pub fn cpu_per_connect_us(&self) -> Option<f64> {
+        let cpu = self.cpu_connecting?;
+        (self.connect.opened > 0).then(|| cpu * 1e6 / self.connect.opened as f64)
     }
 
     pub fn problems(&self) -> Vec<String> {
@@ -378,6 +387,8 @@ impl ConnectionsReport {
             "rss_before_bytes": self.rss_before,
             "rss_holding_bytes": self.rss_holding,
             "rss_per_connection_bytes": self.bytes_per_connection().map(f64::round),
+            "node_cpu_s_connecting": self.cpu_connecting,
+            "node_cpu_us_per_connect": self.cpu_per_connect_us().map(f64::round),
         })
     }
 
@@ -406,6 +417,12 @@ impl ConnectionsReport {
             }
             (Some(pid), _, _) => println!("  node memory  cannot read /proc/{pid}/status"),
             (None, _, _) => println!("  node memory  not measured (give --pid PID)"),
+        }
+        if let (Some(cpu), Some(per)) = (self.cpu_connecting, self.cpu_per_connect_us()) {
+            println!(
+                "  node CPU     {cpu:.2}s while connecting: {per:.0} us per connect ({:.0} connects per CPU second)",
+                1e6 / per
+            );
         }
         print_verdict(&self.problems(), &[&self.connect.error_samples]);
     }
