@@ -25,25 +25,34 @@ const ID_CHARS: &str = "A-Z a-z 0-9 _ . @ : -";
 /// The characters of a `cid` (an id's, without `@`).
 const CID_CHARS: &str = "A-Z a-z 0-9 _ . : -";
 
-/// Whether `b` is one of [`ID_CHARS`].
-fn id_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-')
-}
+/// Which bytes may appear in an id: [`ID_CHARS`]. A table, so that checking an id (done several
+/// times per message: acks, mesh items, confirmations) is one load per byte, not a call.
+const ID_TABLE: [bool; 256] = char_table(true);
+/// Which bytes may appear in a `cid`: [`CID_CHARS`].
+const CID_TABLE: [bool; 256] = char_table(false);
 
-/// Whether `b` is one of [`CID_CHARS`].
-fn cid_char(b: u8) -> bool {
-    b != b'@' && id_char(b)
+const fn char_table(at_sign: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'_' | b'.' | b':' | b'-')
+            || (at_sign && c == b'@');
+        b += 1;
+    }
+    t
 }
 
 /// The id rules of docs/protocol.md ("Identifiers"): 1 to `max` bytes of `[A-Za-z0-9_.@:-]`.
 fn check(s: &str, max: usize) -> Result<(), IdError> {
-    check_chars(s, max, id_char, ID_CHARS)
+    check_chars(s, max, &ID_TABLE, ID_CHARS)
 }
 
 fn check_chars(
     s: &str,
     max: usize,
-    allowed: fn(u8) -> bool,
+    allowed: &[bool; 256],
     allowed_text: &'static str,
 ) -> Result<(), IdError> {
     if s.is_empty() {
@@ -52,7 +61,7 @@ fn check_chars(
     if s.len() > max {
         return Err(IdError::TooLong { len: s.len(), max });
     }
-    if !s.bytes().all(allowed) {
+    if !s.bytes().all(|b| allowed[usize::from(b)]) {
         return Err(IdError::BadChar {
             allowed: allowed_text,
         });
@@ -117,7 +126,7 @@ impl Cid {
     pub const MAX_BYTES: usize = 64;
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        check_chars(s, Self::MAX_BYTES, cid_char, CID_CHARS)?;
+        check_chars(s, Self::MAX_BYTES, &CID_TABLE, CID_CHARS)?;
         Ok(Self(Arc::from(s)))
     }
 
@@ -222,6 +231,34 @@ impl Default for IdGen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_allow_exactly_the_documented_characters() {
+        let documented = |b: u8, at: bool| {
+            b.is_ascii_uppercase()
+                || b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b"_.:-".contains(&b)
+                || (at && b == b'@')
+        };
+        for b in 0..=255u8 {
+            assert_eq!(ID_TABLE[usize::from(b)], documented(b, true), "id byte {b}");
+            assert_eq!(
+                CID_TABLE[usize::from(b)],
+                documented(b, false),
+                "cid byte {b}"
+            );
+            let one = [b];
+            if let Ok(text) = std::str::from_utf8(&one) {
+                assert_eq!(MsgId::parse(text).is_ok(), documented(b, true), "byte {b}");
+                assert_eq!(Cid::parse(text).is_ok(), documented(b, false), "byte {b}");
+            }
+        }
+        assert!(
+            UserId::parse("é").is_err(),
+            "no byte of a multi-byte character is allowed"
+        );
+    }
 
     #[test]
     fn generated_ids_are_tag_prefix_and_counter_in_hex() {

@@ -34,7 +34,7 @@ pub struct Confirmation {
 /// One bounded queue per peer with an open stream to this node.
 #[derive(Default)]
 pub struct Confirms {
-    links: DashMap<NodeId, mpsc::Sender<Confirmation>>,
+    links: DashMap<NodeId, mpsc::Sender<Confirmation>, foldhash::quality::RandomState>,
 }
 
 impl Confirms {

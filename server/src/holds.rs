@@ -114,7 +114,7 @@ pub struct Holds {
 /// Early confirmations by id, and their arrival order (the oldest is let go first).
 #[derive(Default)]
 struct Early {
-    by_id: HashMap<MsgId, Confirmation>,
+    by_id: HashMap<MsgId, Confirmation, foldhash::quality::RandomState>,
     order: VecDeque<MsgId>,
 }
 

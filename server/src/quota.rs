@@ -87,7 +87,7 @@ pub struct StoreQuota {
     /// sends touch it, and each only its own user's entry. Bounded by the senders active within
     /// a minute: once the map reaches `sweep_at`, buckets that have refilled (the same as no
     /// bucket) are removed, and the next sweep waits until the map has doubled again.
-    users: DashMap<UserId, Bucket>,
+    users: DashMap<UserId, Bucket, foldhash::quality::RandomState>,
     sweep_at: AtomicUsize,
     /// The API key's bucket: one key, one bucket (a mutex held for a few instructions).
     api: Mutex<Bucket>,
@@ -101,7 +101,7 @@ impl StoreQuota {
             api_per_minute,
             user_rate: Rate::per_minute(user_per_minute),
             api_rate,
-            users: DashMap::new(),
+            users: DashMap::default(),
             sweep_at: AtomicUsize::new(MIN_SWEEP),
             api: Mutex::new(api_rate.full(Instant::now())),
         }

@@ -271,9 +271,9 @@ pub enum DeliverError {
 /// across an `.await`.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    by_conn: DashMap<ConnId, SessionHandle>,
+    by_conn: DashMap<ConnId, SessionHandle, foldhash::quality::RandomState>,
     /// Small vectors: a user rarely holds more than a few devices on one node.
-    by_user: DashMap<UserId, Vec<ConnId>>,
+    by_user: DashMap<UserId, Vec<ConnId>, foldhash::quality::RandomState>,
     count: AtomicUsize,
     /// Woken whenever the last connection leaves (a drain waits on it).
     emptied: Notify,

@@ -103,7 +103,7 @@ pub struct PeerPool {
     me: NodeId,
     /// Where to dial a peer met for the first time (or moved).
     nodes: NodeReader,
-    peers: DashMap<NodeId, Peer>,
+    peers: DashMap<NodeId, Peer, foldhash::quality::RandomState>,
     secret: Option<Arc<str>>,
     /// TLS for dialling peers (`https://`), when the node runs its gRPC listener with TLS.
     tls: Option<tonic::transport::ClientTlsConfig>,
@@ -140,7 +140,7 @@ impl PeerPool {
         Self {
             me,
             nodes,
-            peers: DashMap::new(),
+            peers: DashMap::default(),
             secret: secret.map(Arc::from),
             tls,
             batch_max,

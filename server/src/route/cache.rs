@@ -17,7 +17,7 @@ const EPOCH_STRIPES: usize = 256;
 /// Cached routes. Only users with at least one connection are cached: "offline" is never cached,
 /// so a user who comes online is found at once.
 pub struct RouteCache {
-    map: DashMap<UserId, Arc<[Route]>>,
+    map: DashMap<UserId, Arc<[Route]>, foldhash::quality::RandomState>,
     /// Invalidation counters, striped by user: a lookup that started before an invalidation of
     /// its user must not store what it read, since the read may predate the change (see
     /// [`RouteCache::epoch`]). Striped, so that other users' connects and disconnects (constant
@@ -25,16 +25,16 @@ pub struct RouteCache {
     epochs: Box<[AtomicU64]>,
     /// Nodes found dead (a forward failed and their lease is gone): their routes are ignored
     /// until the sweep removes them or the node registers again (`NodeUp`).
-    dead: DashMap<NodeId, ()>,
+    dead: DashMap<NodeId, (), foldhash::quality::RandomState>,
     metrics: Metrics,
 }
 
 impl RouteCache {
     pub fn new(metrics: Metrics) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::default(),
             epochs: (0..EPOCH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            dead: DashMap::new(),
+            dead: DashMap::default(),
             metrics,
         }
     }
