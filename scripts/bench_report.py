@@ -79,12 +79,13 @@ def main(path):
             conns[r["label"]].append(r["result"])
     if conns:
         print()
-        print("| label | idle connections | runs | opened (median) | connect rate /s | node RSS bytes per connection |")
-        print("|---|---|---|---|---|---|")
+        print("| label | idle connections | runs | opened (median) | connect rate /s | node CPU us per connect | node RSS bytes per connection |")
+        print("|---|---|---|---|---|---|---|")
         for label, cs in conns.items():
             print(f"| {label} | {cs[0].get('requested')} | {len(cs)} "
                   f"| {fmt(med([c.get('connections') for c in cs]))} "
                   f"| {fmt(med([c.get('connect', {}).get('per_second') for c in cs]))} "
+                  f"| {fmt(med([c.get('node_cpu_us_per_connect') for c in cs]))} "
                   f"| {fmt(med([c.get('rss_per_connection_bytes') for c in cs]))} |")
 
     ceiling_ratio(groups)
