@@ -28,7 +28,9 @@
 //   with code `timeout` and leaves the outbox; one acked `delivered` leaves the outbox after
 //   `receiptTimeoutMs` without a receipt or a reconnect (`stats.expired`: its connection, and so
 //   its node, lived on, and the server keeps what it acked). The first ack settles the send's
-//   promise: a rejected first send is not resent (the app has its reason).
+//   promise: a rejected first send is not resent (the app has its reason). A send whose first
+//   transmission got no answer (its connection died) and whose resend is refused for a passing
+//   reason is tried again like any resend; its promise waits for the answer to a later try.
 // - Pings every `heartbeat_ms` from `hello`, and reconnects when the server stays silent for two.
 // - Reconnects after any close with exponential back-off and full jitter (a random wait between
 //   0 and min(maxBackoffMs, minBackoffMs * 2^failures)); a connection that reached `hello`
@@ -243,6 +245,10 @@ export class WsRouteClient {
     if (this._outbox.get(entry.cid) !== entry) return;
     this.stats.acked += 1;
     const confirmed = f.status === "delivered" && this._confirmed.has(f.id);
+    if (!entry.ack && f.status === "rejected" && this._retransmitted(entry, f.error?.code)) {
+      this._resendRefused(entry, f.error?.code, f.error?.message);
+      return;
+    }
     if (!entry.ack) {
       // The first answer is the app's; a `delivered` one waits in the outbox for its receipt.
       entry.ack = f;
@@ -258,6 +264,16 @@ export class WsRouteClient {
     // it again, and does not ack it again.)
     if (f.status === "rejected") this._resendRefused(entry, f.error?.code, f.error?.message);
     else this._settle(entry);
+  }
+
+  /**
+   * Whether a refusal of `entry` is the refusal of this client's own resend, made after a reconnect
+   * because the first transmission got no answer, for a passing reason: such a resend is tried
+   * again, as any resend is, rather than ending a send the app made once (the first answer the
+   * app gets is then the one to a later try).
+   */
+  _retransmitted(entry, code) {
+    return entry.transmissions > 1 && RETRYABLE.has(code);
   }
 
   _awaitReceipt(entry) {
@@ -453,7 +469,7 @@ export class WsRouteClient {
   _onError(f) {
     const err = failure(f.code, `${f.code}: ${f.message}`);
     const entry = f.ref != null && this._refs.get(f.ref);
-    if (entry && entry.ack) {
+    if (entry && (entry.ack || this._retransmitted(entry, f.code))) {
       this._refs.delete(f.ref);
       this._resendRefused(entry, f.code, f.message);
     } else if (entry) {

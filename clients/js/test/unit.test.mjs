@@ -288,6 +288,41 @@ test("a resend refused for a passing reason is tried again after a back-off; for
   c.close();
 });
 
+test("a send whose connection died before its ack, resent and refused for a passing reason, is tried again; its promise waits for a later answer", async () => {
+  const errors = [];
+  const c = client({ onError: (e) => errors.push(e), minBackoffMs: 1, maxBackoffMs: 5 });
+  let ws = c.socket();
+  ws.hello();
+  let answer = null;
+  const sending = c.send("bob", "late").then((a) => (answer = a));
+  const refusedFirst = c.send("bob", "first");
+  await settled();
+  const [late, first] = ws.sends();
+  // A first send refused is the app's answer, passing reason or not: not resent.
+  ws.frame({ type: "ack", ref: first.ref, id: `m-${first.cid}`, status: "rejected", devices: 0, error: { code: "quota_exceeded", message: "no" } });
+  assert.equal((await refusedFirst).status, "rejected");
+  // The other one's connection dies before its ack; its resend is refused twice (an ack, then
+  // an error frame), both for passing reasons.
+  ws.drop();
+  ws = await c.reopen();
+  await settled();
+  const [resent] = ws.sends();
+  assert.equal(resent.cid, late.cid);
+  ws.frame({ type: "ack", ref: resent.ref, id: `m-${late.cid}`, status: "rejected", devices: 0, error: { code: "quota_exceeded", message: "over the minute's quota" } });
+  await settled();
+  assert.equal(answer, null, "the app is not told rejected");
+  assert.equal(c.outboxSize, 1);
+  const again = await ws.sentFrame((f) => f.type === "send" && f.cid === late.cid && f.ref !== resent.ref);
+  ws.frame({ type: "error", code: "rate_limited", message: "slow down", ref: again.ref });
+  const third = await ws.sentFrame((f) => f.type === "send" && f.cid === late.cid && f.ref !== resent.ref && f.ref !== again.ref);
+  ws.ack(third, "stored");
+  assert.equal((await sending).status, "stored");
+  assert.equal(c.outboxSize, 0);
+  assert.equal(c.stats.refused, 2);
+  assert.deepEqual(errors, []);
+  c.close();
+});
+
 test("a send fails with code timeout when no ack comes in time, connected or not, and leaves the outbox", async () => {
   const c = client({ ackTimeoutMs: 20 });
   await assert.rejects(c.send("bob", 1), (e) => e.code === "timeout" && /no ack for .* within 20 ms/.test(e.message));
