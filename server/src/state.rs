@@ -210,9 +210,10 @@ impl NodeState {
         Ok(nodes)
     }
 
-    /// The live, non-draining node with the fewest connections, other than `exclude`:
-    /// `(node id, public url)`, from a node list at most [`NODES_FRESH`] old (this node's own
-    /// figures are read live).
+    /// The live, non-draining node with the fewest connections, other than `exclude` and other
+    /// than peers this node just failed to reach: `(node id, public url)`, from a node list at
+    /// most [`NODES_FRESH`] old (this node's own figures are read live). Ties go to this node,
+    /// then to a random one of the others.
     pub async fn pick_node(
         &self,
         exclude: Option<&NodeId>,
@@ -230,16 +231,29 @@ impl NodeState {
             })
             .filter(|n| Some(&n.node) != exclude)
             .filter(|n| n.node != self.node || self.accepting())
+            // A peer this node just failed to reach is likely dead though its lease runs on.
+            .filter(|n| n.node == self.node || !self.delivery.peers.unreachable(&n.node))
             .map(|n| {
-                let conns = if n.node == self.node {
+                let me = n.node == self.node;
+                let conns = if me {
                     self.sessions.len() as u64
                 } else {
                     n.connections
                 };
-                (conns, n.node.to_string(), n.public_url.clone())
+                // Fewest connections first. Among equals this node first: it is the one node
+                // known to be alive (it is answering), where another's count may be a record a
+                // killed node left behind until its lease ends. Then at random, so that clients
+                // spread instead of all taking the first name.
+                (
+                    conns,
+                    !me,
+                    rand::random::<u32>(),
+                    n.node.to_string(),
+                    n.public_url.clone(),
+                )
             })
             .min()
-            .map(|(_, node, url)| (node, url)))
+            .map(|(_, _, _, node, url)| (node, url)))
     }
 
     /// Puts this node and every connection it holds (back) into the route table.

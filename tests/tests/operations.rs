@@ -188,6 +188,62 @@ async fn gateway_names_the_live_node_with_fewest_connections() {
     }
 }
 
+/// Equal counts go to the node answering: the one node surely alive. Before this, ties went to
+/// the first name, and a node killed before its record counted its clients was named by every
+/// gateway until its lease ran out (15 s), sending reconnecting clients to a dead address; a CI
+/// run lost the JS outbox test's recipient to it for those 15 s.
+#[tokio::test]
+async fn a_gateway_names_itself_among_equals() {
+    let c = Cluster::start(3).await;
+    for asked in [2, 3] {
+        for _ in 0..10 {
+            let (s, v) = get_json(&c.node(asked).http("/gateway")).await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(v["node"], format!("node{asked}"), "{v}");
+            assert_eq!(v["url"], c.node(asked).ws(""));
+        }
+    }
+}
+
+/// A node whose mesh link to a peer just failed does not send clients there, though the peer's
+/// lease (and so its record with a low count) runs on for seconds.
+#[tokio::test]
+async fn a_gateway_does_not_name_a_peer_it_just_failed_to_reach() {
+    let mut c = Cluster::start(3).await;
+    let mut held = Vec::new();
+    for (node, users) in [(2, 1), (3, 2)] {
+        for u in 0..users {
+            held.push(Client::connect(&c.node(node).ws_user(&format!("u{node}-{u}"))).await);
+        }
+    }
+    let _alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    // node1 holds 1, node2 2, node3 2: once the counts reach Redis, node2 names node1.
+    let url = c.node(2).http("/gateway");
+    eventually("node2's gateway names node1", || {
+        let url = url.clone();
+        async move {
+            let (s, v) = get_json(&url).await;
+            (s == 200 && v["node"] == "node1").then_some(())
+        }
+    })
+    .await;
+    c.nodes[0].kill();
+    // Bob's message to alice finds node1 gone: stored, and node2 now knows node1 is unreachable.
+    assert_eq!(
+        bob.send_and_ack("alice", json!(1)).await["status"],
+        "stored"
+    );
+    for _ in 0..10 {
+        let (s, v) = get_json(&url).await;
+        assert_eq!(s, 200, "{v}");
+        assert_ne!(
+            v["node"], "node1",
+            "named the node it just failed to reach: {v}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn probes_and_metrics_tell_the_truth() {
     let c = Cluster::start(2).await;

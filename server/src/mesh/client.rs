@@ -299,6 +299,14 @@ impl PeerPool {
         }
     }
 
+    /// Whether this node's last attempt to reach `node` over the mesh failed (and nothing has
+    /// re-resolved it since): a node to not send clients to.
+    pub fn unreachable(&self, node: &NodeId) -> bool {
+        self.peers
+            .get(node)
+            .is_some_and(|p| p.suspect.load(Ordering::Relaxed))
+    }
+
     /// Every peer this node has dialled, and the state of its link.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut peers: Vec<PeerStatus> = self
