@@ -1,11 +1,13 @@
 //! The message in flight: who sent it, to whom, and the body passed through untouched; its
 //! `message` frame encoding. (Its mesh form is in `mesh::wire`.)
 
+use std::fmt::Write as _;
+
 use bytestring::ByteString;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::ids::{MsgId, UserId};
+use crate::json_text;
 
 #[derive(Debug, Clone)]
 pub struct Envelope {
@@ -21,7 +23,9 @@ pub struct Envelope {
     pub body: Box<RawValue>,
 }
 
-#[derive(Serialize)]
+/// The `message` frame's serde form: what [`Envelope::frame`] writes by hand, byte for byte.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct MessageFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -48,17 +52,22 @@ impl Envelope {
 
     /// The `message` frame, encoded once and shared by every connection it goes to.
     pub fn frame(&self) -> ByteString {
-        let text = serde_json::to_string(&MessageFrame {
-            kind: "message",
-            id: self.id.as_str(),
-            from: self.from.as_str(),
-            to: self.to.as_str(),
-            ts: self.ts_ms,
-            body: &self.body,
-        })
-        .expect(
-            "a message frame always serializes: ids are plain strings and the body is valid JSON",
+        let body = self.body.get();
+        let mut text = String::with_capacity(
+            80 + self.id.as_str().len()
+                + self.from.as_str().len()
+                + self.to.as_str().len()
+                + body.len(),
         );
+        text.push_str(r#"{"type":"message","id":"#);
+        json_text::push_str(&mut text, self.id.as_str());
+        text.push_str(r#","from":"#);
+        json_text::push_str(&mut text, self.from.as_str());
+        text.push_str(r#","to":"#);
+        json_text::push_str(&mut text, self.to.as_str());
+        let _ = write!(text, r#","ts":{},"body":"#, self.ts_ms);
+        text.push_str(body);
+        text.push('}');
         ByteString::from(text)
     }
 }
@@ -117,5 +126,32 @@ pub(crate) mod tests {
         assert_eq!(v["to"], "bob");
         assert_eq!(v["ts"], 7);
         assert_eq!(v["body"]["text"], "hi \"there\"");
+    }
+
+    #[test]
+    fn frame_is_what_serde_writes() {
+        let mut e = env();
+        for body in [
+            r#"{"text":"hi \"there\""}"#,
+            "1",
+            "[1,2]",
+            r#""é\u0001""#,
+            "null",
+        ] {
+            for ts in [0, 7, -3, i64::MAX] {
+                e.body = RawValue::from_string(body.into()).expect("json");
+                e.ts_ms = ts;
+                let serde = serde_json::to_string(&MessageFrame {
+                    kind: "message",
+                    id: e.id.as_str(),
+                    from: e.from.as_str(),
+                    to: e.to.as_str(),
+                    ts: e.ts_ms,
+                    body: &e.body,
+                })
+                .expect("json");
+                assert_eq!(&*e.frame(), serde.as_str());
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@
 //!   session table);
 //! - `webhooks` (events to the app's backend: written beside the route and inbox changes that
 //!   cause them, delivered from a Redis stream by every node);
-//! - plain types: `envelope`, `ids` (the core's, re-exported), `error` (every code a client or
+//! - plain types: `envelope`, `json_text` (hand-written JSON for the per-message frames), `ids` (the core's, re-exported), `error` (every code a client or
 //!   caller sees, and the HTTP and gRPC refusals), `bearer` (secret checks), `metrics`, `config`.
 //!
 //! Below all of them, in the `wsroute-core` crate (shared with router-cli and the tests): the
@@ -38,6 +38,7 @@ pub mod handover;
 pub mod holds;
 pub mod ids;
 pub mod inbox;
+pub mod json_text;
 pub mod keeper;
 pub mod local;
 pub mod mesh;

@@ -1,0 +1,42 @@
+//! Writing JSON text by hand for the frames sent for every message (`ack`, `receipt`,
+//! `message`): byte for byte what serde_json writes, without its serializer's per-field work.
+//! Tests beside each frame hold the two equal.
+
+/// Appends `s` as a JSON string, as serde_json writes it: as it is when nothing in it needs an
+/// escape (ids never do: see `wsroute_core::ids`), else through serde_json.
+pub fn push_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
+    }
+}
+
+/// Appends `s` as a JSON string, or `null`.
+pub fn push_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut all: Vec<String> = (0u8..=127).map(|b| char::from(b).to_string()).collect();
+        all.extend(["", "plain", "é ☃ /", "a\"b\\c\u{1f}"].map(String::from));
+        for s in &all {
+            let mut out = String::new();
+            push_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("json"), "{s:?}");
+        }
+        let mut out = String::new();
+        push_opt(&mut out, None);
+        assert_eq!(out, "null");
+    }
+}
