@@ -1,8 +1,6 @@
 //! The message in flight: who sent it, to whom, and the body passed through untouched; its
 //! `message` frame encoding. (Its mesh form is in `mesh::wire`.)
 
-use std::fmt::Write as _;
-
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 
@@ -52,23 +50,21 @@ impl Envelope {
 
     /// The `message` frame, encoded once and shared by every connection it goes to.
     pub fn frame(&self) -> ByteString {
-        let body = self.body.get();
-        let mut text = String::with_capacity(
-            80 + self.id.as_str().len()
-                + self.from.as_str().len()
-                + self.to.as_str().len()
-                + body.len(),
+        let (id, from, to, body) = (
+            self.id.as_str(),
+            self.from.as_str(),
+            self.to.as_str(),
+            self.body.get(),
         );
-        text.push_str(r#"{"type":"message","id":"#);
-        json_text::push_str(&mut text, self.id.as_str());
-        text.push_str(r#","from":"#);
-        json_text::push_str(&mut text, self.from.as_str());
-        text.push_str(r#","to":"#);
-        json_text::push_str(&mut text, self.to.as_str());
-        let _ = write!(text, r#","ts":{},"body":"#, self.ts_ms);
-        text.push_str(body);
-        text.push('}');
-        ByteString::from(text)
+        let room = 80 + id.len() + from.len() + to.len() + body.len();
+        json_text::Object::new("message", room)
+            .str("id", id)
+            .str("from", from)
+            .str("to", to)
+            .num("ts", self.ts_ms)
+            .raw("body", body)
+            .end()
+            .into()
     }
 }
 

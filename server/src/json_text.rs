@@ -2,6 +2,8 @@
 //! `message`): byte for byte what serde_json writes, without its serializer's per-field work.
 //! Tests beside each frame hold the two equal.
 
+use std::fmt::Write as _;
+
 /// Appends `s` as a JSON string, as serde_json writes it: as it is when nothing in it needs an
 /// escape (ids never do: see `wsroute_core::ids`), else through serde_json.
 pub fn push_str(out: &mut String, s: &str) {
@@ -19,6 +21,60 @@ pub fn push_opt(out: &mut String, s: Option<&str>) {
     match s {
         Some(s) => push_str(out, s),
         None => out.push_str("null"),
+    }
+}
+
+/// A JSON object written field by field: `{"type":KIND` first, then each field in the order
+/// given. Keys are the frames' own names (plain words, written as they are).
+pub struct Object(String);
+
+impl Object {
+    /// An object of `type` `kind`, with room for `capacity` bytes.
+    pub fn new(kind: &str, capacity: usize) -> Self {
+        let mut out = String::with_capacity(capacity);
+        out.push_str(r#"{"type":"#);
+        push_str(&mut out, kind);
+        Self(out)
+    }
+
+    fn key(&mut self, key: &str) {
+        self.0.push_str(",\"");
+        self.0.push_str(key);
+        self.0.push_str("\":");
+    }
+
+    /// A string field.
+    pub fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        push_str(&mut self.0, value);
+        self
+    }
+
+    /// A string field, or `null`.
+    pub fn opt(mut self, key: &str, value: Option<&str>) -> Self {
+        self.key(key);
+        push_opt(&mut self.0, value);
+        self
+    }
+
+    /// A number field.
+    pub fn num(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.key(key);
+        let _ = write!(self.0, "{value}");
+        self
+    }
+
+    /// A field whose value is JSON text already (a message's body, checked when it came in).
+    pub fn raw(mut self, key: &str, json: &str) -> Self {
+        self.key(key);
+        self.0.push_str(json);
+        self
+    }
+
+    /// The finished text.
+    pub fn end(mut self) -> String {
+        self.0.push('}');
+        self.0
     }
 }
 
