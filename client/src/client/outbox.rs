@@ -1,6 +1,7 @@
 //! The outbox: every send the app made that is not yet known to be safe. A send is safe once it
 //! was acked `stored` (it is in the recipient's inbox in Redis), or acked `delivered` and then
-//! confirmed by a `received`, `read` or `stored` receipt; a non-retryable rejection ends it too.
+//! confirmed by a `received`, `read` or `stored` receipt; a non-retryable rejection ends it too
+//! (a resend refused for a quota or a full inbox is retried: see [`RETRYABLE_RESEND`]).
 //! Until then it stays here, and after a reconnect it is written again with its `cid`, so that
 //! a message only the sender's client still holds (the node holding both ends died) is not lost:
 //! the same `cid` gives the same `id`, and the recipient's client drops a copy it already has.
@@ -17,6 +18,10 @@ use crate::frame::{Ack, AckStatus, ClientFrame, Receipt};
 
 /// Rejections worth trying again later instead of reporting: the node was busy or leaving.
 const RETRYABLE: [&str; 3] = ["rate_limited", "draining", "unavailable"];
+
+/// Rejections that pass with time (a sender's quota per minute, a full inbox being read): a
+/// resend refused for one of them is tried again. A first send refused so is the app's answer.
+const RETRYABLE_RESEND: [&str; 2] = ["quota_exceeded", "inbox_full"];
 
 /// Where a send is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,8 @@ struct Entry {
     stage: Stage,
     /// The app's [`crate::PendingAck`], answered by the first final ack.
     waiter: Option<oneshot::Sender<Result<Ack, SendError>>>,
+    /// How many times it was written (more than once: resent after a reconnect or a refusal).
+    written: u32,
 }
 
 /// Bounded: [`Outbox::push`] refuses a send past `capacity` with [`SendError::OutboxFull`];
@@ -106,6 +113,7 @@ impl Outbox {
                 body,
                 stage: Stage::Unsent { not_before: None },
                 waiter: Some(tx),
+                written: 0,
             },
         );
         Ok((cid, rx))
@@ -119,6 +127,7 @@ impl Outbox {
                 && not_before.is_none_or(|t| t <= now)
             {
                 e.stage = Stage::Written;
+                e.written += 1;
                 out.push(ClientFrame::Send {
                     to: e.to.clone(),
                     reference: Some(e.cid.clone()),
@@ -171,11 +180,16 @@ impl Outbox {
                     }
                 }
             }
+            // Retried: a refusal that passes, or one that passes with time when the send is
+            // this client's own resend (the app has had its answer, or its first try got none:
+            // the node that had it died). Ending those would drop the only copy unannounced.
             AckStatus::Rejected
-                if ack
-                    .error
-                    .as_ref()
-                    .is_some_and(|err| RETRYABLE.contains(&err.code.as_str())) =>
+                if ack.error.as_ref().is_some_and(|err| {
+                    let code = err.code.as_str();
+                    RETRYABLE.contains(&code)
+                        || ((e.waiter.is_none() || e.written > 1)
+                            && RETRYABLE_RESEND.contains(&code))
+                }) =>
             {
                 e.stage = Stage::Unsent {
                     not_before: Some(retry_at),
@@ -354,5 +368,57 @@ mod tests {
         assert!(o.has_waiting());
         assert!(o.due(now).is_empty());
         assert_eq!(o.due(later).len(), 1);
+    }
+
+    #[test]
+    fn a_resend_refused_for_a_quota_is_tried_again_a_first_send_is_answered() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        let mut o = Outbox::new(5, "p".into());
+        let (first, mut w_first) = o.push("a".into(), json!(0), None).expect("room");
+        let (acked, mut w_acked) = o.push("a".into(), json!(1), None).expect("room");
+        let (unanswered, mut w_unanswered) = o.push("a".into(), json!(2), None).expect("room");
+        assert_eq!(o.due(now).len(), 3);
+        // A first send over the quota: the app's answer, not resent.
+        o.acked(
+            &ack(&first, AckStatus::Rejected, "", Some("quota_exceeded")),
+            later,
+        );
+        assert_eq!(
+            w_first.try_recv().expect("answered").expect("ack").status,
+            AckStatus::Rejected
+        );
+        // One acked delivered, one with no answer; then the connection dies.
+        o.acked(&ack(&acked, AckStatus::Delivered, "m1", None), later);
+        assert_eq!(
+            w_acked.try_recv().expect("answered").expect("ack").status,
+            AckStatus::Delivered
+        );
+        o.reconnected();
+        assert_eq!(o.due(now).len(), 2, "both resent");
+        // Both resends refused for the quota (or a full inbox): both wait and go again.
+        o.acked(
+            &ack(&acked, AckStatus::Rejected, "", Some("quota_exceeded")),
+            later,
+        );
+        o.acked(
+            &ack(&unanswered, AckStatus::Rejected, "", Some("inbox_full")),
+            later,
+        );
+        assert!(w_unanswered.try_recv().is_err(), "not answered yet");
+        assert_eq!(o.len(), 2);
+        assert!(o.due(now).is_empty());
+        assert_eq!(o.due(later).len(), 2);
+        o.acked(&ack(&acked, AckStatus::Stored, "m1", None), later);
+        o.acked(&ack(&unanswered, AckStatus::Stored, "m2", None), later);
+        assert_eq!(
+            w_unanswered
+                .try_recv()
+                .expect("answered")
+                .expect("ack")
+                .status,
+            AckStatus::Stored
+        );
+        assert_eq!(o.len(), 0);
     }
 }
