@@ -233,27 +233,20 @@ impl NodeState {
             .filter(|n| n.node != self.node || self.accepting())
             // A peer this node just failed to reach is likely dead though its lease runs on.
             .filter(|n| n.node == self.node || !self.delivery.peers.unreachable(&n.node))
-            .map(|n| {
+            // Fewest connections first. Among equals this node first: it is the one node known
+            // to be alive (it is answering), where another's count may be a record a killed node
+            // left behind until its lease ends. Then at random, so that clients spread instead
+            // of all taking the first name.
+            .min_by_key(|n| {
                 let me = n.node == self.node;
                 let conns = if me {
                     self.sessions.len() as u64
                 } else {
                     n.connections
                 };
-                // Fewest connections first. Among equals this node first: it is the one node
-                // known to be alive (it is answering), where another's count may be a record a
-                // killed node left behind until its lease ends. Then at random, so that clients
-                // spread instead of all taking the first name.
-                (
-                    conns,
-                    !me,
-                    rand::random::<u32>(),
-                    n.node.to_string(),
-                    n.public_url.clone(),
-                )
+                (conns, !me, rand::random::<u32>())
             })
-            .min()
-            .map(|(_, _, _, node, url)| (node, url)))
+            .map(|n| (n.node.to_string(), n.public_url.clone())))
     }
 
     /// Puts this node and every connection it holds (back) into the route table.

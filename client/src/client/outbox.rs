@@ -264,6 +264,11 @@ mod tests {
         }
     }
 
+    /// The status the app was answered with (panics if it was not answered).
+    fn answered(w: &mut oneshot::Receiver<Result<Ack, SendError>>) -> AckStatus {
+        w.try_recv().expect("answered").expect("ack").status
+    }
+
     fn receipt(id: &str) -> Receipt {
         Receipt {
             id: id.into(),
@@ -361,10 +366,7 @@ mod tests {
             later,
         );
         assert!(w1.try_recv().is_err(), "not answered yet");
-        assert_eq!(
-            w2.try_recv().expect("answered").expect("ack").status,
-            AckStatus::Rejected
-        );
+        assert_eq!(answered(&mut w2), AckStatus::Rejected);
         assert!(o.has_waiting());
         assert!(o.due(now).is_empty());
         assert_eq!(o.due(later).len(), 1);
@@ -384,16 +386,10 @@ mod tests {
             &ack(&first, AckStatus::Rejected, "", Some("quota_exceeded")),
             later,
         );
-        assert_eq!(
-            w_first.try_recv().expect("answered").expect("ack").status,
-            AckStatus::Rejected
-        );
+        assert_eq!(answered(&mut w_first), AckStatus::Rejected);
         // One acked delivered, one with no answer; then the connection dies.
         o.acked(&ack(&acked, AckStatus::Delivered, "m1", None), later);
-        assert_eq!(
-            w_acked.try_recv().expect("answered").expect("ack").status,
-            AckStatus::Delivered
-        );
+        assert_eq!(answered(&mut w_acked), AckStatus::Delivered);
         o.reconnected();
         assert_eq!(o.due(now).len(), 2, "both resent");
         // Both resends refused for the quota (or a full inbox): both wait and go again.
