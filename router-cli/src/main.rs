@@ -17,7 +17,7 @@ mod webhooks;
 use std::process::ExitCode;
 
 /// The load generator shares the machine with the nodes it measures: a cheaper allocator leaves
-/// them more CPU (the nodes use the same one).
+/// them more CPU. (The nodes use the system allocator; see BENCHMARKS.md, session 8.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -106,6 +106,7 @@ enum RoutesCommand {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -134,6 +135,16 @@ fn main() -> ExitCode {
 
 /// Help and version go out as clap prints them; a usage error becomes one line on stderr and
 /// exit 2 (the contract), without clap's usage block.
+/// Keeps this process's memory in 4 KiB pages. mimalloc asks the kernel for transparent huge
+/// pages, so each fresh 2 MiB of heap is faulted in and zeroed at once; opening 15,000
+/// connections that cost the load generator about a quarter of its kernel time (BENCHMARKS.md,
+/// session 9), CPU taken from the node it measures on the same cores. Failure (an old kernel)
+/// only leaves that cost in place.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
