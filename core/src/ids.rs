@@ -81,6 +81,10 @@ macro_rules! id_type {
                 check(s, $max)?;
                 Ok(Self(Arc::from(s)))
             }
+            /// Whether `s` would parse, without making the id (no allocation).
+            pub fn validate(s: &str) -> Result<(), IdError> {
+                check(s, $max)
+            }
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -290,6 +294,21 @@ mod tests {
             UserId::parse(&"x".repeat(129)),
             Err(IdError::TooLong { len: 129, max: 128 })
         );
+        for s in [
+            "bob",
+            "a.b@c:d-e_f9",
+            "",
+            "bo b",
+            "bob\"",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(
+                UserId::validate(s),
+                UserId::parse(s).map(drop),
+                "validate and parse agree on {s:?}"
+            );
+        }
     }
 
     #[test]

@@ -126,7 +126,7 @@ mod tests {
         assert!(b.is_empty());
         b.push(waiting("a5", 100)).expect("room again");
         b.put_back(taken[1..].to_vec());
-        let ids: Vec<String> = b.take().iter().map(|w| w.id.to_string()).collect();
+        let ids: Vec<String> = b.take().iter().map(|w| w.id.as_str().to_owned()).collect();
         assert_eq!(ids, ["a2", "a3", "a5"]);
     }
 }

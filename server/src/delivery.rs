@@ -357,8 +357,8 @@ impl Delivery {
         let mut remote: Vec<(&NodeId, Vec<String>)> = Vec::new();
         for r in routes.iter().filter(|r| r.node != self.node) {
             match remote.iter_mut().find(|(n, _)| **n == r.node) {
-                Some((_, conns)) => conns.push(r.conn.to_string()),
-                None => remote.push((&r.node, vec![r.conn.to_string()])),
+                Some((_, conns)) => conns.push(r.conn.as_str().to_owned()),
+                None => remote.push((&r.node, vec![r.conn.as_str().to_owned()])),
             }
         }
         for (node, conns) in remote {
@@ -388,7 +388,7 @@ impl Delivery {
             if r.node == self.node {
                 local.push(r.conn.clone());
             } else {
-                let conn = r.conn.to_string();
+                let conn = r.conn.as_str().to_owned();
                 match remote.iter_mut().find(|(n, _)| **n == r.node) {
                     Some((_, conns)) => conns.push(conn),
                     None => remote.push((&r.node, vec![conn])),

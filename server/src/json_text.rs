@@ -2,8 +2,6 @@
 //! `message`): byte for byte what serde_json writes, without its serializer's per-field work.
 //! Tests beside each frame hold the two equal.
 
-use std::fmt::Write as _;
-
 /// Appends `s` as a JSON string, as serde_json writes it: as it is when nothing in it needs an
 /// escape (ids never do: see `wsroute_core::ids`), else through serde_json.
 pub fn push_str(out: &mut String, s: &str) {
@@ -58,9 +56,9 @@ impl Object {
     }
 
     /// A number field.
-    pub fn num(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+    pub fn num(mut self, key: &str, value: impl itoa::Integer) -> Self {
         self.key(key);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(itoa::Buffer::new().format(value));
         self
     }
 

@@ -52,7 +52,7 @@ impl LocalAttempt {
             };
             match sessions.deliver(conn, item) {
                 Ok(()) => attempt.waiters.push(waiter),
-                Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
+                Err(DeliverError::Gone) => attempt.gone.push(conn.as_str().to_owned()),
                 // A slow consumer: not written, but the connection is still there.
                 Err(DeliverError::Full) => {
                     tracing::warn!(conn_id = %conn, msg_id = %msg.id, "connection queue full; not delivered there");
@@ -78,7 +78,7 @@ impl LocalAttempt {
         for conn in conns {
             match sessions.notice(conn, frame.clone()) {
                 Ok(()) => attempt.queued += 1,
-                Err(DeliverError::Gone) => attempt.gone.push(conn.to_string()),
+                Err(DeliverError::Gone) => attempt.gone.push(conn.as_str().to_owned()),
                 Err(DeliverError::Full) => {}
             }
         }

@@ -65,8 +65,8 @@ struct Job {
     /// What the item adds to an encoded `ForwardBatch` (computed once, by the sender).
     bytes: usize,
     reply: oneshot::Sender<Result<Forwarded, MeshError>>,
-    /// For a held message, its recipient: once the peer writes it, it is held until confirmed.
-    held_for: Option<UserId>,
+    /// For a held message, what is held once the peer writes it, until confirmed.
+    held: Option<ToHold>,
 }
 
 /// The bytes a batch's own fields take, at most: `from_node` (a node id) and `seq`.
@@ -195,7 +195,16 @@ impl PeerPool {
             }
             k => k,
         };
-        let held_for = (kind == ItemKind::Held && msg.from.is_some()).then(|| to.clone());
+        // Taken from the message's checked fields (shared, not copied), not read back from the item.
+        let held = match (&msg.from, kind) {
+            (Some(from), ItemKind::Held) => Some(ToHold {
+                id: msg.id.clone(),
+                to: to.clone(),
+                from: from.clone(),
+                frame: msg.frame.clone(),
+            }),
+            _ => None,
+        };
         let item = wire::to_item(msg, conn_ids, kind);
         let item = if proto.frames {
             item
@@ -218,7 +227,7 @@ impl PeerPool {
             item,
             bytes,
             reply,
-            held_for,
+            held,
         }) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Closed(job)) => Some((job, MeshError::ShuttingDown)),
@@ -602,7 +611,7 @@ impl PeerWorker {
         let mut items = Vec::with_capacity(jobs.len());
         let mut holds = Vec::with_capacity(jobs.len());
         for job in jobs {
-            holds.push(job.held_for.and_then(|to| ToHold::of(&job.item, to)));
+            holds.push(job.held);
             items.push(job.item);
             replies.push(job.reply);
         }
@@ -640,7 +649,7 @@ impl PeerWorker {
         }
         *seq += 1;
         let batch = pb::ForwardBatch {
-            from_node: self.me.to_string(),
+            from_node: self.me.as_str().to_owned(),
             items,
             seq: *seq,
         };
@@ -757,18 +766,6 @@ impl PeerWorker {
     }
 }
 
-impl ToHold {
-    /// What to hold of a message item for `to`, if it carries its frame and sender.
-    fn of(item: &pb::ForwardItem, to: UserId) -> Option<Self> {
-        Some(Self {
-            id: MsgId::parse(&item.id).ok()?,
-            to,
-            from: UserId::parse(&item.from).ok()?,
-            frame: bytestring::ByteString::try_from(item.frame.clone()).ok()?,
-        })
-    }
-}
-
 async fn next_reply(link: &mut Option<Link>) -> Option<Result<pb::ForwardReply, tonic::Status>> {
     match link {
         Some(l) => l.replies.message().await.transpose(),
@@ -797,7 +794,7 @@ mod tests {
             bytes: batch_bytes(&item),
             item,
             reply: oneshot::channel().0,
-            held_for: None,
+            held: None,
         }
     }
 

@@ -217,7 +217,7 @@ fn confirmation_reply(
         confirmations: all
             .into_iter()
             .map(|c| pb::Confirmation {
-                id: c.id.to_string(),
+                id: c.id.as_str().to_owned(),
                 status: match c.status {
                     ConfirmStatus::Received => pb::confirmation::Status::Received,
                     ConfirmStatus::Stored => pb::confirmation::Status::Stored,

@@ -95,9 +95,13 @@ pub fn to_item(msg: &Outgoing, conn_ids: Vec<String>, kind: ItemKind) -> pb::For
         envelope: None,
         conn_ids,
         frame: msg.frame.as_bytes().clone(),
-        id: msg.id.to_string(),
+        id: msg.id.as_str().to_owned(),
         accepted_us: msg.accepted_us,
-        from: msg.from.as_ref().map(|f| f.to_string()).unwrap_or_default(),
+        from: msg
+            .from
+            .as_ref()
+            .map(|f| f.as_str().to_owned())
+            .unwrap_or_default(),
         held: kind == ItemKind::Held,
         notice: kind == ItemKind::Notice,
     }
@@ -170,7 +174,7 @@ pub fn check_message_frame(frame: &str, id: &MsgId) -> Result<(), WireError> {
         body: &'a RawValue,
     }
     let f: MessageFrame<'_> = serde_json::from_str(frame).map_err(|_| not_message())?;
-    if UserId::parse(f.from).is_err() || UserId::parse(f.to).is_err() {
+    if UserId::validate(f.from).is_err() || UserId::validate(f.to).is_err() {
         return Err(not_message());
     }
     Ok(())
@@ -246,9 +250,9 @@ impl Envelope {
     /// broadcast baseline publishes.
     pub fn to_proto(&self) -> pb::Envelope {
         pb::Envelope {
-            id: self.id.to_string(),
-            from: self.from.to_string(),
-            to: self.to.to_string(),
+            id: self.id.as_str().to_owned(),
+            from: self.from.as_str().to_owned(),
+            to: self.to.as_str().to_owned(),
             ts_ms: self.ts_ms,
             body_json: self.body.get().as_bytes().to_vec(),
             accepted_us: self.accepted_us,

@@ -1,6 +1,8 @@
 //! Client frames: parsing what a client sends (every byte hostile until checked) and encoding
 //! what the server sends. All frames are JSON objects with a `"type"`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -36,8 +38,10 @@ pub const SERVER_FRAME_TYPES: &[&str] = &[
 #[derive(Debug)]
 pub enum ClientFrame {
     Send(SendFrame),
+    /// `id` is `None` when it is not a valid message id: no message has it, so such an ack
+    /// answers nothing (and is counted like any frame).
     Ack {
-        id: String,
+        id: Option<MsgId>,
     },
     /// The user has read message `id` (docs/protocol.md, `read`).
     Read {
@@ -61,8 +65,9 @@ pub enum ClientFrame {
 
 #[derive(Debug)]
 pub struct SendFrame {
-    /// The recipient as written; validated by the caller so that a bad id gets a `rejected` ack.
-    pub to: String,
+    /// The recipient, or why the string given is not a user id: the caller answers that with a
+    /// `rejected` ack (`bad_recipient`).
+    pub to: Result<UserId, IdError>,
     /// The client's own reference, echoed in the ack (`null` when absent).
     pub reference: Option<String>,
     /// The client's key for this message (docs/protocol.md, "Idempotent sends"), `Ok(None)` when absent or `null`.
@@ -111,11 +116,12 @@ struct RawFrame<'a> {
     users: Option<&'a RawValue>,
 }
 
-fn string_field(raw: Option<&RawValue>, name: &str) -> Result<String, FrameError> {
+/// A string field, borrowed from the frame unless it has escapes to undo.
+fn string_field<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, FrameError> {
     let raw = raw.ok_or_else(|| {
         FrameError::new(FrameErrorCode::BadField, format!("missing field `{name}`"))
     })?;
-    serde_json::from_str::<String>(raw.get()).map_err(|_| {
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| {
         FrameError::new(
             FrameErrorCode::BadField,
             format!("field `{name}` must be a string"),
@@ -133,7 +139,7 @@ fn users_field(raw: Option<&RawValue>) -> Result<Vec<UserId>, FrameError> {
     let mut users = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let name = serde_json::from_str::<std::borrow::Cow<'_, str>>(item.get())
+        let name = serde_json::from_str::<Cow<'_, str>>(item.get())
             .map_err(|_| bad(format!("`users[{i}]` must be a string")))?;
         let user = UserId::parse(&name)
             .map_err(|e| bad(format!("`users[{i}]` is not a valid user id: {e}")))?;
@@ -157,13 +163,13 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         .map_err(|e| FrameError::new(FrameErrorCode::BadFrame, format!("not valid JSON: {e}")))?;
     let kind = match raw.kind {
         None => return Err(FrameError::new(FrameErrorCode::BadFrame, "missing `type`")),
-        Some(k) => serde_json::from_str::<String>(k.get())
+        Some(k) => serde_json::from_str::<Cow<'_, str>>(k.get())
             .map_err(|_| FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string"))?,
     };
-    if !CLIENT_FRAME_TYPES.contains(&kind.as_str()) {
+    if !CLIENT_FRAME_TYPES.contains(&&*kind) {
         return Err(unknown_type(&kind));
     }
-    match kind.as_str() {
+    match &*kind {
         "send" => {
             // Read `ref` first so that every later error can echo it.
             let reference = match raw.reference {
@@ -177,14 +183,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                             format!("`ref` must be at most {MAX_REF_BYTES} bytes"),
                         ));
                     }
-                    Some(r)
+                    Some(r.into_owned())
                 }
             };
             let with_ref = |mut e: FrameError| {
                 e.reference = reference.clone();
                 e
             };
-            let to = string_field(raw.to, "to").map_err(with_ref)?;
+            let to = UserId::parse(&string_field(raw.to, "to").map_err(with_ref)?);
             let cid = match raw.cid {
                 None => Ok(None),
                 Some(c) if c.get() == "null" => Ok(None),
@@ -207,7 +213,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             }))
         }
         "ack" => Ok(ClientFrame::Ack {
-            id: string_field(raw.id, "id")?,
+            id: MsgId::parse(&string_field(raw.id, "id")?).ok(),
         }),
         "read" => {
             let id = string_field(raw.id, "id")?;
@@ -221,7 +227,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         }
         "ping" => Ok(ClientFrame::Ping),
         "refresh" => Ok(ClientFrame::Refresh {
-            token: string_field(raw.token, "token")?,
+            token: string_field(raw.token, "token")?.into_owned(),
         }),
         "watch" => Ok(ClientFrame::Watch {
             users: users_field(raw.users)?,
@@ -487,9 +493,35 @@ mod tests {
         let ClientFrame::Send(s) = f else {
             panic!("not a send")
         };
-        assert_eq!(s.to, "bob");
+        assert_eq!(s.to.as_ref().map(UserId::as_str), Ok("bob"));
         assert_eq!(s.reference.as_deref(), Some("r1"));
         assert_eq!(s.body.get(), r#"{"a": [1, 2]}"#);
+    }
+
+    /// Strings are read in place unless they carry escapes; escaped ones mean the same.
+    #[test]
+    fn escaped_strings_read_like_plain_ones() {
+        let f =
+            parse(r#"{"type":"s\u0065nd","to":"b\u006fb","ref":"r\"1","body":1}"#).expect("valid");
+        let ClientFrame::Send(s) = f else {
+            panic!("not a send")
+        };
+        assert_eq!(s.to.as_ref().map(UserId::as_str), Ok("bob"));
+        assert_eq!(s.reference.as_deref(), Some("r\"1"));
+        let ack = parse(r#"{"type":"ack","id":"m\u0031"}"#).expect("valid");
+        assert!(matches!(ack, ClientFrame::Ack { id: Some(id) } if id.as_str() == "m1"));
+    }
+
+    /// A `to` that is a string but not a user id is kept as its error (the session answers it
+    /// with a `rejected` ack that echoes the ref), not refused as a frame.
+    #[test]
+    fn a_send_to_a_bad_user_id_keeps_its_error() {
+        let f = parse(r#"{"type":"send","to":"bob smith","ref":"r1","body":1}"#).expect("parsed");
+        let ClientFrame::Send(s) = f else {
+            panic!("not a send")
+        };
+        assert!(s.to.is_err(), "{:?}", s.to);
+        assert_eq!(s.reference.as_deref(), Some("r1"));
     }
 
     #[test]
@@ -661,8 +693,19 @@ mod tests {
         assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
         assert!(matches!(
             parse(r#"{"type":"ack","id":"m1"}"#),
-            Ok(ClientFrame::Ack { id }) if id == "m1"
+            Ok(ClientFrame::Ack { id: Some(id) }) if id.as_str() == "m1"
         ));
+        // Not a message id: parsed (and counted by the session), but it answers nothing.
+        for bad in [r#""m 1""#, r#""""#, r#""é""#] {
+            assert!(
+                matches!(
+                    parse(&format!(r#"{{"type":"ack","id":{bad}}}"#)),
+                    Ok(ClientFrame::Ack { id: None })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(code(r#"{"type":"ack","id":1}"#), FrameErrorCode::BadField);
     }
 
     #[test]

@@ -344,17 +344,19 @@ impl Session {
         // An ack of a message that waits for it answers the server's own traffic (as many as
         // were written here) and is not counted; every other frame is, repeated and unknown
         // acks included.
-        let answers_us = matches!(&parsed, Ok(ClientFrame::Ack { id })
-            if MsgId::parse(id).is_ok_and(|id| self.ledger.awaits_ack(&id)));
+        let answers_us = matches!(&parsed, Ok(ClientFrame::Ack { id: Some(id) })
+            if self.ledger.awaits_ack(id));
         if !answers_us && let Some(refused) = self.flood_check(Some(&parsed)).await {
             return refused;
         }
         match parsed {
             Ok(ClientFrame::Send(send)) => self.on_send(send, pending, parked).await,
-            Ok(ClientFrame::Ack { id }) => {
-                self.on_ack(&id).await;
+            Ok(ClientFrame::Ack { id: Some(id) }) => {
+                self.on_ack(id).await;
                 None
             }
+            // Not a message id: no message has it.
+            Ok(ClientFrame::Ack { id: None }) => None,
             Ok(ClientFrame::Read { id }) => {
                 self.on_read(id);
                 None
@@ -521,8 +523,8 @@ impl Session {
         pending: &mut FuturesUnordered<PendingAck>,
         parked: &mut Option<(frame::SendFrame, UserId)>,
     ) -> Option<End> {
-        let to = match UserId::parse(&send.to) {
-            Ok(to) => to,
+        let to = match &send.to {
+            Ok(to) => to.clone(),
             Err(e) => {
                 let why = format!("`to` is not a valid user id: {e}");
                 return self.reject(&send, RejectCode::BadRecipient, &why).await;
@@ -630,10 +632,7 @@ impl Session {
 
     /// The client has a message and it may be forgotten. Live messages are forgotten locally;
     /// only inbox messages live in Redis, so only their acks cost a Redis call.
-    async fn on_ack(&mut self, id: &str) {
-        let Ok(id) = MsgId::parse(id) else {
-            return;
-        };
+    async fn on_ack(&mut self, id: MsgId) {
         let acked = self.ledger.acked(&id);
         let was_live = acked.live.is_some();
         if let Some(Some(source)) = acked.live {
@@ -957,7 +956,7 @@ impl Session {
                 match msg {
                     AggregatedMessage::Close(_) => break,
                     AggregatedMessage::Text(text) => {
-                        if let Ok(ClientFrame::Ack { id }) = frame::parse(&text) {
+                        if let Ok(ClientFrame::Ack { id: Some(id) }) = frame::parse(&text) {
                             acks.push(id);
                         }
                     }
@@ -967,7 +966,7 @@ impl Session {
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         for id in acks {
-            self.on_ack(&id).await;
+            self.on_ack(id).await;
         }
     }
 
