@@ -13,6 +13,7 @@
 # the same throughput and latency loads against the ceiling server (../shared/ceiling, built into
 # .local/ceiling-target; CEILING_BIN names another binary), one process on 127.0.0.1:9400
 # given as three URLs so that the bench's users split as they do over three nodes.
+# NODE_ARGS="--http-workers 2" adds flags to every node's command line (say so in the LABEL).
 # NODE_CPUS=0 LOADGEN_CPUS=1 pins the nodes and the connections group's load generator to
 # separate cores (taskset).
 #
@@ -58,7 +59,7 @@ start() {
   for i in $(seq 1 "$n"); do
     WSROUTE_LOG=warn $node_pin ${node_wrap:-} "$bin/wsroute-server" --node-id "n$i" --dev-auth --fanout "$fanout" \
       --ws-listen "127.0.0.1:$((9300 + i))" --grpc-listen "127.0.0.1:$((5300 + i))" \
-      --redis-url "redis://127.0.0.1:$redis_port" >".local/logs/bench-n$i.log" 2>&1 &
+      --redis-url "redis://127.0.0.1:$redis_port" ${NODE_ARGS:-} >".local/logs/bench-n$i.log" 2>&1 &
     pids+=($!)
     node_pids+=($!)
     urls+=(--url "ws://127.0.0.1:$((9300 + i))/ws")

@@ -32,11 +32,15 @@ pub enum RouteEvent {
 
 impl RouteEvent {
     pub fn encode(&self) -> String {
-        match self {
-            Self::Invalidate(u) => format!("inv {u}"),
-            Self::Inbox(u) => format!("inbox {u}"),
-            Self::NodeUp(n) => format!("up {n}"),
-        }
+        let (kind, name) = match self {
+            Self::Invalidate(u) => ("inv ", u.as_str()),
+            Self::Inbox(u) => ("inbox ", u.as_str()),
+            Self::NodeUp(n) => ("up ", n.as_str()),
+        };
+        let mut text = String::with_capacity(kind.len() + name.len());
+        text.push_str(kind);
+        text.push_str(name);
+        text
     }
 
     pub fn decode(s: &str) -> Option<Self> {
@@ -199,6 +203,11 @@ mod tests {
         ] {
             assert_eq!(RouteEvent::decode(&e.encode()), Some(e));
         }
+        // The text every node of every version reads.
+        assert_eq!(RouteEvent::Invalidate(bob.clone()).encode(), "inv bob");
+        assert_eq!(RouteEvent::Inbox(bob.clone()).encode(), "inbox bob");
+        let n1 = NodeId::parse("n1").expect("valid");
+        assert_eq!(RouteEvent::NodeUp(n1).encode(), "up n1");
         assert_eq!(RouteEvent::decode("inv bad user"), None);
         assert_eq!(RouteEvent::decode("zap bob"), None);
         assert_eq!(RouteEvent::decode(""), None);
