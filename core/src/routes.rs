@@ -27,7 +27,8 @@ impl Route {
         let device = self.device.as_deref().unwrap_or("");
         let mut ms = itoa::Buffer::new();
         let ms = ms.format(self.connected_at_ms);
-        let mut value = String::with_capacity(self.node.as_str().len() + device.len() + ms.len() + 2);
+        let mut value =
+            String::with_capacity(self.node.as_str().len() + device.len() + ms.len() + 2);
         for part in [self.node.as_str(), "\t", device, "\t", ms] {
             value.push_str(part);
         }
@@ -129,7 +130,11 @@ mod tests {
             device: Some(Arc::from("phone")),
             connected_at_ms: 42,
         };
-        assert_eq!(r.encode_value(), "n1\tphone\t42", "the layout other nodes read");
+        assert_eq!(
+            r.encode_value(),
+            "n1\tphone\t42",
+            "the layout other nodes read"
+        );
         assert_eq!(Route::decode("c1", &r.encode_value()), Some(r.clone()));
         let no_device = Route { device: None, ..r };
         assert_eq!(
