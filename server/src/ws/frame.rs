@@ -116,12 +116,23 @@ struct RawFrame<'a> {
     users: Option<&'a RawValue>,
 }
 
+/// The JSON string `raw`, borrowed from the frame unless it has escapes to undo; `None` for
+/// anything that is not a string. (serde's own `Cow<str>` always copies.)
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
+    }
+}
+
 /// A string field, borrowed from the frame unless it has escapes to undo.
 fn string_field<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, FrameError> {
     let raw = raw.ok_or_else(|| {
         FrameError::new(FrameErrorCode::BadField, format!("missing field `{name}`"))
     })?;
-    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| {
+    json_str(raw).ok_or_else(|| {
         FrameError::new(
             FrameErrorCode::BadField,
             format!("field `{name}` must be a string"),
@@ -139,8 +150,7 @@ fn users_field(raw: Option<&RawValue>) -> Result<Vec<UserId>, FrameError> {
     let mut users = Vec::with_capacity(items.len());
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let name = serde_json::from_str::<Cow<'_, str>>(item.get())
-            .map_err(|_| bad(format!("`users[{i}]` must be a string")))?;
+        let name = json_str(item).ok_or_else(|| bad(format!("`users[{i}]` must be a string")))?;
         let user = UserId::parse(&name)
             .map_err(|e| bad(format!("`users[{i}]` is not a valid user id: {e}")))?;
         if seen.insert(user.clone()) {
@@ -163,8 +173,8 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         .map_err(|e| FrameError::new(FrameErrorCode::BadFrame, format!("not valid JSON: {e}")))?;
     let kind = match raw.kind {
         None => return Err(FrameError::new(FrameErrorCode::BadFrame, "missing `type`")),
-        Some(k) => serde_json::from_str::<Cow<'_, str>>(k.get())
-            .map_err(|_| FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string"))?,
+        Some(k) => json_str(k)
+            .ok_or_else(|| FrameError::new(FrameErrorCode::BadFrame, "`type` must be a string"))?,
     };
     if !CLIENT_FRAME_TYPES.contains(&&*kind) {
         return Err(unknown_type(&kind));
@@ -496,6 +506,18 @@ mod tests {
         assert_eq!(s.to.as_ref().map(UserId::as_str), Ok("bob"));
         assert_eq!(s.reference.as_deref(), Some("r1"));
         assert_eq!(s.body.get(), r#"{"a": [1, 2]}"#);
+    }
+
+    #[test]
+    fn strings_are_borrowed_unless_escaped() {
+        let raw = |t: &str| RawValue::from_string(t.to_owned()).expect("json");
+        let plain = raw(r#""bob""#);
+        assert!(matches!(json_str(&plain), Some(Cow::Borrowed("bob"))));
+        let escaped = raw(r#""b\u006fb""#);
+        assert!(matches!(json_str(&escaped), Some(Cow::Owned(s)) if s == "bob"));
+        for not_a_string in ["1", "null", "[]", "{}", "true"] {
+            assert_eq!(json_str(&raw(not_a_string)), None, "{not_a_string}");
+        }
     }
 
     /// Strings are read in place unless they carry escapes; escaped ones mean the same.
