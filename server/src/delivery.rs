@@ -84,7 +84,9 @@ enum State {
 
 /// One round of handing a message out.
 struct Attempt {
-    tried: Vec<ConnId>,
+    /// The routes tried (shared with the route cache: nothing copied per message; the rare
+    /// repair path lists their connections).
+    tried: Arc<[Route]>,
     local: LocalAttempt,
     remote: Vec<(NodeId, ForwardReply)>,
 }
@@ -164,7 +166,7 @@ impl Delivery {
         let state = if routes.is_empty() {
             State::Offline
         } else {
-            State::Sent(self.hand_out(&env, &routes).await)
+            State::Sent(self.hand_out(&env, routes).await)
         };
         InFlight { env, origin, state }
     }
@@ -202,12 +204,12 @@ impl Delivery {
     /// repair path run in boxed futures, so that every send's future stays small (it is
     /// allocated per send, and under ~1 KiB an allocation stays in the allocator's fast path).
     async fn settle(&self, env: &Envelope, origin: Origin, state: State) -> Outcome {
-        let mut attempt = match state {
+        let attempt = match state {
             State::Decided(o) => return o,
             State::Offline => return Box::pin(self.store(env, origin)).await,
             State::Sent(a) => a,
         };
-        let tried = std::mem::take(&mut attempt.tried);
+        let tried = Arc::clone(&attempt.tried);
         let (written, stale) = self.wait(attempt).await;
         if stale {
             self.cache.invalidate(&env.to);
@@ -219,19 +221,20 @@ impl Delivery {
     }
 
     /// Every route we knew failed: read the truth once and try what is new, else store.
-    async fn repair(&self, env: &Envelope, origin: Origin, mut tried: Vec<ConnId>) -> Outcome {
+    async fn repair(&self, env: &Envelope, origin: Origin, tried: Arc<[Route]>) -> Outcome {
+        let mut tried: Vec<ConnId> = tried.iter().map(|r| r.conn.clone()).collect();
         let fresh = match self.routes.lookup(&env.to).await {
             Ok(r) => self.cache.live_only(r),
             Err(e) => return self.store_or_unavailable(env, origin, e).await,
         };
-        let new: Vec<Route> = fresh
+        let new: Arc<[Route]> = fresh
             .into_iter()
             .filter(|r| !tried.contains(&r.conn))
             .collect();
         if !new.is_empty() {
             tracing::debug!(to = %env.to, msg_id = %env.id, routes = new.len(), "retrying on repaired routes");
-            let again = self.hand_out(env, &new).await;
-            tried.extend(again.tried.iter().cloned());
+            let again = self.hand_out(env, new).await;
+            tried.extend(again.tried.iter().map(|r| r.conn.clone()));
             let (written, _) = self.wait(again).await;
             if written.total() > 0 {
                 return self.delivered(written);
@@ -380,11 +383,11 @@ impl Delivery {
         Ok(routes)
     }
 
-    async fn hand_out(&self, env: &Envelope, routes: &[Route]) -> Attempt {
+    async fn hand_out(&self, env: &Envelope, routes: Arc<[Route]>) -> Attempt {
         let mut local = Vec::new();
         // A user is on one or a few nodes: a short list beats a hash map (and its allocation).
         let mut remote: Vec<(&NodeId, Vec<String>)> = Vec::new();
-        for r in routes {
+        for r in routes.iter() {
             if r.node == self.node {
                 local.push(r.conn.clone());
             } else {
@@ -407,7 +410,7 @@ impl Delivery {
             replies.push((node.clone(), reply));
         }
         Attempt {
-            tried: routes.iter().map(|r| r.conn.clone()).collect(),
+            tried: routes,
             local: local_attempt,
             remote: replies,
         }
