@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Counts what the nodes execute, with valgrind's callgrind (instructions, allocations), for the
+# two paths the performance issues care about. Counts repeat to about 1% on a quiet machine,
+# where CPU seconds on 2 shared cores do not; load elsewhere still shifts them a few per cent
+# (timing changes how work batches), so compare builds in one quiet sitting.
+#
+#   scripts/profile.sh messages   2 nodes, 200 users, 300 msg/s for 20 s (cross-node share 0.5)
+#   scripts/profile.sh connects   1 node, 3,000 connects held 1 s, then the node stops
+#
+# BIN_DIR=dir profiles the binaries there (default target/release, built if missing); N=count
+# changes the connects. Prints, per node: instructions executed and heap allocations
+# (__rust_alloc calls); leaves the callgrind files in .local/profile/ for callgrind_annotate.
+# Everything listens on 127.0.0.1 only (Redis on 6497, nodes on 9371-9372 / 5371-5372) and is
+# stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-messages}"
+bin="${BIN_DIR:-target/release}"
+if [ -z "${BIN_DIR:-}" ] && [ ! -x "$bin/wsroute-server" ]; then
+  cargo build --release --locked -p wsroute-server -p router-cli
+fi
+command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
+out=.local/profile
+rm -rf "$out" && mkdir -p "$out"
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+
+redis-server --port 6497 --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+pids+=($!)
+until redis-cli -p 6497 ping >/dev/null 2>&1; do sleep 0.1; done
+
+case "$what" in
+  messages) nodes=2 ;;
+  connects) nodes=1 ;;
+  *) echo "profile.sh: unknown mode '$what' (messages | connects)" >&2; exit 2 ;;
+esac
+node_pids=()
+urls=()
+for i in $(seq 1 "$nodes"); do
+  WSROUTE_LOG=warn valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.n$i" \
+    "$bin/wsroute-server" --node-id "n$i" --dev-auth --ws-listen "127.0.0.1:$((9370 + i))" \
+    --grpc-listen "127.0.0.1:$((5370 + i))" --redis-url redis://127.0.0.1:6497 >"$out/n$i.log" 2>&1 &
+  node_pids+=($!)
+  urls+=(--url "ws://127.0.0.1:$((9370 + i))/ws")
+done
+for i in $(seq 1 "$nodes"); do
+  until curl -fsS "http://127.0.0.1:$((9370 + i))/readyz" >/dev/null 2>&1; do sleep 0.2; done
+done
+
+if [ "$what" = messages ]; then
+  "$bin/router-cli" --redis-url redis://127.0.0.1:6497 bench messages "${urls[@]}" --json \
+    --users 200 --rate 300 --duration 20s --warmup 2s --cross 0.5 --drain 10s >"$out/bench.json"
+else
+  "$bin/router-cli" --redis-url redis://127.0.0.1:6497 bench connections "${urls[@]}" --json \
+    --count "${N:-3000}" --hold 1s --concurrency 64 >"$out/bench.json"
+fi
+# The nodes write their counts when they exit.
+for p in "${node_pids[@]}"; do kill -TERM "$p"; done
+for p in "${node_pids[@]}"; do wait "$p" || true; done
+
+python3 - "$out" "$nodes" <<'EOF'
+import json, re, subprocess, sys
+out, nodes = sys.argv[1], int(sys.argv[2])
+r = json.load(open(f"{out}/bench.json"))
+print("bench:", {k: r.get(k) for k in ("ok", "received", "lost", "duplicates", "connections", "dropped") if k in r})
+for i in range(1, nodes + 1):
+    path = f"{out}/callgrind.n{i}"
+    text = subprocess.run(["callgrind_annotate", "--tree=caller", "--inclusive=yes", "--threshold=100", path],
+                          capture_output=True, text=True, check=True).stdout
+    total = re.search(r"^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text, re.M)
+    allocs = re.search(r"< \?\?\?:__rustc::__rust_alloc \(([\d,]+)x\)", text)
+    print(f"n{i}: {total.group(1) if total else '?'} instructions, "
+          f"{allocs.group(1) if allocs else '?'} allocations")
+EOF
