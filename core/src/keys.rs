@@ -9,7 +9,7 @@ pub const PREFIX: &str = "wsr";
 
 /// Set of every registered node id (live or not yet cleaned up).
 pub fn nodes() -> String {
-    join(&[PREFIX, ":nodes"])
+    [PREFIX, ":nodes"].concat()
 }
 
 /// Hash `conn_id -> "node \t device \t connected_at_ms"`: a user's live connections.
@@ -76,7 +76,7 @@ pub fn node_cleanup_lock(node: &NodeId) -> String {
 /// Held (briefly, with a TTL) by the node whose turn it is to look for dead nodes: one sweep
 /// per interval for the whole cluster, not one per node.
 pub fn sweep_turn() -> String {
-    join(&[PREFIX, ":sweep"])
+    [PREFIX, ":sweep"].concat()
 }
 
 /// Stream of webhook events not yet settled (docs/protocol.md, webhooks): appended in the same Redis step as
@@ -84,13 +84,13 @@ pub fn sweep_turn() -> String {
 /// deleted once its POST was answered 2xx or it was moved to [`webhook_dead`]. Both webhook keys
 /// share the hash tag `{webhooks}`, so that moving an entry between them stays in one slot.
 pub fn webhook_events() -> String {
-    join(&[PREFIX, ":{webhooks}:events"])
+    [PREFIX, ":{webhooks}:events"].concat()
 }
 
 /// Stream of webhook events that failed every attempt, with the last error (`router-cli
 /// webhooks dead` lists them, `retry` moves them back to [`webhook_events`]).
 pub fn webhook_dead() -> String {
-    join(&[PREFIX, ":{webhooks}:dead"])
+    [PREFIX, ":{webhooks}:dead"].concat()
 }
 
 /// The consumer group of [`webhook_events`] that every node delivers from (each node is one
@@ -99,32 +99,23 @@ pub const WEBHOOK_GROUP: &str = "deliver";
 
 /// Pub/sub channel of route events (`inv USER`, `inbox USER`).
 pub fn events_channel() -> String {
-    join(&[PREFIX, ":events"])
+    [PREFIX, ":events"].concat()
 }
 
 /// Pub/sub channel of the broadcast baseline (`--fanout broadcast`): every message to every node.
 pub fn broadcast_channel() -> String {
-    join(&[PREFIX, ":broadcast"])
+    [PREFIX, ":broadcast"].concat()
 }
 
-/// `wsr:u:{USER}:SUFFIX`.
+/// `wsr:u:{USER}:SUFFIX`. Keys are concatenated (one exact allocation), not formatted: they are
+/// built on every connect and disconnect, and `format!` took about ten times the instructions.
 fn user_key(user: &UserId, suffix: &str) -> String {
-    join(&[PREFIX, ":u:{", user.as_str(), "}:", suffix])
+    [PREFIX, ":u:{", user.as_str(), "}:", suffix].concat()
 }
 
 /// `wsr:n:{NODE}:SUFFIX`.
 fn node_key(node: &NodeId, suffix: &str) -> String {
-    join(&[PREFIX, ":n:{", node.as_str(), "}:", suffix])
-}
-
-/// The parts, concatenated into one allocation of the exact size. Keys are built on every
-/// connect and disconnect; `format!` took about ten times the instructions.
-fn join(parts: &[&str]) -> String {
-    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        key.push_str(part);
-    }
-    key
+    [PREFIX, ":n:{", node.as_str(), "}:", suffix].concat()
 }
 
 #[cfg(test)]

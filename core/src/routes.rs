@@ -27,12 +27,7 @@ impl Route {
         let device = self.device.as_deref().unwrap_or("");
         let mut ms = itoa::Buffer::new();
         let ms = ms.format(self.connected_at_ms);
-        let mut value =
-            String::with_capacity(self.node.as_str().len() + device.len() + ms.len() + 2);
-        for part in [self.node.as_str(), "\t", device, "\t", ms] {
-            value.push_str(part);
-        }
-        value
+        [self.node.as_str(), "\t", device, "\t", ms].concat()
     }
 
     /// Reads one hash entry back; `None` for an entry this version cannot read (skipped, logged).

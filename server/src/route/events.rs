@@ -37,10 +37,7 @@ impl RouteEvent {
             Self::Inbox(u) => ("inbox ", u.as_str()),
             Self::NodeUp(n) => ("up ", n.as_str()),
         };
-        let mut text = String::with_capacity(kind.len() + name.len());
-        text.push_str(kind);
-        text.push_str(name);
-        text
+        [kind, name].concat()
     }
 
     pub fn decode(s: &str) -> Option<Self> {
