@@ -65,6 +65,8 @@ pub struct SessionHandle {
     pub mailbox: Arc<Mailbox>,
     /// Cancelled when the connection's queue overflows: the session stops whatever write it is
     /// blocked in and closes with 1013, so that one slow reader cannot hold memory or senders.
+    /// A child of the node's shutdown token, so also cancelled when the node stops (the session
+    /// then closes with 1001, see `ws::session`).
     pub evict: CancellationToken,
 }
 

@@ -138,7 +138,9 @@ async fn accept(state: &Arc<NodeState>, req: &HttpRequest) -> Result<Admitted, H
     let limits = &state.config.limits;
     let mailbox = Arc::new(Mailbox::new(limits.session_queue));
     let device: Option<Arc<str>> = principal.device.as_deref().map(Arc::from);
-    let evict = tokio_util::sync::CancellationToken::new();
+    // A child of the node's shutdown: cancelled when this connection's queue overflows or when
+    // the node stops, so that the session loop and its writes watch one token, not two.
+    let evict = state.shutdown.child_token();
     let connected_at_ms = now_ms();
     state.sessions.insert(
         conn.clone(),

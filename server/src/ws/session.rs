@@ -171,7 +171,8 @@ impl Session {
     }
 }
 
-/// A write that was interrupted by eviction or that found the socket gone.
+/// A write that found the socket gone, or was interrupted by eviction (a full queue, or the
+/// node stopping: `evict` is a child of the node's shutdown token).
 enum WriteError {
     Gone,
     Evicted,
@@ -192,10 +193,9 @@ impl Session {
         // A send waiting for admission; while it waits, no more frames are read.
         let mut parked: Option<(frame::SendFrame, UserId)> = None;
         // Made once and polled by reference: a fresh `cancelled()` per loop turn would lock the
-        // token's tree node on every frame.
-        let cancel = self.state.shutdown.clone();
-        let stopping = cancel.cancelled();
-        tokio::pin!(stopping);
+        // token's tree node on every frame. One token covers both ends that come from outside:
+        // `evict` is a child of the node's shutdown (`write_failed` tells them apart), so each
+        // turn polls one cancellation, not two (each poll takes two locks).
         let evict = self.evict.clone();
         let evicted = evict.cancelled();
         tokio::pin!(evicted);
@@ -218,9 +218,6 @@ impl Session {
                 // the lot goes out in one write, below.
                 let fed = tokio::select! {
                     biased;
-                    _ = &mut stopping => {
-                        break 'session End::Close(reason(close::GOING_AWAY, "node stopping"));
-                    }
                     _ = &mut evicted => break 'session Box::pin(self.write_failed(WriteError::Evicted)).await,
                     // A client with too much unacked gets nothing more until it acks (its queue
                     // fills meanwhile, and a full queue closes it as a slow consumer).
@@ -866,6 +863,11 @@ impl Session {
     async fn write_failed(&mut self, e: WriteError) -> End {
         match e {
             WriteError::Gone => End::Gone,
+            // The node is stopping (its shutdown cancels every connection's `evict`): not a
+            // slow consumer, whatever write it interrupted.
+            WriteError::Evicted if self.state.shutdown.is_cancelled() => {
+                End::Close(reason(close::GOING_AWAY, "node stopping"))
+            }
             WriteError::Evicted => {
                 tracing::warn!(user = %self.user, conn_id = %self.conn, "closing a slow consumer (1013); undelivered messages go to the inbox");
                 self.state.metrics.slow_consumers.inc();
@@ -1012,8 +1014,8 @@ fn reason(code: u16, description: &str) -> CloseReason {
     }
 }
 
-/// Runs a socket write unless the connection is evicted first. The write usually completes at
-/// once; only one that waits on a full socket also watches the eviction token.
+/// Runs a socket write unless the connection is evicted (or the node stops) first. The write
+/// usually completes at once; only one that waits on a full socket also watches the token.
 async fn evictable<F>(evict: &CancellationToken, write: F) -> Result<(), WriteError>
 where
     F: Future<Output = Result<(), actix_ws::Closed>>,
