@@ -526,6 +526,7 @@ async fn what_presence_costs_per_connect_and_disconnect_on_8_nodes() {
     let watched_users = names("b");
     let refs: Vec<&str> = watched_users.iter().map(String::as_str).collect();
     let mut watchers = Vec::new();
+    let heard_before_watchers = sum_metric(&c, INV_HEARD).await;
     for node in &c.nodes {
         let mut w = Client::connect(&node.ws_user(&format!("watcher-{}", node.id))).await;
         watch(&mut w, &refs).await;
@@ -534,6 +535,13 @@ async fn what_presence_costs_per_connect_and_disconnect_on_8_nodes() {
         }
         watchers.push(w);
     }
+    // The watchers' own connects are route events too: every node hears them before the count
+    // starts, so that a late one is not counted as the watched users' (a race seen under load).
+    wait_events(
+        &c,
+        heard_before_watchers + (c.nodes.len() * c.nodes.len()) as f64,
+    )
+    .await;
     let watched = connect_and_leave(&c, &watched_users, &mut watchers).await;
 
     // The watchers stay, but the users coming and going are not among those they watch.
