@@ -5,13 +5,19 @@
 /// Appends `s` as a JSON string, as serde_json writes it: as it is when nothing in it needs an
 /// escape (ids never do: see `wsroute_core::ids`), else through serde_json.
 pub fn push_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| PLAIN[usize::from(b)]) {
+    if is_plain(s) {
         out.push('"');
         out.push_str(s);
         out.push('"');
     } else {
         out.push_str(&serde_json::to_string(s).expect("a string always serializes"));
     }
+}
+
+/// Whether `s` stands in a JSON string as it is, both ways: serde_json writes it without escapes,
+/// and a JSON string with exactly these bytes between its quotes reads back as `s`.
+pub fn is_plain(s: &str) -> bool {
+    s.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
 /// Bytes serde_json writes as they are inside a string: everything but control characters, `"`
