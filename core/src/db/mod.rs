@@ -575,6 +575,20 @@ impl Redis {
     }
 }
 
+/// A connection's address and settings from its URL, with Nagle's algorithm off: commands are
+/// small and pipelined from many tasks, and redis-rs leaves `TCP_NODELAY` unset, so a command
+/// written while an earlier one is unanswered would wait for that answer's ACK (measured: a
+/// node's CPU per connect 114 -> 99-103 us, BENCHMARKS.md "Session 11"). Used for a single
+/// server's pool and every pub/sub connection; deadpool-redis 0.23's cluster and Sentinel
+/// managers take no TCP settings, so those pools keep redis-rs's default.
+pub(crate) fn no_delay(url: &str) -> Result<redis::ConnectionInfo, String> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("cannot read the Redis URL: {e}"))?;
+    Ok(info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
 /// The one place pools are built: one deadpool-redis pool per handle, of the kind the URL names.
 /// Checking out waits, connects and PINGs for at most `timeout` each; a single server's
 /// connections also bound each response by it (cluster and Sentinel connections are bounded by
@@ -608,7 +622,7 @@ fn build_pools(target: &RedisTarget, timeout: Duration, max_size: usize) -> Resu
                 .set_response_timeout(Some(timeout));
             Pools::Server(pool!(
                 deadpool_redis::Pool,
-                deadpool_redis::Manager::new_with_config(url.as_str(), connection)
+                deadpool_redis::Manager::new_with_config(no_delay(url)?, connection)
             ))
         }
         RedisTarget::Cluster(seeds) => Pools::Cluster(pool!(

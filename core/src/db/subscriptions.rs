@@ -181,5 +181,5 @@ impl Subscriptions {
 }
 
 fn open_client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| e.to_string())
+    redis::Client::open(super::no_delay(url)?).map_err(|e| e.to_string())
 }
