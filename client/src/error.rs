@@ -68,16 +68,18 @@ impl ConnectError {
         }
     }
 
-    /// Whether trying again the same way cannot help (a refused token, a bad URL).
+    /// Whether trying again the same way cannot help (a refused token, a bad URL). A `429` (the
+    /// user over its connection limit) and a `408` are not: the limit counts connections that
+    /// may be gone in a moment (the app's own previous connection on a node that died still
+    /// counts until the cluster sweeps that node's routes, within about 15 s).
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Self::BadUrl { .. }
-                | Self::Refused {
-                    status: 400..=499,
-                    ..
-                }
-        )
+        match self {
+            Self::BadUrl { .. } => true,
+            Self::Refused { status, .. } => {
+                (400..=499).contains(status) && !matches!(status, 408 | 429)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -120,4 +122,31 @@ pub enum SendError {
     /// The client was closed (or gave up: a permanent refusal) before the send was acked.
     #[error("the client is closed")]
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16) -> ConnectError {
+        ConnectError::Refused {
+            status,
+            body: Value::Null,
+        }
+    }
+
+    #[test]
+    fn refusals_that_a_later_try_can_pass_are_not_permanent() {
+        for status in [400, 401, 403, 404, 413, 421] {
+            assert!(refused(status).is_permanent(), "{status}");
+        }
+        for status in [408, 429, 500, 503] {
+            assert!(!refused(status).is_permanent(), "{status}");
+        }
+        let bad_url = ConnectError::BadUrl {
+            url: "http://x".into(),
+            why: "not ws",
+        };
+        assert!(bad_url.is_permanent());
+    }
 }

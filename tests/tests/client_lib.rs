@@ -2,7 +2,9 @@
 //! `/gateway` when its node is killed and keeps receiving; its outbox sends again what had no
 //! receipt when the one node holding both ends dies (kill -9), with 0 lost and 0 shown twice;
 //! receipts (`received`, `read`) reach the sender's client; it follows a draining node's
-//! `reconnect`; it refreshes its token through the callback before the token expires.
+//! `reconnect`; it refreshes its token through the callback before the token expires; a
+//! reconnect refused `429` (the user's limit, filled by its own route on a dead node) is tried
+//! again rather than stopping the client.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -444,4 +446,65 @@ async fn the_token_callback_refreshes_the_session_before_its_token_expires() {
         .await
         .expect("acked");
     assert_eq!(ack.status, AckStatus::Delivered);
+}
+
+/// A user at `--max-conns-per-user` only because its own previous connection sat on a node that
+/// died: that route counts until the cluster sweeps the dead node's routes, so the reconnect is
+/// refused `429` for a while. The client backs off and tries again instead of stopping for good,
+/// and what the app sent meanwhile goes out once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_refused_by_the_connection_limit_is_tried_again() {
+    let mut c = Cluster::start_with(2, |o| {
+        o.extra = vec!["--max-conns-per-user".into(), "2".into()];
+    })
+    .await;
+    let gateways: Vec<String> = (1..=2).map(|i| c.node(i).http("")).collect();
+    let (bob, mut bob_events) = Client::connect(
+        ClientConfig::gateways(gateways)
+            .dev_user("bob")
+            .backoff(Duration::from_millis(100), Duration::from_millis(500)),
+    )
+    .await
+    .expect("bob connects through the gateway");
+    assert!(matches!(
+        next_event(&mut bob_events, "bob").await,
+        Event::Connected(_)
+    ));
+    let first = bob.hello().expect("connected").node;
+    let k: usize = first[4..].parse().expect("nodes are named nodeN");
+    let other = 3 - k;
+    // Bob's second device holds his other connection, on the node that stays up.
+    let _second = wsroute_tests::Client::connect(&c.node(other).ws_user("bob")).await;
+    let mut alice = wsroute_tests::Client::connect(&c.node(other).ws_user("alice")).await;
+
+    c.nodes[k - 1].kill();
+    assert!(matches!(
+        next_event(&mut bob_events, "bob").await,
+        Event::Disconnected { .. }
+    ));
+    // The dead node's route still counts: a connection for bob is refused for now.
+    let refused = match wsroute_tests::Client::try_connect(&c.node(other).ws_user("bob")).await {
+        Ok(_) => panic!("the dead node's route no longer counted; nothing was tested"),
+        Err(r) => r,
+    };
+    assert_eq!(refused.status, 429, "{refused:?}");
+    let queued = bob
+        .send("alice", json!("sent while refused"))
+        .expect("room");
+
+    let got = events_until(&mut bob_events, "bob", |e| {
+        e.last()
+            .is_some_and(|e| matches!(e, Event::Connected(_) | Event::Stopped { .. }))
+    })
+    .await;
+    println!("bob's events after the kill: {got:?}");
+    assert!(
+        matches!(got.last(), Some(Event::Connected(h)) if h.node == format!("node{other}")),
+        "bob is back, on the node that stayed up"
+    );
+    let ack = queued.await.expect("acked once bob is back");
+    assert_eq!(ack.status, AckStatus::Delivered, "{ack:?}");
+    let m = alice.expect_type("message").await;
+    assert_eq!(m["body"], json!("sent while refused"));
+    assert_eq!(m["from"], "bob");
 }

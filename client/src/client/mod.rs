@@ -208,8 +208,8 @@ pub enum Event {
     Error(ErrorFrame),
     /// The token was refreshed; the session now ends at `exp` (unix seconds).
     Refreshed { exp: u64 },
-    /// The client stopped for good: a permanent refusal (4xx) or [`Client::close`]. Sends still
-    /// in the outbox failed with [`SendError::Closed`].
+    /// The client stopped for good: a permanent refusal (a 4xx other than 408 and 429) or
+    /// [`Client::close`]. Sends still in the outbox failed with [`SendError::Closed`].
     Stopped { why: String },
 }
 
