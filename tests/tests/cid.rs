@@ -188,3 +188,37 @@ async fn a_resent_cid_reaches_a_connection_once_and_one_ack_settles_it() {
     let got = bob.frames_until_pong().await;
     assert!(got.is_empty(), "{got:?}");
 }
+
+/// A resend of a message the recipient's device acked already (a sender that reconnected and
+/// sent its outbox again): the connection does not get it twice, and the sender hears
+/// `received` for it at once, as it did for the first copy, rather than `stored` when the
+/// resend's hold expires (which also put a second copy in the recipient's inbox).
+#[tokio::test]
+async fn a_resend_of_a_message_acked_already_is_answered_received() {
+    let c = Cluster::start(2).await;
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let first = send_cid(&mut alice, "bob", "out-1", "s1", json!("once")).await;
+    assert_eq!(first["status"], "delivered", "{first}");
+    let id = id_of(&first);
+    let m = bob.expect_type("message").await;
+    assert_eq!(m["id"], id.as_str());
+    let is_receipt = |f: &Value| f["type"] == "receipt" && f["id"] == id.as_str();
+    let receipt = alice.expect(is_receipt, "the first receipt").await;
+    assert_eq!(receipt["status"], "received", "{receipt}");
+
+    // The same send again, on a new connection of alice's on the same node.
+    alice.close().await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let again = send_cid(&mut alice, "bob", "out-1", "s2", json!("once")).await;
+    assert_eq!(again["status"], "delivered", "{again}");
+    assert_eq!(id_of(&again), id);
+    let receipt = alice.expect(is_receipt, "a receipt for the resend").await;
+    assert_eq!(receipt["status"], "received", "{receipt}");
+    assert_eq!(receipt["to"], "bob");
+    let more = bob.frames_until_pong().await;
+    assert!(
+        more.iter().all(|f| f["type"] != "message"),
+        "no second copy: {more:?}"
+    );
+}

@@ -33,6 +33,19 @@ pub enum InboxCopy {
     Acked,
 }
 
+/// Whether a live copy of a message is new to this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveCopy {
+    /// Not written here recently: write it.
+    New,
+    /// Written here and not acked yet: not written again; whoever waits for this copy hears
+    /// when the client acks (see [`Acked::also`]).
+    Unacked,
+    /// Written here and acked by the client since: not written again, and whoever waits for
+    /// this copy can be told `received` now.
+    Acked,
+}
+
 /// A live message written to the connection and not acked yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unacked {
@@ -49,6 +62,9 @@ pub struct Acked {
     pub live: Option<Option<Source>>,
     /// It is an inbox message (or has a stored copy): remove it in Redis.
     pub inbox: bool,
+    /// Other copies of it, sent again from elsewhere while it waited here (a sender that
+    /// reconnected to another node and resent): their holders are told too.
+    pub also: Vec<Source>,
 }
 
 /// Written live without room in the ledger: the connection is a slow consumer.
@@ -72,6 +88,10 @@ pub struct Ledger {
     /// already has it.
     recent: VecDeque<(MsgId, Option<UserId>)>,
     recent_ids: HashSet<MsgId>,
+    /// Where copies of unacked messages came from besides the first (see [`LiveCopy::Unacked`]),
+    /// at most [`RECENT_IDS`] (the oldest is let go: its holder stores the message when its hold
+    /// expires, as for any copy nobody confirms). Empty, and unallocated, almost always.
+    also: VecDeque<(MsgId, Source)>,
 }
 
 impl Ledger {
@@ -84,6 +104,7 @@ impl Ledger {
             inbox_sent: HashSet::default(),
             recent: VecDeque::new(),
             recent_ids: HashSet::default(),
+            also: VecDeque::new(),
         }
     }
 
@@ -92,10 +113,26 @@ impl Ledger {
         self.inbox_sent.contains(id)
     }
 
-    /// Whether `id` was written here live recently (or is still unacked): a second live copy
-    /// is not written again.
-    pub fn has_live(&self, id: &MsgId) -> bool {
-        self.recent_ids.contains(id) || self.unacked.iter().any(|u| u.id == *id)
+    /// Whether a live copy of `id` from `source` is new here. A copy written already is not
+    /// written again; one still unacked whose `source` differs from the first copy's is noted,
+    /// so that the client's ack answers both (see [`Acked::also`]).
+    pub fn live_copy(&mut self, id: &MsgId, source: Option<&Source>) -> LiveCopy {
+        if let Some(u) = self.unacked.iter().find(|u| u.id == *id) {
+            if let Some(source) = source
+                && u.source.as_ref() != Some(source)
+                && !self.also.iter().any(|(i, s)| i == id && s == source)
+            {
+                if self.also.len() >= RECENT_IDS {
+                    self.also.pop_front();
+                }
+                self.also.push_back((id.clone(), source.clone()));
+            }
+            LiveCopy::Unacked
+        } else if self.recent_ids.contains(id) {
+            LiveCopy::Acked
+        } else {
+            LiveCopy::New
+        }
     }
 
     /// `id` was written as an inbox message: from the inbox, or a live one whose sender stopped
@@ -142,7 +179,30 @@ impl Ledger {
         if inbox && !self.recent_ids.contains(id) {
             self.remember(id.clone(), None);
         }
-        Acked { live, inbox }
+        Acked {
+            live,
+            inbox,
+            also: self.take_also(|i| i == id),
+        }
+    }
+
+    /// The noted other copies' sources for the ids `pick` chooses, removed.
+    fn take_also(&mut self, pick: impl Fn(&MsgId) -> bool) -> Vec<Source> {
+        if self.also.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        self.also.retain(|(i, s)| {
+            let keep = !pick(i);
+            if !keep {
+                taken.push(s.clone());
+            }
+            keep
+        });
+        if self.also.is_empty() {
+            self.also = VecDeque::new();
+        }
+        taken
     }
 
     /// Whether `id` waits for this client's ack (a live message not acked yet, or an inbox
@@ -198,10 +258,24 @@ impl Ledger {
         }
     }
 
-    /// The unacked live messages, oldest first; the ledger keeps none.
-    pub fn take_unacked(&mut self) -> VecDeque<Unacked> {
+    /// The unacked live messages, oldest first, each followed by its other copies (the same
+    /// message with another source, see [`LiveCopy::Unacked`]); the ledger keeps none.
+    pub fn take_unacked(&mut self) -> Vec<Unacked> {
         self.unacked_bytes = 0;
-        std::mem::take(&mut self.unacked)
+        let unacked = std::mem::take(&mut self.unacked);
+        let mut all = Vec::with_capacity(unacked.len() + self.also.len());
+        for u in unacked {
+            let copies = self.take_also(|i| *i == u.id);
+            let (id, frame) = (u.id.clone(), u.frame.clone());
+            all.push(u);
+            all.extend(copies.into_iter().map(|source| Unacked {
+                id: id.clone(),
+                frame: frame.clone(),
+                source: Some(source),
+            }));
+        }
+        self.also = VecDeque::new();
+        all
     }
 }
 
@@ -302,7 +376,11 @@ mod tests {
         // Written live, not acked yet: the stored copy is not sent, and stays in Redis until
         // the client acks.
         l.wrote_live(entry(1)).expect("room");
-        assert!(l.has_live(&id(1)), "a second live copy is not written");
+        assert_eq!(
+            l.live_copy(&id(1), entry(1).source.as_ref()),
+            LiveCopy::Unacked,
+            "a second live copy is not written"
+        );
         assert_eq!(l.inbox_copy(&id(1)), InboxCopy::Had);
         assert!(l.has_from_inbox(&id(1)));
         let acked = l.acked(&id(1));
@@ -313,7 +391,11 @@ mod tests {
         // Written live and acked before the copy came: the copy is removed in Redis.
         l.wrote_live(entry(2)).expect("room");
         assert!(l.acked(&id(2)).live.is_some());
-        assert!(l.has_live(&id(2)), "still recognised after the ack");
+        assert_eq!(
+            l.live_copy(&id(2), None),
+            LiveCopy::Acked,
+            "still recognised after the ack"
+        );
         assert_eq!(l.inbox_copy(&id(2)), InboxCopy::Acked);
         assert_eq!(l.inbox_copy(&id(2)), InboxCopy::Had, "and only once");
         assert_eq!(
@@ -329,9 +411,61 @@ mod tests {
             l.wrote_live(entry(n)).expect("room");
             l.acked(&id(n));
         }
-        assert!(!l.has_live(&id(0)), "forgotten");
+        assert_eq!(l.live_copy(&id(0), None), LiveCopy::New, "forgotten");
         assert_eq!(l.sender_of(&id(0)), None);
         assert_eq!(l.inbox_copy(&id(0)), InboxCopy::Send);
         assert_eq!(l.inbox_copy(&id(RECENT_IDS)), InboxCopy::Acked);
+    }
+
+    fn from_node(node: &str) -> Source {
+        Source {
+            from: UserId::parse("alice").expect("valid"),
+            holder: Some(crate::ids::NodeId::parse(node).expect("valid")),
+        }
+    }
+
+    #[test]
+    fn a_copy_sent_again_from_elsewhere_is_answered_by_the_one_ack() {
+        let mut l = Ledger::new(1 << 30);
+        let first = Unacked {
+            source: Some(from_node("node1")),
+            ..entry(1)
+        };
+        l.wrote_live(first).expect("room");
+        let again = from_node("node3");
+        for _ in 0..3 {
+            assert_eq!(l.live_copy(&id(1), Some(&again)), LiveCopy::Unacked);
+        }
+        assert_eq!(
+            l.live_copy(&id(1), Some(&from_node("node1"))),
+            LiveCopy::Unacked,
+            "the first copy's own source is not noted twice"
+        );
+        assert_eq!(l.live_copy(&id(2), Some(&again)), LiveCopy::New);
+        let acked = l.acked(&id(1));
+        assert_eq!(acked.live, Some(Some(from_node("node1"))));
+        assert_eq!(acked.also, vec![again.clone()], "noted once");
+        assert_eq!(l.live_copy(&id(1), Some(&again)), LiveCopy::Acked);
+        assert!(l.acked(&id(1)).also.is_empty(), "answered once");
+    }
+
+    #[test]
+    fn a_connection_that_ends_hands_back_every_copy_of_what_it_did_not_ack() {
+        let mut l = Ledger::new(1 << 30);
+        l.wrote_live(entry(1)).expect("room");
+        l.wrote_live(entry(2)).expect("room");
+        l.live_copy(&id(1), Some(&from_node("node2")));
+        let left = l.take_unacked();
+        let got: Vec<(MsgId, Option<Source>)> =
+            left.into_iter().map(|u| (u.id, u.source)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (id(1), entry(1).source),
+                (id(1), Some(from_node("node2"))),
+                (id(2), entry(2).source),
+            ]
+        );
+        assert!(l.take_unacked().is_empty());
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flood::Verdict;
 use super::frame::{self, ClientFrame, FrameError};
-use super::ledger::{InboxCopy, Ledger, Unacked};
+use super::ledger::{InboxCopy, Ledger, LiveCopy, Unacked};
 use crate::backlog::{Tell, Waiting};
 use crate::confirm::{ConfirmStatus, Confirmation};
 use crate::delivery::Outcome;
@@ -633,31 +633,10 @@ impl Session {
         let acked = self.ledger.acked(&id);
         let was_live = acked.live.is_some();
         if let Some(Some(source)) = acked.live {
-            // Whoever waits to hear: the peer holding it (it tells the sender), or the sender.
-            match source.holder {
-                Some(peer) => {
-                    let sent = self.state.confirms.send(
-                        &peer,
-                        Confirmation {
-                            id: id.clone(),
-                            status: ConfirmStatus::Received,
-                            device: self.device.clone(),
-                        },
-                    );
-                    if !sent {
-                        tracing::debug!(peer = %peer, msg_id = %id, "cannot confirm to the holding peer; its hold will expire into the inbox");
-                    }
-                }
-                None => {
-                    self.state.holds.receipt(
-                        &source.from,
-                        id.clone(),
-                        &self.user,
-                        ReceiptStatus::Received,
-                        self.device.clone(),
-                    );
-                }
-            }
+            self.tell_received(&id, source);
+        }
+        for source in acked.also {
+            self.tell_received(&id, source);
         }
         // A message that reached this device through the inbox (its sender was answered
         // `stored`): its sender hears `received` too, as for a live one (a live message with a
@@ -678,6 +657,35 @@ impl Session {
             && let Err(e) = Box::pin(self.state.inbox.ack(&self.user, &id)).await
         {
             tracing::warn!(user = %self.user, msg_id = %id, error = %e, "cannot remove an acked inbox message; it will be sent again");
+        }
+    }
+
+    /// This device acked `id`: whoever waits to hear for the copy from `source` is told, the
+    /// peer holding it (it tells the sender) or the sender.
+    fn tell_received(&self, id: &MsgId, source: Source) {
+        match source.holder {
+            Some(peer) => {
+                let sent = self.state.confirms.send(
+                    &peer,
+                    Confirmation {
+                        id: id.clone(),
+                        status: ConfirmStatus::Received,
+                        device: self.device.clone(),
+                    },
+                );
+                if !sent {
+                    tracing::debug!(peer = %peer, msg_id = %id, "cannot confirm to the holding peer; its hold will expire into the inbox");
+                }
+            }
+            None => {
+                self.state.holds.receipt(
+                    &source.from,
+                    id.clone(),
+                    &self.user,
+                    ReceiptStatus::Received,
+                    self.device.clone(),
+                );
+            }
         }
     }
 
@@ -791,12 +799,23 @@ impl Session {
                 source,
             } => (id, frame, from_inbox, accepted_us, written, source),
         };
-        // A copy this connection has already (sent again after a broken mesh stream, or
-        // through the inbox) is not written twice.
+        // A copy this connection has already (sent again after a broken mesh stream or a
+        // reconnect, or through the inbox) is not written twice. Whoever waits for a live copy
+        // still hears what the device does with it: at once if it acked it already, with its
+        // ack otherwise.
         let had = if from_inbox {
             self.ledger.has_from_inbox(&id)
         } else {
-            self.ledger.has_live(&id)
+            match self.ledger.live_copy(&id, source.as_ref()) {
+                LiveCopy::New => false,
+                LiveCopy::Unacked => true,
+                LiveCopy::Acked => {
+                    if let Some(source) = &source {
+                        self.tell_received(&id, source.clone());
+                    }
+                    true
+                }
+            }
         };
         if had {
             if let Some(w) = written {
