@@ -79,6 +79,17 @@ impl NodeReader {
     }
 
     /// Every registered node with its record and lease, sorted by id.
+    /// The ids of every registered node (alive or not yet swept), sorted: one command, for
+    /// callers that read a node's record only when it is new to them.
+    pub async fn node_ids(&self) -> Result<Vec<NodeId>, DbError> {
+        let _timed = Timed::start(&*self.observer, "node_ids");
+        let mut c = self.redis.cold().await?;
+        let ids: Vec<String> = c.smembers(keys::nodes()).await?;
+        let mut nodes: Vec<NodeId> = ids.iter().filter_map(|id| NodeId::parse(id).ok()).collect();
+        nodes.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(nodes)
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, DbError> {
         let _timed = Timed::start(&*self.observer, "list_nodes");
         let mut c = self.redis.cold().await?;

@@ -311,6 +311,9 @@ impl Node {
             .spawn(crate::upkeep::sweep_loop(state.clone()).instrument(span.clone()));
         state
             .tracker
+            .spawn(crate::upkeep::meet_peers(state.clone()).instrument(span.clone()));
+        state
+            .tracker
             .spawn(crate::upkeep::lease_watch(state.clone()).instrument(span.clone()));
         state
             .tracker

@@ -2,11 +2,14 @@
 //! peer that stops reading (frozen with SIGSTOP) while messages keep coming for it and for others.
 //! Each test keeps a ledger of what the clients saw (sent, acked, received) and checks that every
 //! message acked `delivered` or `stored` reached its recipient exactly once per connection.
+//! Also: every node opens its streams to its peers before the first message needs them.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wsroute_tests::cluster::{MESH_SECRET, Node, NodeOpts};
+use wsroute_tests::router_cli::cli_json;
 use wsroute_tests::{Client, Cluster, eventually, patience};
 
 /// What one recipient connection read.
@@ -342,4 +345,53 @@ async fn a_frozen_peer_holds_no_send_past_its_deadline_and_blocks_no_other_peer(
     );
     assert!(answered, "sends left unanswered while node 2 was frozen");
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Every node opens a stream to each peer before any message needs one (a first message would
+/// otherwise wait for it, and under load be stored instead of delivered), and a node that joins
+/// later is met by the others within a few seconds. No client connects until the streams are
+/// up; then a first message crosses and is `delivered`.
+#[tokio::test]
+async fn every_node_opens_its_mesh_streams_before_the_first_message() {
+    let mut c = Cluster::start(2).await;
+    let url = c.redis.url();
+    let streams_up = |node: &'static str, peers: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let v = cli_json(&url, &["stats", node, "--mesh-secret", MESH_SECRET]);
+            let up: Vec<String> = v["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["stream_up"] == true)
+                .filter_map(|p| p["node"].as_str().map(str::to_owned))
+                .collect();
+            peers.iter().all(|p| up.iter().any(|u| u == p)).then_some(v)
+        }
+    };
+    eventually("node1's stream to node2 opens without traffic", || {
+        streams_up("node1", &["node2"])
+    })
+    .await;
+    eventually("node2's stream to node1 opens without traffic", || {
+        streams_up("node2", &["node1"])
+    })
+    .await;
+    let third = Node::start(&c.redis, NodeOpts::new("node3")).await;
+    c.nodes.push(third);
+    for (node, peers) in [
+        ("node1", &["node2", "node3"][..]),
+        ("node2", &["node1", "node3"][..]),
+        ("node3", &["node1", "node2"][..]),
+    ] {
+        eventually(&format!("{node} meets every peer"), || {
+            streams_up(node, peers)
+        })
+        .await;
+    }
+    let mut bob = Client::connect(&c.node(3).ws_user("bob")).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let ack = alice.send_and_ack("bob", json!("first")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(bob.expect_type("message").await["body"], "first");
 }

@@ -308,6 +308,25 @@ impl PeerPool {
         }
     }
 
+    /// Meets the peers in `nodes` this node has not met yet: each gets its worker, which opens
+    /// its stream at once, so that the first message to a peer does not wait for that. Does
+    /// nothing (`None`) until the mesh thread is known: workers are spawned there (see
+    /// `mesh_thread`). Returns how many peers it met.
+    pub async fn warm(&self, nodes: &[NodeId]) -> Option<usize> {
+        self.mesh_thread.get()?;
+        let mut met = 0;
+        for node in nodes {
+            if *node == self.me || self.peers.contains_key(node) {
+                continue;
+            }
+            match self.queue_for(node).await {
+                Ok(_) => met += 1,
+                Err(e) => tracing::debug!(peer = %node, error = %e, "cannot meet a peer yet"),
+            }
+        }
+        Some(met)
+    }
+
     /// Whether this node's last attempt to reach `node` over the mesh failed (and nothing has
     /// re-resolved it since): a node to not send clients to.
     pub fn unreachable(&self, node: &NodeId) -> bool {
@@ -525,6 +544,14 @@ impl PeerWorker {
         let mut link: Option<Link> = None;
         let mut waiting: VecDeque<InFlightBatch> = VecDeque::new();
         let mut seq = 0u64;
+        // The stream opens now rather than with the first batch, so that the first messages
+        // do not wait for it (under load, past their deadline: they would be stored instead of
+        // delivered). A failure here is retried with the first batch, as any other.
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = self.ensure_link(&mut link, 0) => {}
+        }
         loop {
             let oldest = waiting.front().map(|b| b.sent_at + self.call_timeout);
             tokio::select! {
@@ -615,37 +642,11 @@ impl PeerWorker {
             items.push(job.item);
             replies.push(job.reply);
         }
-        if link.is_none() {
-            // A peer that could not be reached a moment ago is not waited for again yet.
-            let opened = match self.reopen_at {
-                Some(at) if tokio::time::Instant::now() < at => {
-                    Err(self
-                        .call_error("no stream (the last attempt failed); retrying shortly".into()))
-                }
-                _ => self.open().await,
-            };
-            match opened {
-                Ok(l) => {
-                    *link = Some(l);
-                    self.reopen_at = None;
-                    self.stream_up.store(true, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.metrics.mesh_errors.inc();
-                    self.suspect.store(true, Ordering::Relaxed);
-                    if self
-                        .reopen_at
-                        .is_none_or(|at| tokio::time::Instant::now() >= at)
-                    {
-                        self.reopen_at = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
-                        tracing::warn!(peer = %self.node, error = %e, messages = replies.len(), "mesh stream cannot open");
-                    }
-                    for r in replies {
-                        let _ = r.send(Err(e.clone()));
-                    }
-                    return;
-                }
+        if let Err(e) = self.ensure_link(link, replies.len()).await {
+            for r in replies {
+                let _ = r.send(Err(e.clone()));
             }
+            return;
         }
         *seq += 1;
         let batch = pb::ForwardBatch {
@@ -674,11 +675,53 @@ impl PeerWorker {
         }
     }
 
+    /// Opens the stream unless it is open, for a batch of `messages` (0: opened ahead of the
+    /// first message, see [`PeerPool::warm`]).
+    async fn ensure_link(
+        &mut self,
+        link: &mut Option<Link>,
+        messages: usize,
+    ) -> Result<(), MeshError> {
+        if link.is_some() {
+            return Ok(());
+        }
+        // A peer that could not be reached a moment ago is not waited for again yet.
+        let opened = match self.reopen_at {
+            Some(at) if tokio::time::Instant::now() < at => {
+                Err(self.call_error("no stream (the last attempt failed); retrying shortly".into()))
+            }
+            _ => self.open().await,
+        };
+        match opened {
+            Ok(l) => {
+                *link = Some(l);
+                self.reopen_at = None;
+                self.stream_up.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.mesh_errors.inc();
+                self.suspect.store(true, Ordering::Relaxed);
+                if self
+                    .reopen_at
+                    .is_none_or(|at| tokio::time::Instant::now() >= at)
+                {
+                    self.reopen_at = Some(tokio::time::Instant::now() + REOPEN_BACKOFF);
+                    tracing::warn!(peer = %self.node, error = %e, messages, "mesh stream cannot open");
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn open(&mut self) -> Result<Link, MeshError> {
         let (batches, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
-        let call = self
-            .client
-            .forward_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        // Who opens it, so that the peer can open its own stream back at once.
+        if let Ok(me) = self.me.as_str().parse() {
+            request.metadata_mut().insert(wire::FROM_NODE, me);
+        }
+        let call = self.client.forward_stream(request);
         match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(resp)) => Ok(Link {
                 batches,

@@ -251,6 +251,20 @@ impl Mesh for MeshService {
         req: Request<Streaming<pb::ForwardBatch>>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.admit(&req)?;
+        // A peer that names itself is met back: this node opens its own stream to it now
+        // rather than with its first message (a node that just joined, see `upkeep::meet_peers`).
+        if let Some(from) = req
+            .metadata()
+            .get(wire::FROM_NODE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| NodeId::parse(v).ok())
+            .filter(|n| *n != self.node)
+        {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                state.delivery.peers.warm(&[from]).await;
+            });
+        }
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);

@@ -16,6 +16,10 @@ use crate::ids::{IdError, MsgId, UserId};
 /// announces nothing predates frames and is sent envelopes ([`legacy_item`]).
 pub const MESH_PROTOCOL: &str = "3";
 
+/// gRPC metadata on a `ForwardStream` call: the id of the node that opens it (the peer opens
+/// its own stream back at once; a node that does not send it is met with its first message).
+pub const FROM_NODE: &str = "x-wsroute-from-node";
+
 /// What a peer's announced mesh protocol reads and answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerProto {
