@@ -276,7 +276,7 @@ impl Node {
             nodes_refresh: tokio::sync::Mutex::new(()),
             subscribed: Arc::new(AtomicBool::new(false)),
             draining: AtomicBool::new(false),
-            readiness_changed: tokio::sync::Notify::new(),
+            readiness_changed: Arc::new(tokio::sync::Notify::new()),
             lease_until: std::sync::Mutex::new(None),
             cut_off: AtomicBool::new(false),
             backlog: crate::backlog::Backlog::new(limits.hold_bytes),
@@ -349,6 +349,7 @@ impl Node {
                 state.sessions.clone(),
                 state.presence.clone(),
                 state.subscribed.clone(),
+                state.readiness_changed.clone(),
                 state.metrics.route_events.clone(),
                 state.shutdown.clone(),
             )

@@ -66,8 +66,9 @@ pub struct NodeState {
     pub(crate) subscribed: Arc<AtomicBool>,
     pub(crate) draining: AtomicBool,
     /// Woken when [`NodeState::accepting`] may have changed (drain, registration, a lost
-    /// lease), so that the gRPC health service tells its watchers at once.
-    pub readiness_changed: tokio::sync::Notify,
+    /// lease, the route events' subscription), so that the gRPC health service tells its
+    /// watchers at once.
+    pub readiness_changed: Arc<tokio::sync::Notify>,
     /// When this node's lease runs out unless renewed before: the send time of the last renewal
     /// that Redis answered, plus the lease's length. `None` until the first registration.
     pub(crate) lease_until: std::sync::Mutex<Option<tokio::time::Instant>>,

@@ -2,6 +2,8 @@
 //! a user who moves, and the route cache doing its job without Redis.
 
 use serde_json::json;
+use wsroute_tests::cluster::{Node, NodeOpts};
+use wsroute_tests::redis_server::RedisServer;
 use wsroute_tests::{Client, Cluster, eventually, keys, node_id};
 
 #[tokio::test]
@@ -206,11 +208,19 @@ async fn the_broadcast_baseline_delivers_through_every_node() {
 
 #[tokio::test]
 async fn a_peer_that_does_not_announce_frames_is_sent_envelopes() {
-    let c = Cluster::start(2).await;
-    // node2 registered as a node from before frame pass-through would be: no `mesh` field.
-    c.redis
+    // node2 registered as a node from before frame pass-through would be: no `mesh` field. It
+    // starts first and loses the field before node1 starts, so node1 meets it (at its start, see
+    // `upkeep::meet_peers`) as an older node.
+    let redis = RedisServer::start().await;
+    let node2 = Node::start(&redis, NodeOpts::new("node2")).await;
+    redis
         .hdel(&keys::node_info(&node_id("node2")), keys::info::MESH)
         .await;
+    let node1 = Node::start(&redis, NodeOpts::new("node1")).await;
+    let c = Cluster {
+        nodes: vec![node1, node2],
+        redis,
+    };
     let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
     let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
 

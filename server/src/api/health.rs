@@ -20,10 +20,10 @@ use crate::state::NodeState;
 /// The service names a caller may ask about: `""` (the server as a whole) and the public API.
 pub const SERVICES: [&str; 2] = ["", "wsroute.v1.Router"];
 
-/// How often the readiness is read again when nothing announced a change. Draining announces
-/// itself (see [`NodeState::readiness_changed`]); the other causes (registration in Redis, the
-/// route events' subscription, a lost lease) are seen within this.
-const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// How often the readiness is read again when nothing announced a change: a safety net only,
+/// as every cause announces itself (drain, registration in Redis, a lost lease, the route
+/// events' subscription: see [`NodeState::readiness_changed`]).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// The health service, with every name [`SERVICES`] lists at `NOT_SERVING` until
 /// [`follow_readiness`] says otherwise, and the handle that changes them.

@@ -84,16 +84,24 @@ async fn until_unanswered(mut sink: redis::aio::PubSubSink) -> String {
 /// primary the sentinels name at that moment; behind Sentinel the subscription is also moved when
 /// they name another primary (a demoted one keeps it open as a replica). The subscription is
 /// pinged every second: one that stops answering counts as lost, like one that closed.
-/// `subscribed` says whether it listens now (`/readyz` waits for it).
+/// `subscribed` says whether it listens now (`/readyz` waits for it); `changed` is woken when it
+/// turns (the gRPC health service follows it).
+#[allow(clippy::too_many_arguments)]
 pub async fn listen(
     subs: Subscriptions,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
     presence: Arc<Presence>,
     subscribed: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
     heard: prometheus::IntCounterVec,
     cancel: CancellationToken,
 ) {
+    let set = |now: bool| {
+        if subscribed.swap(now, Ordering::AcqRel) != now {
+            changed.notify_one();
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     let mut turn = 0usize;
     loop {
@@ -124,7 +132,7 @@ pub async fn listen(
         backoff = Duration::from_millis(100);
         subs.subscribed_on(&server);
         cache.clear();
-        subscribed.store(true, Ordering::Release);
+        set(true);
         for (conn, _) in sessions.snapshot() {
             sessions.control(&conn, Control::InboxChanged);
         }
@@ -140,7 +148,7 @@ pub async fn listen(
                 _ = cancel.cancelled() => return,
                 m = stream.next() => m,
                 why = &mut health => {
-                    subscribed.store(false, Ordering::Release);
+                    set(false);
                     tracing::warn!(reason = %why, "route events: the subscription stopped answering; resubscribing");
                     break;
                 }
@@ -148,13 +156,13 @@ pub async fn listen(
                     if subs.still_primary(&server).await {
                         continue;
                     }
-                    subscribed.store(false, Ordering::Release);
+                    set(false);
                     tracing::warn!("route events: the sentinels name another primary; resubscribing there");
                     break;
                 }
             };
             let Some(msg) = msg else {
-                subscribed.store(false, Ordering::Release);
+                set(false);
                 tracing::warn!("route events: subscription lost; resubscribing");
                 break;
             };
