@@ -11,7 +11,8 @@
 #                                 (/proc/.../schedstat) over 5 s of the steady window, and p99
 #
 # BIN_DIR=dir profiles the binaries there (default target/release, built if missing); N=count
-# changes the connects; LOADGEN=path drives the nodes with another router-cli. Prints, per node: instructions executed and heap allocations
+# changes the connects; LOADGEN=path drives the nodes with another router-cli; NODE_ARGS adds
+# flags to every node (scripts/rounds.sh runs schedstat over several builds in rotated rounds). Prints, per node: instructions executed and heap allocations
 # (__rust_alloc calls); leaves the callgrind files in .local/profile/ for callgrind_annotate.
 # Everything listens on 127.0.0.1 only (Redis on 6497, nodes on 9371-9372 / 5371-5372) and is
 # stopped at the end.
@@ -30,10 +31,13 @@ fi
 out=.local/profile
 rm -rf "$out" && mkdir -p "$out"
 pids=()
+node_pids=()
+# Stops the nodes and Redis (every mode, on any exit).
 stop_all() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${node_pids[@]}" "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${node_pids[@]}" "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
+  node_pids=()
 }
 trap stop_all EXIT
 
@@ -47,14 +51,14 @@ case "$what" in
   schedstat) nodes=3 ;;
   *) echo "profile.sh: unknown mode '$what' (messages | connects | schedstat)" >&2; exit 2 ;;
 esac
-node_pids=()
 urls=()
 for i in $(seq 1 "$nodes"); do
   wrap=(valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.n$i")
   [ "$what" = schedstat ] && wrap=()
   WSROUTE_LOG=warn "${wrap[@]}" \
     "$bin/wsroute-server" --node-id "n$i" --dev-auth --ws-listen "127.0.0.1:$((9370 + i))" \
-    --grpc-listen "127.0.0.1:$((5370 + i))" --redis-url redis://127.0.0.1:6497 >"$out/n$i.log" 2>&1 &
+    --grpc-listen "127.0.0.1:$((5370 + i))" --redis-url redis://127.0.0.1:6497 ${NODE_ARGS:-} \
+    >"$out/n$i.log" 2>&1 &
   node_pids+=($!)
   urls+=(--url "ws://127.0.0.1:$((9370 + i))/ws")
 done
