@@ -280,6 +280,12 @@ impl Delivery {
             );
         }
         match self.inbox.store(env).await {
+            // A resend of a message the inbox holds already cost nothing: its token goes back.
+            Ok(StoreOutcome::Had) => {
+                self.quota.refund(origin, &env.from);
+                self.metrics.messages.with_label_values(&["stored"]).inc();
+                Outcome::Stored
+            }
             Ok(StoreOutcome::Stored) => {
                 self.metrics.messages.with_label_values(&["stored"]).inc();
                 // Close the race with a connect that read the inbox just before this write.

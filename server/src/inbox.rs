@@ -61,6 +61,8 @@ return 1
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
     Stored,
+    /// The inbox holds this id already (a resend): nothing was added.
+    Had,
     /// The inbox holds its maximum number of messages.
     Full,
     /// The message would take the inbox past its maximum bytes.
@@ -164,6 +166,7 @@ impl Inbox {
         }
         Ok(match stored {
             0 => StoreOutcome::Full,
+            -1 => StoreOutcome::Had,
             -2 => StoreOutcome::FullBytes,
             _ => StoreOutcome::Stored,
         })

@@ -132,6 +132,26 @@ impl StoreQuota {
         }
     }
 
+    /// Gives back the token [`Self::charge`] took for a send that turned out to cost nothing:
+    /// the message was in the inbox already (a resend with its `cid`).
+    pub fn refund(&self, origin: Origin, from: &UserId) {
+        let give_back = |rate: Rate, b: &mut Bucket| b.tokens = (b.tokens + 1.0).min(rate.capacity);
+        match origin {
+            Origin::Api => give_back(
+                self.api_rate,
+                &mut self
+                    .api
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            Origin::Client => {
+                if let Some(mut b) = self.users.get_mut(from) {
+                    give_back(self.user_rate, &mut b);
+                }
+            }
+        }
+    }
+
     /// Forgets the buckets that have refilled, once the map has grown to the sweep mark.
     fn sweep(&self, now: Instant) {
         let at = self.sweep_at.load(Ordering::Relaxed);
@@ -165,6 +185,30 @@ mod tests {
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_token_and_never_more_than_the_burst() {
+        let q = StoreQuota::new(2, 2);
+        let t0 = Instant::now();
+        let alice = user("alice");
+        assert!(q.charge(Origin::Client, &alice, t0));
+        assert!(q.charge(Origin::Client, &alice, t0));
+        assert!(!q.charge(Origin::Client, &alice, t0), "spent");
+        q.refund(Origin::Client, &alice);
+        assert!(q.charge(Origin::Client, &alice, t0), "one came back");
+        assert!(!q.charge(Origin::Client, &alice, t0), "only one");
+        // Refunds past the burst are capped; a user never charged has nothing to refund.
+        let bob = user("bob");
+        q.refund(Origin::Client, &bob);
+        assert_eq!(q.tracked(), 1, "no bucket made for bob");
+        assert!(q.charge(Origin::Api, &alice, t0));
+        for _ in 0..5 {
+            q.refund(Origin::Api, &alice);
+        }
+        assert!(q.charge(Origin::Api, &alice, t0));
+        assert!(q.charge(Origin::Api, &alice, t0));
+        assert!(!q.charge(Origin::Api, &alice, t0), "the burst, not more");
     }
 
     #[test]

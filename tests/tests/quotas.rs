@@ -343,3 +343,37 @@ async fn an_inbox_ack_costs_one_redis_call_however_often_it_is_repeated() {
         .expect("LLEN works");
     assert_eq!(depth, 0);
 }
+
+/// A resend of a message the inbox holds already (a client sending its outbox again after a lost
+/// ack, with the same `cid`) costs the sender nothing: `stored` again, the same id, and the
+/// quota's token given back, so that resends cannot use up the quota for new messages.
+#[tokio::test]
+async fn a_resend_of_a_stored_message_does_not_use_the_quota() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--max-stored-per-minute".into(), "3".into()];
+    })
+    .await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let send = |cid: &'static str, r: String| json!({"type":"send","to":"bob","ref":r,"cid":cid,"body":"for later"});
+    let mut first_id = None;
+    for n in 0..6 {
+        let r = format!("again{n}");
+        alice.send_json(send("one", r.clone())).await;
+        let ack = alice.expect_ack(&r).await;
+        assert_eq!(ack["status"], "stored", "transmission {n}: {ack}");
+        let id = ack["id"].clone();
+        assert_eq!(*first_id.get_or_insert(id.clone()), id, "the same message");
+    }
+    // The quota of 3 still has two new messages in it, and then none.
+    for (cid, want) in [("two", "stored"), ("three", "stored"), ("four", "rejected")] {
+        let r = format!("new-{cid}");
+        alice.send_json(send(cid, r.clone())).await;
+        let ack = alice.expect_ack(&r).await;
+        assert_eq!(ack["status"], want, "{cid}: {ack}");
+        if want == "rejected" {
+            assert_eq!(ack["error"]["code"], "quota_exceeded", "{ack}");
+        }
+    }
+    let inbox = wsroute_tests::router_cli::cli_json(&c.redis.url(), &["inbox", "bob"]);
+    assert_eq!(inbox["depth"], 3, "one, two, three: {inbox}");
+}
