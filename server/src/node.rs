@@ -311,9 +311,6 @@ impl Node {
             .spawn(crate::upkeep::sweep_loop(state.clone()).instrument(span.clone()));
         state
             .tracker
-            .spawn(crate::upkeep::meet_peers(state.clone()).instrument(span.clone()));
-        state
-            .tracker
             .spawn(crate::upkeep::lease_watch(state.clone()).instrument(span.clone()));
         state
             .tracker
@@ -403,8 +400,15 @@ impl Node {
         let grpc_listener = grpc_listener.into_std().map_err(bind_error(grpc_addr))?;
         let (grpc_started, grpc) = tokio::sync::oneshot::channel();
         let mesh_thread = peers.mesh_thread();
+        let meeting = state.clone();
         let start_grpc = Arc::new(std::sync::Mutex::new(Some(move || {
             let _ = mesh_thread.set(tokio::runtime::Handle::current());
+            // The mesh thread is known from here on: the peers can be met (their workers run
+            // on this thread).
+            let span = tracing::info_span!("node", node = %meeting.node);
+            meeting
+                .tracker
+                .spawn(crate::upkeep::meet_peers(meeting.clone()).instrument(span));
             let incoming = match tokio::net::TcpListener::from_std(grpc_listener) {
                 Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
                 Err(e) => {

@@ -218,34 +218,28 @@ pub(crate) async fn lease_watch(state: Arc<NodeState>) {
 
 /// Removes the routes of nodes whose lease ran out: one node per interval looks (by turn), and
 /// one survivor cleans each dead node (by lock).
-/// How often [`meet_peers`] looks whether the node serves yet.
-const MEET_POLL: Duration = Duration::from_millis(50);
-
-/// Once the node serves, opens a mesh stream to every node in the table, so that the first
-/// message to a peer does not wait for one (under load, past its deadline: it would be stored
-/// instead of delivered). One read of the node set, once. A node that joins later does the same,
-/// and names itself when it opens its streams: each peer then opens its stream back (see
+/// Once the node's mesh thread runs (it is started from there, see `Node::start`), opens a mesh
+/// stream to every node in the table, so that the first message to a peer does not wait for one
+/// (under load, past its deadline: it would be stored instead of delivered). One read of the
+/// node set, retried with back-off while Redis does not answer. A node that joins later does the
+/// same, and names itself when it opens its streams: each peer then opens its stream back (see
 /// `MeshService::forward_stream`), so no peer needs to poll the node set.
 pub(crate) async fn meet_peers(state: Arc<NodeState>) {
+    let mut backoff = Duration::from_millis(100);
     loop {
+        match state.nodes.reader().node_ids().await {
+            Ok(nodes) => {
+                let met = state.delivery.peers.warm(&nodes).await;
+                tracing::debug!(peers = ?met, "opened mesh streams to the peers");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the nodes to meet the peers yet"),
+        }
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(MEET_POLL) => {}
+            _ = tokio::time::sleep(backoff) => {}
         }
-        if !state.in_table.load(Ordering::Acquire) {
-            continue;
-        }
-        let nodes = match state.nodes.reader().node_ids().await {
-            Ok(nodes) => nodes,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list the nodes to meet the peers yet");
-                continue;
-            }
-        };
-        if let Some(met) = state.delivery.peers.warm(&nodes).await {
-            tracing::debug!(peers = met, "opened mesh streams to the peers");
-            return;
-        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
