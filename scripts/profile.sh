@@ -92,6 +92,9 @@ print(f"bench: ok={r['ok']} delivered/s={r['throughput_per_s']} lost={r['lost']}
 def read(name):
     rows = {}
     for line in open(f"{out}/{name}"):
+        # A thread that ended between listing and reading leaves a short line.
+        if len(line.split()) != 6:
+            continue
         pid, tid, comm, run, wait, slices = line.split()
         rows[(pid, tid)] = (comm, int(run), int(wait), int(slices))
     return rows
