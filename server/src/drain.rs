@@ -48,7 +48,10 @@ impl Node {
         };
         match removed {
             Ok(users) => {
-                if let Err(e) = state.routes.publish_invalidations(&users).await {
+                // With the news that this node is gone: the peers close their mesh links to it
+                // (else each keeps an idle worker for it until it stops; a node whose id is not
+                // reused would add one per restart).
+                if let Err(e) = state.routes.publish_node_gone(&state.node, &users).await {
                     tracing::debug!(error = %e, "cannot announce the removed routes");
                 }
             }

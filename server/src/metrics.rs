@@ -249,7 +249,7 @@ impl Metrics {
         );
         let route_events = counter_vec(
             "wsroute_route_events_total",
-            "Route events heard on the event channel, by kind (invalidate, inbox, node_up)",
+            "Route events heard on the event channel, by kind (invalidate, inbox, node_up, node_gone)",
             &["kind"],
         );
         let presence_watchers = gauge(

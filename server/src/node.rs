@@ -272,6 +272,7 @@ impl Node {
             presence,
             metrics,
             in_table: AtomicBool::new(false),
+            peers_met: AtomicBool::new(false),
             nodes_seen: std::sync::RwLock::new(None),
             nodes_refresh: tokio::sync::Mutex::new(()),
             subscribed: Arc::new(AtomicBool::new(false)),
@@ -345,6 +346,7 @@ impl Node {
                 state.cache.clone(),
                 state.sessions.clone(),
                 state.presence.clone(),
+                state.delivery.peers.clone(),
                 state.subscribed.clone(),
                 state.readiness_changed.clone(),
                 state.metrics.route_events.clone(),
@@ -404,11 +406,8 @@ impl Node {
         let start_grpc = Arc::new(std::sync::Mutex::new(Some(move || {
             let _ = mesh_thread.set(tokio::runtime::Handle::current());
             // The mesh thread is known from here on: the peers can be met (their workers run
-            // on this thread).
-            let span = tracing::info_span!("node", node = %meeting.node);
-            meeting
-                .tracker
-                .spawn(crate::upkeep::meet_peers(meeting.clone()).instrument(span));
+            // on this thread) once this node is in the table too.
+            meeting.meet_peers_once_ready();
             let incoming = match tokio::net::TcpListener::from_std(grpc_listener) {
                 Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
                 Err(e) => {

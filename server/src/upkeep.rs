@@ -111,6 +111,9 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
             Ok(()) => {
                 state.lease_renewed(sent);
                 let was_in = state.in_table.swap(true, Ordering::AcqRel);
+                if !was_in {
+                    state.meet_peers_once_ready();
+                }
                 let was_cut_off = state.cut_off.swap(false, Ordering::AcqRel);
                 if !was_in || was_cut_off {
                     state.readiness_changed.notify_one();
@@ -218,8 +221,8 @@ pub(crate) async fn lease_watch(state: Arc<NodeState>) {
 
 /// Removes the routes of nodes whose lease ran out: one node per interval looks (by turn), and
 /// one survivor cleans each dead node (by lock).
-/// Once the node's mesh thread runs (it is started from there, see `Node::start`), opens a mesh
-/// stream to every node in the table, so that the first message to a peer does not wait for one
+/// Once the node's mesh thread runs and the node is in the table (started then, see
+/// `NodeState::meet_peers_once_ready`), opens a mesh stream to every node in the table, so that the first message to a peer does not wait for one
 /// (under load, past its deadline: it would be stored instead of delivered). One read of the
 /// node set, retried with back-off while Redis does not answer. A node that joins later does the
 /// same, and names itself when it opens its streams: each peer then opens its stream back (see
@@ -256,7 +259,7 @@ pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
             Ok(cleaned) => {
                 for (node, users) in cleaned {
                     state.cache.forget_node(&node);
-                    if let Err(e) = state.routes.publish_invalidations(&users).await {
+                    if let Err(e) = state.routes.publish_node_gone(&node, &users).await {
                         tracing::debug!(error = %e, "cannot announce the removed routes");
                     }
                 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wsroute_tests::cluster::{MESH_SECRET, Node, NodeOpts};
 use wsroute_tests::router_cli::cli_json;
-use wsroute_tests::{Client, Cluster, eventually, patience};
+use wsroute_tests::{Client, Cluster, eventually, metric, patience, poll_until};
 
 /// What one recipient connection read.
 #[derive(Default)]
@@ -394,4 +394,91 @@ async fn every_node_opens_its_mesh_streams_before_the_first_message() {
     let ack = alice.send_and_ack("bob", json!("first")).await;
     assert_eq!(ack["status"], "delivered", "{ack}");
     assert_eq!(bob.expect_type("message").await["body"], "first");
+}
+
+/// The peers a node's `stats` lists (its mesh workers), by node id.
+fn listed_peers(redis_url: &str, node: &str) -> Vec<String> {
+    let v = cli_json(redis_url, &["stats", node, "--mesh-secret", MESH_SECRET]);
+    v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["node"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A node that leaves is forgotten by its peers: their mesh workers for it end and `stats` stops
+/// listing it, whether it stopped gracefully (it says so as it leaves) or was killed (the node
+/// that sweeps its expired lease says so). Before, every node kept an idle worker (and a `suspect`
+/// line in `stats`) for every node that ever left, one more per restart of a node whose id is not
+/// reused. A node that comes back under the same id is met again and messages cross to it.
+/// The three start together: each meets the other two without traffic (two nodes that listed
+/// the table before either was in it used to miss each other: 2 runs in 8 of this file).
+#[tokio::test]
+async fn a_node_that_leaves_is_forgotten_by_its_peers() {
+    let mut c = Cluster::start(3).await;
+    let url = c.redis.url();
+    let lists =
+        |node: &'static str, want: &'static [&'static str], not: &'static [&'static str]| {
+            let url = url.clone();
+            async move {
+                let peers = listed_peers(&url, node);
+                (want.iter().all(|w| peers.iter().any(|p| p == w))
+                    && not.iter().all(|n| peers.iter().all(|p| p != n)))
+                .then_some(peers)
+            }
+        };
+    for (node, peers) in [
+        ("node1", &["node2", "node3"][..]),
+        ("node2", &["node1", "node3"][..]),
+    ] {
+        eventually(&format!("{node} meets every peer"), || {
+            lists(node, peers, &[])
+        })
+        .await;
+    }
+
+    // A graceful stop: both peers forget node3.
+    c.nodes[2].terminate();
+    let status = c.nodes[2].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "node3 exits cleanly: {status:?}");
+    eventually("node1 forgets node3 after it stopped", || {
+        lists("node1", &["node2"], &["node3"])
+    })
+    .await;
+    eventually("node2 forgets node3 after it stopped", || {
+        lists("node2", &["node1"], &["node3"])
+    })
+    .await;
+    let gone = metric(
+        &c.node(1).http("/metrics"),
+        "wsroute_route_events_total{kind=\"node_gone\"}",
+    )
+    .await;
+    assert!(gone >= 1.0, "node1 counted the node_gone event: {gone}");
+
+    // node3 comes back under its id: met again, and a message crosses to it.
+    c.nodes[2].restart(&c.redis).await;
+    eventually("node1 meets node3 again", || {
+        lists("node1", &["node2", "node3"], &[])
+    })
+    .await;
+    let mut bob = Client::connect(&c.node(3).ws_user("bob")).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let ack = alice.send_and_ack("bob", json!("again")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    assert_eq!(bob.expect_type("message").await["body"], "again");
+
+    // A kill: the lease runs out (10 s), a sweep removes node2 and tells the others.
+    c.nodes[1].kill();
+    let forgotten = poll_until(Duration::from_secs(10) + patience(), || {
+        let url = url.clone();
+        async move { listed_peers(&url, "node1").iter().all(|p| p != "node2") }
+    })
+    .await;
+    assert!(
+        forgotten,
+        "node1 still lists the killed node2 after its lease ran out: {:?}",
+        listed_peers(&url, "node1")
+    );
 }

@@ -454,8 +454,8 @@ async fn json_logs_carry_node_user_conn_and_message_ids() {
 }
 
 /// The routes of a node that died are announced to the other nodes' route caches in one Redis
-/// round trip, not one per user (the sweep after `kill -9`; a drain and a reconcile announce
-/// through the same call).
+/// round trip, not one per user, the news that the node is gone in the same pipeline (the sweep
+/// after `kill -9`; a drain and a reconcile announce through the same call).
 #[tokio::test]
 async fn a_dead_nodes_users_are_announced_in_one_round_trip() {
     let mut c = Cluster::start(3).await;

@@ -154,6 +154,11 @@ impl PeerPool {
         }
     }
 
+    /// Whether the mesh thread is known (peer workers can be started there).
+    pub fn mesh_thread_known(&self) -> bool {
+        self.mesh_thread.get().is_some()
+    }
+
     /// The cell the node sets to the mesh thread's runtime once the gRPC server runs there.
     pub fn mesh_thread(&self) -> Arc<OnceLock<tokio::runtime::Handle>> {
         self.mesh_thread.clone()

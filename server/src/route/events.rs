@@ -16,6 +16,7 @@ use wsroute_core::keys;
 
 use super::cache::RouteCache;
 use crate::ids::{NodeId, UserId};
+use crate::mesh::client::PeerPool;
 use crate::presence::Presence;
 use crate::sessions::{Control, Sessions};
 
@@ -28,6 +29,9 @@ pub enum RouteEvent {
     Inbox(UserId),
     /// A node (re)registered: routes to it are good again.
     NodeUp(NodeId),
+    /// A node left the table (it stopped, or its lease ran out and it was swept): its routes
+    /// are gone and so is the mesh link to it.
+    NodeGone(NodeId),
 }
 
 impl RouteEvent {
@@ -36,6 +40,7 @@ impl RouteEvent {
             Self::Invalidate(u) => ("inv ", u.as_str()),
             Self::Inbox(u) => ("inbox ", u.as_str()),
             Self::NodeUp(n) => ("up ", n.as_str()),
+            Self::NodeGone(n) => ("gone ", n.as_str()),
         };
         [kind, name].concat()
     }
@@ -46,6 +51,7 @@ impl RouteEvent {
             "inv" => Some(Self::Invalidate(UserId::parse(name).ok()?)),
             "inbox" => Some(Self::Inbox(UserId::parse(name).ok()?)),
             "up" => Some(Self::NodeUp(NodeId::parse(name).ok()?)),
+            "gone" => Some(Self::NodeGone(NodeId::parse(name).ok()?)),
             _ => None,
         }
     }
@@ -85,13 +91,15 @@ async fn until_unanswered(mut sink: redis::aio::PubSubSink) -> String {
 /// they name another primary (a demoted one keeps it open as a replica). The subscription is
 /// pinged every second: one that stops answering counts as lost, like one that closed.
 /// `subscribed` says whether it listens now (`/readyz` waits for it); `changed` is woken when it
-/// turns (the gRPC health service follows it).
+/// turns (the gRPC health service follows it). A node that left is forgotten by the route cache
+/// and by `peers` (its mesh worker ends).
 #[allow(clippy::too_many_arguments)]
 pub async fn listen(
     subs: Subscriptions,
     cache: Arc<RouteCache>,
     sessions: Arc<Sessions>,
     presence: Arc<Presence>,
+    peers: Arc<PeerPool>,
     subscribed: Arc<AtomicBool>,
     changed: Arc<tokio::sync::Notify>,
     heard: prometheus::IntCounterVec,
@@ -188,6 +196,12 @@ pub async fn listen(
                     // per user (after Redis lost its data): watched counts may have changed.
                     presence.recheck_all();
                 }
+                Some(RouteEvent::NodeGone(node)) => {
+                    heard.with_label_values(&["node_gone"]).inc();
+                    cache.forget_node(&node);
+                    peers.forget(&node);
+                    tracing::info!(node = %node, "a node left the cluster; its mesh link is closed");
+                }
                 None => tracing::debug!(payload = %payload, "route events: ignoring unknown event"),
             }
         }
@@ -205,6 +219,7 @@ mod tests {
             RouteEvent::Invalidate(bob.clone()),
             RouteEvent::Inbox(bob.clone()),
             RouteEvent::NodeUp(NodeId::parse("n1").expect("valid")),
+            RouteEvent::NodeGone(NodeId::parse("n1").expect("valid")),
         ] {
             assert_eq!(RouteEvent::decode(&e.encode()), Some(e));
         }
@@ -212,7 +227,8 @@ mod tests {
         assert_eq!(RouteEvent::Invalidate(bob.clone()).encode(), "inv bob");
         assert_eq!(RouteEvent::Inbox(bob.clone()).encode(), "inbox bob");
         let n1 = NodeId::parse("n1").expect("valid");
-        assert_eq!(RouteEvent::NodeUp(n1).encode(), "up n1");
+        assert_eq!(RouteEvent::NodeUp(n1.clone()).encode(), "up n1");
+        assert_eq!(RouteEvent::NodeGone(n1).encode(), "gone n1");
         assert_eq!(RouteEvent::decode("inv bad user"), None);
         assert_eq!(RouteEvent::decode("zap bob"), None);
         assert_eq!(RouteEvent::decode(""), None);

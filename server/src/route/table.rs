@@ -331,14 +331,38 @@ impl RouteTable {
     /// instead of one round trip each. Classic pub/sub is cluster-wide, so on Redis Cluster the
     /// node that takes a pipeline reaches every subscriber.
     pub async fn publish_invalidations(&self, users: &[UserId]) -> Result<(), DbError> {
+        self.publish_removed(users, None).await
+    }
+
+    /// [`Self::publish_invalidations`] for a node that left the table (it stopped, or was swept
+    /// after its lease ran out), followed in the same pipeline by the news that it is gone:
+    /// every node then drops its cached routes to it and its mesh link.
+    pub async fn publish_node_gone(&self, node: &NodeId, users: &[UserId]) -> Result<(), DbError> {
+        self.publish_removed(users, Some(node)).await
+    }
+
+    async fn publish_removed(
+        &self,
+        users: &[UserId],
+        gone: Option<&NodeId>,
+    ) -> Result<(), DbError> {
         let channel = keys::events_channel();
+        let mut events: Vec<String> = users
+            .iter()
+            .map(|user| RouteEvent::Invalidate(user.clone()).encode())
+            .collect();
+        if let Some(node) = gone {
+            events.push(RouteEvent::NodeGone(node.clone()).encode());
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
         // A bulk removal's follow-up: a cold path (one checkout for every batch).
         let mut c = self.cold().await?;
-        for batch in users.chunks(PUBLISH_BATCH) {
+        for batch in events.chunks(PUBLISH_BATCH) {
             let _timer = self.count("publish");
             let mut w = Writes::new();
-            for user in batch {
-                let event = RouteEvent::Invalidate(user.clone()).encode();
+            for event in batch {
                 w.add(&channel, Cmd::publish(&channel, event));
             }
             c.write(w).await?;
