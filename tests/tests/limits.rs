@@ -2,6 +2,8 @@
 //! close, a user over the connection limit gets 429, a browser from an origin not allowed gets
 //! 403. Each time, everyone else keeps being served.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 use wsroute_tests::{Client, Cluster, eventually};
 
@@ -56,6 +58,53 @@ async fn a_flood_is_refused_then_closed_and_others_are_unaffected() {
     assert_eq!(
         alice.send_and_ack("bob", json!("hi")).await["status"],
         "delivered"
+    );
+}
+
+/// A steady flood, not a burst: a client that spent its burst and keeps sending at three times
+/// its rate has one frame in three allowed (a token comes back every 1/rate s), and must still be
+/// closed within about a second of refusals. Before, any frame allowed forgave the refusals so
+/// far, and such a client was answered `rate_limited` for as long as it liked: only floods of
+/// about rate^2 frames a second were ever closed.
+#[tokio::test]
+async fn a_steady_flood_at_three_times_the_rate_is_closed() {
+    let c = Cluster::start_with(1, |o| {
+        o.extra = vec!["--max-msgs-per-sec".into(), "20".into()];
+    })
+    .await;
+    let mut flooder = Client::connect(&c.node(1).ws_user("flooder")).await;
+    // The burst (ten seconds' worth, 200 frames) at once.
+    for _ in 0..200 {
+        flooder.send_json(json!({"type":"ping"})).await;
+    }
+    // Then 60 frames a second, for at most 8 s (the close comes well before).
+    let mut pace = tokio::time::interval(Duration::from_millis(1000 / 60));
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        pace.tick().await;
+        if !flooder.try_send_json(json!({"type":"ping"})).await {
+            break;
+        }
+        sent += 1;
+    }
+    let (frames, close) = flooder.expect_close().await;
+    assert_eq!(
+        close.expect("a close frame").code,
+        1008,
+        "after {sent} paced frames"
+    );
+    let pongs = frames.iter().filter(|f| f["type"] == "pong").count();
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["code"] == "rate_limited")
+        .count();
+    // Frames kept passing during the flood (200 of the burst, then some of the paced ones), and
+    // about a second's worth of refusals (20 tolerated) ended it.
+    assert!(pongs > 200, "{pongs} pongs");
+    assert!(
+        (20..=30).contains(&limited),
+        "{limited} refusals before the close"
     );
 }
 

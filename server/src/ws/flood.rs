@@ -1,6 +1,7 @@
 //! Flood control for one connection: a token bucket over the frames a client initiates (sends,
 //! pings and WebSocket ping/pong frames, refreshes, acks of nothing waiting for them, refused
-//! frames), and the rule for when refusing becomes closing.
+//! frames), and the rule for when refusing becomes closing: a second's worth of refusals (at
+//! the sustained rate) without the client holding back for a second in between.
 
 use std::time::Instant;
 
@@ -23,9 +24,9 @@ pub struct FloodGuard {
     capacity: f64,
     tokens: f64,
     last: Instant,
-    /// Frames refused since the last one allowed.
+    /// Frames refused since the client last had a second's worth of the rate in hand.
     strikes: u32,
-    /// Refusals in a row that end the connection: one second's worth of the sustained rate.
+    /// Refusals that end the connection: one second's worth of the sustained rate.
     max_strikes: u32,
 }
 
@@ -53,9 +54,16 @@ impl FloodGuard {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        // Forgiven only once the client has held back long enough to have a second's worth in
+        // hand again. Forgiving at every frame allowed would let a steady flood live for ever:
+        // at twice the rate every other frame passes (a token comes back every 1/rate s), and
+        // the refusals in between never add up; only floods of about rate^2 frames a second
+        // were ever closed.
+        if self.tokens >= self.rate {
+            self.strikes = 0;
+        }
         if self.tokens >= cost {
             self.tokens -= cost;
-            self.strikes = 0;
             return Verdict::Allow;
         }
         self.strikes += 1;
@@ -100,6 +108,62 @@ mod tests {
         // Heavier than the whole burst: costs the burst, so it passes once the bucket is full.
         let later = t0 + Duration::from_secs(10);
         assert_eq!(g.check_n(later, 1_000_000), Verdict::Allow);
+    }
+
+    /// `per_second` frames a second for `secs` seconds after `start`, evenly spaced; the verdicts.
+    fn paced(g: &mut FloodGuard, start: Instant, per_second: u32, secs: u32) -> Vec<Verdict> {
+        let gap = Duration::from_secs(1) / per_second;
+        (1..=per_second * secs)
+            .map(|i| g.check(start + gap * i))
+            .collect()
+    }
+
+    fn count(verdicts: &[Verdict], which: Verdict) -> usize {
+        verdicts.iter().filter(|v| **v == which).count()
+    }
+
+    #[test]
+    fn a_steady_flood_at_twice_the_rate_is_closed_within_about_a_second() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new(20);
+        for _ in 0..200 {
+            assert_eq!(g.check(t0), Verdict::Allow, "the burst");
+        }
+        let verdicts = paced(&mut g, t0, 40, 3);
+        let closed_at = verdicts
+            .iter()
+            .position(|v| *v == Verdict::Close)
+            .expect("closed");
+        // 20 refusals are tolerated; at 40 frames a second about half pass.
+        assert!(
+            (38..=48).contains(&closed_at),
+            "closed at frame {closed_at}, not about 1 s in"
+        );
+        assert!(verdicts[..closed_at].contains(&Verdict::Allow));
+    }
+
+    #[test]
+    fn a_client_at_its_rate_is_never_closed_and_one_that_holds_back_is_forgiven() {
+        let t0 = Instant::now();
+        let mut g = FloodGuard::new(20);
+        for _ in 0..200 {
+            g.check(t0);
+        }
+        // At the sustained rate (after the burst is spent), for a minute: nothing refused.
+        let steady = paced(&mut g, t0, 20, 60);
+        assert_eq!(count(&steady, Verdict::Allow), steady.len());
+        // Over it for a moment: refused, not closed ...
+        let t1 = t0 + Duration::from_secs(60);
+        let over: Vec<Verdict> = (0..15).map(|_| g.check(t1)).collect();
+        assert!(over.contains(&Verdict::Refuse));
+        assert_eq!(count(&over, Verdict::Close), 0);
+        // ... and after a second of quiet the refusals so far are forgiven: 20 more are
+        // tolerated again before a close.
+        let t2 = t1 + Duration::from_millis(1100);
+        let again: Vec<Verdict> = (0..(22 + 20)).map(|_| g.check(t2)).collect();
+        assert_eq!(count(&again, Verdict::Allow), 22);
+        assert_eq!(count(&again, Verdict::Refuse), 20);
+        assert_eq!(g.check(t2), Verdict::Close);
     }
 
     #[test]
