@@ -60,6 +60,15 @@ pub enum StartError {
     NodeIdInUse { node: NodeId, holder: String },
 }
 
+impl StartError {
+    /// A mistake in the configuration (a key or certificate file that cannot be used, a Redis
+    /// URL that does not parse), as opposed to the world refusing (a port taken, a node id in
+    /// use): the process exits 2 for these, as for a bad flag.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Keys(_) | Self::Tls(_) | Self::Redis(_))
+    }
+}
+
 /// A running node: its bound addresses and the handles needed to stop it.
 pub struct Node {
     pub state: Arc<NodeState>,
@@ -407,7 +416,7 @@ impl Node {
             let _ = mesh_thread.set(tokio::runtime::Handle::current());
             // The mesh thread is known from here on: the peers can be met (their workers run
             // on this thread) once this node is in the table too.
-            meeting.meet_peers_once_ready();
+            crate::upkeep::meet_peers_once_ready(&meeting);
             let incoming = match tokio::net::TcpListener::from_std(grpc_listener) {
                 Ok(l) => tokio_stream::wrappers::TcpListenerStream::new(l),
                 Err(e) => {

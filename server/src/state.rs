@@ -56,7 +56,7 @@ pub struct NodeState {
     pub metrics: Metrics,
     /// True while this node's lease is held in Redis (false while starting or Redis is away).
     pub(crate) in_table: AtomicBool,
-    /// Set once the start-up meeting of the peers was started (see [`NodeState::meet_peers_once_ready`]).
+    /// Set once the start-up meeting of the peers was started (see `upkeep::meet_peers_once_ready`).
     pub(crate) peers_met: AtomicBool,
     /// The node list as last read, and when (see [`NodeState::known_nodes`]).
     pub(crate) nodes_seen: std::sync::RwLock<Option<(std::time::Instant, Arc<Vec<NodeRecord>>)>>,
@@ -95,32 +95,6 @@ pub struct NodeState {
     /// sends a closed session leaves unfinished run here. Client sessions run on the HTTP
     /// workers, and the mesh on the first of them (see `node.rs`).
     pub runtime: tokio::runtime::Handle,
-}
-
-impl NodeState {
-    /// Starts the meeting of the peers (`upkeep::meet_peers`) once both of its conditions hold:
-    /// the mesh thread is known (peer workers run there) and this node is in the table. Called
-    /// where each turns true; whichever comes second starts it, once. In the table first: two
-    /// nodes starting together could otherwise each list the table before the other was in it,
-    /// and neither meet the other until a first message waited for the stream (a node that lists
-    /// after both registered sees the other, and names itself when it opens its stream, so the
-    /// other opens its way back).
-    pub(crate) fn meet_peers_once_ready(self: &Arc<Self>) {
-        // Each caller has just stored its own condition; the fence orders that store before
-        // the load of the other's, so that of two racing callers at least one sees both.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if !self.in_table.load(Ordering::Acquire)
-            || !self.delivery.peers.mesh_thread_known()
-            || self.peers_met.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let span = tracing::info_span!("node", node = %self.node);
-        self.tracker.spawn(tracing::Instrument::instrument(
-            crate::upkeep::meet_peers(self.clone()),
-            span,
-        ));
-    }
 }
 
 impl NodeState {

@@ -112,7 +112,7 @@ pub(crate) async fn lease_loop(state: Arc<NodeState>) {
                 state.lease_renewed(sent);
                 let was_in = state.in_table.swap(true, Ordering::AcqRel);
                 if !was_in {
-                    state.meet_peers_once_ready();
+                    meet_peers_once_ready(&state);
                 }
                 let was_cut_off = state.cut_off.swap(false, Ordering::AcqRel);
                 if !was_in || was_cut_off {
@@ -219,11 +219,34 @@ pub(crate) async fn lease_watch(state: Arc<NodeState>) {
     }
 }
 
-/// Removes the routes of nodes whose lease ran out: one node per interval looks (by turn), and
-/// one survivor cleans each dead node (by lock).
-/// Once the node's mesh thread runs and the node is in the table (started then, see
-/// `NodeState::meet_peers_once_ready`), opens a mesh stream to every node in the table, so that the first message to a peer does not wait for one
-/// (under load, past its deadline: it would be stored instead of delivered). One read of the
+/// Starts the meeting of the peers ([`meet_peers`]) once both of its conditions hold:
+/// the mesh thread is known (peer workers run there) and this node is in the table. Called
+/// where each turns true; whichever comes second starts it, once. In the table first: two
+/// nodes starting together could otherwise each list the table before the other was in it,
+/// and neither meet the other until a first message waited for the stream (a node that lists
+/// after both registered sees the other, and names itself when it opens its stream, so the
+/// other opens its way back).
+pub(crate) fn meet_peers_once_ready(state: &Arc<NodeState>) {
+    // Each caller has just stored its own condition; the fence orders that store before
+    // the load of the other's, so that of two racing callers at least one sees both.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if !state.in_table.load(Ordering::Acquire)
+        || !state.delivery.peers.mesh_thread_known()
+        || state.peers_met.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let span = tracing::info_span!("node", node = %state.node);
+    state.tracker.spawn(tracing::Instrument::instrument(
+        meet_peers(state.clone()),
+        span,
+    ));
+}
+
+/// Once the node's mesh thread runs and the node is in the table (started then, by
+/// [`meet_peers_once_ready`]), opens a mesh stream to every node in the table, so that the first
+/// message to a peer does not wait for one (under load, past its deadline: it would be stored
+/// instead of delivered). One read of the
 /// node set, retried with back-off while Redis does not answer. A node that joins later does the
 /// same, and names itself when it opens its streams: each peer then opens its stream back (see
 /// `MeshService::forward_stream`), so no peer needs to poll the node set.
@@ -246,6 +269,8 @@ pub(crate) async fn meet_peers(state: Arc<NodeState>) {
     }
 }
 
+/// Removes the routes of nodes whose lease ran out: one node per interval looks (by turn), and
+/// one survivor cleans each dead node (by lock).
 pub(crate) async fn sweep_loop(state: Arc<NodeState>) {
     loop {
         tokio::select! {
