@@ -41,7 +41,7 @@ pub struct Args {
     /// HS256 secret for client tokens
     #[arg(long, env = "WSROUTE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// PEM file with an RSA or EC public key: accept RS256/RS384/RS512 or ES256/ES384 tokens
+    /// PEM file with an RSA or EC public key: accept RS256/RS384/RS512, PS256/PS384/PS512 or ES256/ES384 tokens
     #[arg(long, env = "WSROUTE_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
     /// Local JWKS file (JSON) with RSA/EC public keys, chosen by the token's `kid` (no network fetch)
@@ -525,7 +525,7 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error(
-        "no client authentication configured: set --jwt-secret (WSROUTE_JWT_SECRET), or --dev-auth for development only"
+        "no client authentication configured: set --jwt-secret (WSROUTE_JWT_SECRET), --jwt-secret-file, --jwt-public-key or --jwks-file, or --dev-auth for development only"
     )]
     NoAuth,
     #[error("--node-id {0:?} is not a valid id: {1}")]

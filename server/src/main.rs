@@ -31,7 +31,11 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 eprintln!("wsroute-server: {e}");
-                return ExitCode::FAILURE;
+                return if e.is_configuration() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                };
             }
         };
         tokio::select! {

@@ -363,6 +363,25 @@ async fn a_file_that_cannot_give_a_secret_stops_the_start_with_a_clear_reason() 
             vec!["--jwt-secret-file", &set],
             "both --jwt-secret and --jwt-secret-file".to_owned(),
         ),
+        // Token key files are read as the node starts: the same exit code as a bad flag.
+        (
+            vec![
+                "--mesh-secret",
+                "s",
+                "--jwt-public-key",
+                "/nonexistent/key.pem",
+            ],
+            "cannot read /nonexistent/key.pem".to_owned(),
+        ),
+        (
+            vec![
+                "--mesh-secret",
+                "s",
+                "--jwks-file",
+                "/nonexistent/jwks.json",
+            ],
+            "cannot read /nonexistent/jwks.json".to_owned(),
+        ),
     ] {
         let mut o = production("badfile");
         o.mesh_secret = None;
