@@ -338,8 +338,10 @@ impl Delivery {
     /// it even while their routes are not in Redis).
     fn notice_here(&self, user: &UserId, frame: &bytestring::ByteString) {
         let local = self.sessions.conns_of(user);
-        let _ = LocalAttempt::notice(&self.sessions, frame, &local);
-        self.metrics.receipts.inc();
+        let attempt = LocalAttempt::notice(&self.sessions, frame, &local);
+        self.metrics
+            .receipts
+            .inc_by(u64::from(attempt.notices_queued()));
     }
 
     /// The part of [`Self::notify`] for `user`'s connections on other nodes.

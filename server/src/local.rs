@@ -73,6 +73,11 @@ impl LocalAttempt {
 
     /// Queues a notice (a `receipt`) on each connection: nobody waits to hear it was written,
     /// and a full queue simply misses it.
+    /// Notices handed to connections' queues by this attempt.
+    pub fn notices_queued(&self) -> u32 {
+        self.queued
+    }
+
     pub fn notice(sessions: &Sessions, frame: &ByteString, conns: &[ConnId]) -> Self {
         let mut attempt = Self::gone(Vec::new());
         for conn in conns {

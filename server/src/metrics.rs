@@ -203,7 +203,7 @@ impl Metrics {
         );
         let receipts = counter(
             "wsroute_receipts_total",
-            "Receipts sent to senders' live connections",
+            "Receipts handed to senders' live connections on this node (one per connection; a receipt for a sender with no live connection is dropped and not counted)",
         );
         let sends_overdue = counter(
             "wsroute_sends_overdue_total",

@@ -257,6 +257,26 @@ impl Client {
         Some(v)
     }
 
+    /// Waits (up to `patience()`) for the next WebSocket pong, skipping text frames (kept in the
+    /// buffer for later `expect`s); its payload.
+    pub async fn expect_pong(&mut self) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + patience();
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.conn.recv_message())
+                .await
+                .unwrap_or_else(|_| panic!("no pong within {:?}", patience()));
+            match m {
+                Some(Ok(Message::Pong(p))) => return p.to_vec(),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
+                    self.buffered.push_back(v);
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended before a pong: {other:?}"),
+            }
+        }
+    }
+
     /// Closes and reads until the server's close, so that it has processed everything before.
     pub async fn close(self) {
         self.conn.close(patience()).await;

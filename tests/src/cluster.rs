@@ -211,6 +211,11 @@ impl Node {
         assert!(status.success(), "kill {sig} {pid} failed");
     }
 
+    /// Sends SIGINT (Ctrl-C: a graceful drain, as SIGTERM).
+    pub fn interrupt(&self) {
+        self.signal("-INT");
+    }
+
     /// Sends SIGTERM (graceful drain).
     pub fn terminate(&self) {
         if let Some(pid) = self.pid() {

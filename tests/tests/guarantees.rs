@@ -367,3 +367,45 @@ async fn unacked_bytes_are_a_window_that_acks_open() {
     assert_eq!(ledger.lost(), 0, "{}", ledger.summary());
     assert_eq!(ledger.duplicates(), 0, "{}", ledger.summary());
 }
+
+/// PROTOCOL 7.2: receipts are notifications; one for a sender with no live connection is dropped.
+/// Alice's message is delivered, she leaves, bob acks it: when she comes back she gets no late
+/// receipt and nothing in her inbox, and the node counted no receipt sent.
+#[tokio::test]
+async fn a_receipt_for_a_sender_who_left_is_dropped_not_kept() {
+    let c = Cluster::start(1).await;
+    let metrics = c.node(1).http("/metrics");
+    let mut bob = Client::connect(&c.node(1).ws_user("bob"))
+        .await
+        .manual_ack();
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let ack = alice.send_and_ack("bob", json!("while you are here")).await;
+    assert_eq!(ack["status"], "delivered", "{ack}");
+    let msg = bob.expect_type("message").await;
+    assert_eq!(msg["id"], ack["id"]);
+    alice.close().await;
+    wsroute_tests::eventually("alice's route is gone", || async {
+        (c.redis.routes_of_user("alice").await == 0).then_some(())
+    })
+    .await;
+    let sent_before = wsroute_tests::metric(&metrics, "wsroute_receipts_total").await;
+
+    // Bob acks; his pong after it says the node has handled the ack (frames of one connection
+    // are handled in order), and with it the receipt owed to alice.
+    bob.send_json(json!({"type":"ack","id":msg["id"]})).await;
+    bob.frames_until_pong().await;
+
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    let frames = alice.frames_until_pong().await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] != "receipt" && f["type"] != "message"),
+        "nothing owed to alice after she left: {frames:?}"
+    );
+    assert_eq!(
+        wsroute_tests::metric(&metrics, "wsroute_receipts_total").await,
+        sent_before,
+        "no receipt was sent"
+    );
+}

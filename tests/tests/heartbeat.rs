@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use wsroute_client::raw::Message;
 use wsroute_tests::{Client, Cluster};
 
 async fn routes_of_user(c: &Cluster, user: &str) -> usize {
@@ -52,4 +53,19 @@ async fn a_silent_client_is_closed_and_its_route_removed() {
         alive.send_and_ack("alive", json!("me")).await["status"],
         "delivered"
     );
+}
+
+/// A WebSocket ping frame from the client is answered with a pong carrying its payload
+/// (PROTOCOL 2: "WebSocket ping frames are answered too"), beside the JSON `ping`/`pong`.
+#[tokio::test]
+async fn a_websocket_ping_frame_is_answered_with_its_payload() {
+    let c = Cluster::start(1).await;
+    let mut alice = Client::connect(&c.node(1).ws_user("alice")).await;
+    alice
+        .send_raw(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    assert_eq!(alice.expect_pong().await, b"are you there");
+    // The connection goes on as before.
+    alice.send_json(json!({"type":"ping"})).await;
+    alice.expect_type("pong").await;
 }

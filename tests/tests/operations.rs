@@ -103,6 +103,10 @@ async fn sigterm_drains_the_node_and_leaves_no_routes() {
     // Bob is told where to go: the other node.
     let r = bob.expect_type("reconnect").await;
     assert_eq!(r["url"], c.node(1).ws(""));
+    assert!(
+        r["reason"].as_str().is_some_and(|why| !why.is_empty()),
+        "a reconnect says why: {r}"
+    );
     let (_, close) = bob.expect_close().await;
     assert_eq!(close.map(|f| f.code), Some(1001));
 
@@ -129,6 +133,28 @@ async fn sigterm_drains_the_node_and_leaves_no_routes() {
         "delivered"
     );
     bob.expect_type("message").await;
+}
+
+/// SIGINT (Ctrl-C in a terminal) drains like SIGTERM: the clients are sent to another node, the
+/// node leaves the table and exits 0.
+#[tokio::test]
+async fn sigint_drains_like_sigterm() {
+    let mut c = Cluster::start(2).await;
+    let url = c.redis.url();
+    let mut bob = Client::connect(&c.node(2).ws_user("bob")).await;
+    c.node(2).interrupt();
+    let r = bob.expect_type("reconnect").await;
+    assert_eq!(r["url"], c.node(1).ws(""));
+    let (_, close) = bob.expect_close().await;
+    assert_eq!(close.map(|f| f.code), Some(1001));
+    let status = c.nodes[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+    let nodes = cli_json(&url, &["nodes", "list"]);
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    assert_eq!(
+        cli_json(&url, &["routes", "get", "bob"])["connections"],
+        json!([])
+    );
 }
 
 async fn get_json(url: &str) -> (u16, Value) {

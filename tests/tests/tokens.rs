@@ -114,6 +114,9 @@ async fn rs256_with_a_pem_key_and_the_attacks_on_it() {
         json!({"sub":"a b","exp":now()+60}),
     );
     assert_eq!(status_of(&c, &bad_sub).await, 401);
+    // PROTOCOL 1: `exp` is required; a token that never expires is refused.
+    let forever = sign(Algorithm::RS256, None, &rsa(), json!({"sub":"alice"}));
+    assert_eq!(status_of(&c, &forever).await, 401);
 }
 
 #[tokio::test]

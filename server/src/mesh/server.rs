@@ -143,7 +143,14 @@ impl MeshService {
                 // Only a receipt, and rebuilt here from its fields: a peer cannot put any other
                 // frame in front of a client this way.
                 match wire::receipt_frame(&msg.frame) {
-                    Some(frame) => LocalAttempt::notice(&self.sessions, &frame, &conns),
+                    Some(frame) => {
+                        let attempt = LocalAttempt::notice(&self.sessions, &frame, &conns);
+                        self.state
+                            .metrics
+                            .receipts
+                            .inc_by(u64::from(attempt.notices_queued()));
+                        attempt
+                    }
                     None => {
                         tracing::warn!(from_node = %batch.from_node, peer = ?peer, "refusing a notice that is not a receipt");
                         self.state
