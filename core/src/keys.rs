@@ -27,6 +27,17 @@ pub fn inbox_msgs(user: &UserId) -> String {
     user_key(user, "inbox:msgs")
 }
 
+/// Hash `tokens, at`: the user's cluster-wide quota of sends to inboxes (a token bucket kept by
+/// the nodes' quota script; gone once unused for a while, the same as a full bucket).
+pub fn store_quota(user: &UserId) -> String {
+    user_key(user, "quota")
+}
+
+/// The API key's cluster-wide quota of sends to inboxes (as [`store_quota`]).
+pub fn api_store_quota() -> String {
+    [PREFIX, ":api:quota"].concat()
+}
+
 /// Total bytes of the frames in a user's inbox, kept in step with the hash by the node's store
 /// and ack scripts (the same hash tag, so that Redis Cluster keeps it with the inbox).
 pub fn inbox_bytes(user: &UserId) -> String {

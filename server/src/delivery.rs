@@ -21,7 +21,7 @@ use crate::local::LocalAttempt;
 use crate::mesh::client::{ForwardReply, PeerPool};
 use crate::mesh::wire::ItemKind;
 use crate::metrics::Metrics;
-use crate::quota::{Origin, StoreQuota};
+use crate::quota::{Origin, SharedQuota, StoreQuota};
 use crate::route::Route;
 use crate::route::cache::RouteCache;
 use crate::route::events::RouteEvent;
@@ -103,6 +103,8 @@ pub struct Delivery {
     pub(crate) inbox: Inbox,
     /// What each sender may still send to inboxes; charged only for new sends that go there.
     pub(crate) quota: StoreQuota,
+    /// The same, cluster-wide (Redis), charged after the node's own bucket let a send through.
+    pub(crate) shared_quota: SharedQuota,
     pub(crate) metrics: Metrics,
     /// How long a send normally takes at most to learn its fate; one still waiting then is
     /// logged and counted, and waited for (it may be delivered or stored already).
@@ -261,10 +263,23 @@ impl Delivery {
     /// Stores a new message for an offline recipient, if its sender's quota allows (charged
     /// before the Redis call, so that a sender past it costs Redis nothing more).
     async fn store(&self, env: &Envelope, origin: Origin) -> Outcome {
-        if !self
+        let local = self
             .quota
-            .charge(origin, &env.from, std::time::Instant::now())
-        {
+            .charge(origin, &env.from, std::time::Instant::now());
+        // The cluster-wide bucket, only for sends this node's own let through. Redis not
+        // answering here is the store's failure to report, just below: not a refusal.
+        let shared = local
+            && match self.shared_quota.charge(origin, &env.from).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::debug!(from = %env.from, error = %e, "cannot read the cluster-wide quota; storing");
+                    true
+                }
+            };
+        if local && !shared {
+            self.quota.refund(origin, &env.from);
+        }
+        if !shared {
             tracing::debug!(from = %env.from, to = %env.to, msg_id = %env.id, ?origin, "inbox quota spent");
             self.metrics.messages.with_label_values(&["rejected"]).inc();
             let per_minute = self.quota.per_minute(origin);
@@ -275,7 +290,7 @@ impl Delivery {
             return Outcome::rejected(
                 RejectCode::QuotaExceeded,
                 format!(
-                    "the recipient is offline and this sender has sent {per_minute} messages to inboxes in the last minute ({flag}); try again later"
+                    "the recipient is offline and this sender has sent {per_minute} messages to inboxes in the last minute, across the cluster ({flag}); try again later"
                 ),
             );
         }
@@ -283,6 +298,9 @@ impl Delivery {
             // A resend of a message the inbox holds already cost nothing: its token goes back.
             Ok(StoreOutcome::Had) => {
                 self.quota.refund(origin, &env.from);
+                if let Err(e) = self.shared_quota.refund(origin, &env.from).await {
+                    tracing::debug!(from = %env.from, error = %e, "cannot give a quota token back");
+                }
                 self.metrics.messages.with_label_values(&["stored"]).inc();
                 Outcome::Stored
             }

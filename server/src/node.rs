@@ -241,6 +241,12 @@ impl Node {
                 limits.stored_per_minute,
                 limits.api_stored_per_minute,
             ),
+            shared_quota: crate::quota::SharedQuota::new(
+                redis.clone(),
+                limits.stored_per_minute,
+                limits.api_stored_per_minute,
+                metrics.clone(),
+            ),
             metrics: metrics.clone(),
             deadline: limits.send_deadline,
             write_wait: limits.write_wait,

@@ -1,16 +1,22 @@
 //! Quotas on what senders can make the cluster keep: a token bucket per sending user, and one
 //! for the API key, charged for each new send that goes to an inbox (docs/protocol.md, "Limits").
 //!
-//! The buckets live in this node's memory and cost no Redis call: a user connected to several
-//! nodes has a quota on each (at most `--max-conns-per-user` of them).
+//! Two layers of the same bucket. [`StoreQuota`] lives in this node's memory: a sender past it
+//! is refused without a Redis call. [`SharedQuota`] is the cluster-wide one, in Redis, taken by
+//! one single-key script for each send the node's own bucket let through: a user connected to
+//! several nodes has one quota for all of them, as PROTOCOL 7.6 says ("per sender"). Sends
+//! delivered live reach neither.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use wsroute_core::db::{DbError, Redis};
+use wsroute_core::keys;
 
 use crate::ids::UserId;
+use crate::metrics::Metrics;
 
 /// Buckets tracked before the first sweep of full ones (a full bucket is the same as none).
 const MIN_SWEEP: usize = 4096;
@@ -175,6 +181,83 @@ impl StoreQuota {
     /// Users with a bucket (tests and metrics).
     pub fn tracked(&self) -> usize {
         self.users.len()
+    }
+}
+
+/// A token bucket in Redis, on Redis's clock (every node sees the same time). KEYS: the bucket.
+/// ARGV: capacity, tokens per second, cost (1 takes a token if there is one; -1 gives one back,
+/// up to the capacity), how long an untouched bucket is kept (ms; by then it has refilled).
+/// Returns 1 when taken (or given back), 0 when the bucket is spent.
+static BUCKET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or cap
+local at = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
+local taken = 1
+if cost > 0 and tokens < cost then taken = 0 else tokens = math.min(cap, tokens - cost) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return taken
+",
+    )
+});
+
+/// The cluster-wide quota (see the module's text): the same rates as [`StoreQuota`], one bucket
+/// per sender and one for the API key, in Redis.
+#[derive(Clone)]
+pub struct SharedQuota {
+    redis: Redis,
+    user_rate: Rate,
+    api_rate: Rate,
+    metrics: Metrics,
+}
+
+impl SharedQuota {
+    pub fn new(redis: Redis, user_per_minute: u32, api_per_minute: u32, metrics: Metrics) -> Self {
+        Self {
+            redis,
+            user_rate: Rate::per_minute(user_per_minute),
+            api_rate: Rate::per_minute(api_per_minute),
+            metrics,
+        }
+    }
+
+    /// Takes one send to an inbox from `from` (sent by `origin`) out of the cluster-wide quota;
+    /// `Ok(false)` when it is spent.
+    pub async fn charge(&self, origin: Origin, from: &UserId) -> Result<bool, DbError> {
+        self.bucket(origin, from, 1).await
+    }
+
+    /// Gives back the token [`Self::charge`] took (a resend the inbox held already).
+    pub async fn refund(&self, origin: Origin, from: &UserId) -> Result<(), DbError> {
+        self.bucket(origin, from, -1).await.map(drop)
+    }
+
+    async fn bucket(&self, origin: Origin, from: &UserId, cost: i32) -> Result<bool, DbError> {
+        let (key, rate) = match origin {
+            Origin::Client => (keys::store_quota(from), self.user_rate),
+            Origin::Api => (keys::api_store_quota(), self.api_rate),
+        };
+        // Kept until it has surely refilled: a minute's worth, plus a margin.
+        let keep_ms = ((rate.capacity / rate.per_sec) * 1000.0) as u64 + 10_000;
+        let _timer = self.metrics.redis_op("store_quota");
+        let mut c = self.redis.hot().await?;
+        let taken: i64 = BUCKET
+            .key(key)
+            .arg(rate.capacity)
+            .arg(rate.per_sec)
+            .arg(cost)
+            .arg(keep_ms)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(taken == 1)
     }
 }
 

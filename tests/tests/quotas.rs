@@ -377,3 +377,41 @@ async fn a_resend_of_a_stored_message_does_not_use_the_quota() {
     let inbox = wsroute_tests::router_cli::cli_json(&c.redis.url(), &["inbox", "bob"]);
     assert_eq!(inbox["depth"], 3, "one, two, three: {inbox}");
 }
+
+/// PROTOCOL 7.6: the quota of sends to inboxes is per sender, not per node. Alice, connected to
+/// two nodes with a quota of 4, sends to an offline user from both in turn: four are stored in
+/// all, then each node refuses her with `quota_exceeded`. Before, each node kept its own bucket
+/// and she stored four on each (eight), one more bucket per node she connected to. Another
+/// sender still has her own quota, and the push API its own.
+#[tokio::test]
+async fn the_inbox_quota_is_per_sender_across_nodes() {
+    let c = Cluster::start_with(2, |o| {
+        o.extra = vec!["--max-stored-per-minute".into(), "4".into()];
+    })
+    .await;
+    let mut phone = Client::connect(&c.node(1).ws_user("alice")).await;
+    let mut laptop = Client::connect(&c.node(2).ws_user("alice")).await;
+    let mut statuses = Vec::new();
+    for n in 0..8 {
+        let client = if n % 2 == 0 { &mut phone } else { &mut laptop };
+        let ack = client.send_and_ack("offline-bob", json!({ "n": n })).await;
+        let status = ack["status"].as_str().unwrap_or_default().to_owned();
+        if status == "rejected" {
+            assert_eq!(ack["error"]["code"], "quota_exceeded", "{ack}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            "stored", "stored", "stored", "stored", "rejected", "rejected", "rejected", "rejected"
+        ],
+        "four stored across both nodes, then refused on both"
+    );
+    let inbox = wsroute_tests::router_cli::cli_json(&c.redis.url(), &["inbox", "offline-bob"]);
+    assert_eq!(inbox["depth"], 4, "{inbox}");
+
+    let mut carol = Client::connect(&c.node(2).ws_user("carol")).await;
+    let ack = carol.send_and_ack("offline-bob", json!("mine")).await;
+    assert_eq!(ack["status"], "stored", "carol has her own quota: {ack}");
+}
