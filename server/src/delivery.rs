@@ -260,8 +260,9 @@ impl Delivery {
         self.store(env, origin).await
     }
 
-    /// Stores a new message for an offline recipient, if its sender's quota allows (charged
-    /// before the Redis call, so that a sender past it costs Redis nothing more).
+    /// Stores a new message for an offline recipient, if its sender's quota allows: this node's
+    /// bucket first (a sender past it here costs Redis nothing more), then the cluster-wide one
+    /// (one call; a sender past that one costs that call per attempt, and no store).
     async fn store(&self, env: &Envelope, origin: Origin) -> Outcome {
         let local = self
             .quota
