@@ -22,6 +22,9 @@ pub enum Mode {
     FailAll,
     /// 200 to everything.
     Accept,
+    /// No answer to the first attempt of each event id for 30 s (a backend that hangs), 200 to
+    /// the later ones.
+    HangFirst,
 }
 
 /// What the receiver saw.
@@ -37,6 +40,8 @@ pub struct Seen {
     pub bad_signatures: u32,
     /// POSTs without an event id header, or whose body's `event_id` disagrees with it.
     pub bad_ids: u32,
+    /// When each attempt of each event id arrived, in order.
+    pub arrivals: HashMap<String, Vec<std::time::Instant>>,
 }
 
 struct Shared {
@@ -176,6 +181,19 @@ pub fn expected_signature(secret: &str, body: &[u8]) -> String {
 }
 
 async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    match answer(&s, &headers, &body) {
+        Some(status) => status,
+        // Hang; the sender gives up first and drops the connection, which ends this handler
+        // (nothing is accepted).
+        None => {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            StatusCode::OK
+        }
+    }
+}
+
+/// Records an attempt and decides its answer; `None`: do not answer ([`Mode::HangFirst`]).
+fn answer(s: &Shared, headers: &HeaderMap, body: &Bytes) -> Option<StatusCode> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -183,34 +201,41 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
             .map(str::to_owned)
     };
     let mut seen = s.seen.lock().expect("not poisoned");
-    let signed = header("x-wsroute-signature")
-        .is_some_and(|sig| sig == expected_signature(&s.secret, &body));
+    let signed =
+        header("x-wsroute-signature").is_some_and(|sig| sig == expected_signature(&s.secret, body));
     if !signed {
         seen.bad_signatures += 1;
-        return StatusCode::UNAUTHORIZED;
+        return Some(StatusCode::UNAUTHORIZED);
     }
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let Some((id, parsed)) = header("x-wsroute-event-id").zip(parsed) else {
         seen.bad_ids += 1;
-        return StatusCode::BAD_REQUEST;
+        return Some(StatusCode::BAD_REQUEST);
     };
     if parsed["event_id"].as_str() != Some(id.as_str()) {
         seen.bad_ids += 1;
-        return StatusCode::BAD_REQUEST;
+        return Some(StatusCode::BAD_REQUEST);
     }
     let attempt = {
         let n = seen.attempts.entry(id.clone()).or_insert(0);
         *n += 1;
         *n
     };
+    seen.arrivals
+        .entry(id.clone())
+        .or_default()
+        .push(std::time::Instant::now());
     let mode = *s.mode.lock().expect("not poisoned");
+    if mode == Mode::HangFirst && attempt == 1 {
+        return None;
+    }
     let accept = match mode {
         Mode::FailFirst => attempt > 1,
         Mode::FailAll => false,
-        Mode::Accept => true,
+        Mode::Accept | Mode::HangFirst => true,
     };
     if !accept {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return Some(StatusCode::INTERNAL_SERVER_ERROR);
     }
     match seen.accepted.entry(id) {
         std::collections::hash_map::Entry::Occupied(_) => seen.repeats += 1,
@@ -218,5 +243,5 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
             v.insert(parsed);
         }
     }
-    StatusCode::OK
+    Some(StatusCode::OK)
 }

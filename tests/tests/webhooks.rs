@@ -5,6 +5,7 @@
 //! stream exists.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use wsroute_tests::cluster::API_KEY;
@@ -568,4 +569,34 @@ async fn a_user_whose_node_dies_goes_offline_when_the_node_is_swept() {
     assert_eq!(Events::accepted(&seen), caused);
     assert_eq!(seen.repeats, 0);
     assert_eq!(c.redis.routes_of_user("hal").await, 1);
+}
+
+/// PROTOCOL 7.4: an attempt with no answer within 5 s counts as failed and is retried (with
+/// back-off). The backend hangs on the first attempt of each event: the node gives up after 5 s,
+/// tries again, and the event is accepted once.
+#[tokio::test]
+async fn an_attempt_unanswered_for_5_s_is_retried() {
+    let receiver = Receiver::start(SECRET, Mode::HangFirst).await;
+    let c = Cluster::start_with(1, |o| o.extra = flags(&receiver, &[])).await;
+    let id = push_stored(c.node(1), "erin", json!("while the backend hangs")).await;
+    wait_all_settled(&receiver, &c.redis, 1).await;
+    let seen = receiver.seen();
+    let (event, arrivals) = seen
+        .arrivals
+        .iter()
+        .find(|(event, _)| {
+            seen.accepted
+                .get(*event)
+                .is_some_and(|b| b["type"] == "message.stored" && b["id"] == id.as_str())
+        })
+        .expect("the message.stored event was accepted");
+    assert_eq!(arrivals.len(), 2, "{event}: one hung attempt, one retry");
+    let waited = arrivals[1] - arrivals[0];
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(15),
+        "retried {waited:?} after the hung attempt (5 s timeout, then the back-off)"
+    );
+    assert_eq!(seen.repeats, 0);
+    let nodes = [c.node(1)];
+    assert!(total(&nodes, "wsroute_webhook_failed_total").await >= 1.0);
 }
