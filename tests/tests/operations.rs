@@ -642,3 +642,38 @@ async fn the_node_id_defaults_to_the_hostname_and_dev_auth_is_announced() {
         "dev auth is announced as a warning: {text}"
     );
 }
+
+/// PROTOCOL 5: a drain hands its clients over in waves, so that they do not all reconnect at the
+/// same instant: 20 clients get their `reconnect` spread over the ten waves, 200 ms apart
+/// (about 1.8 s from the first to the last), not in one burst.
+#[tokio::test]
+async fn a_drain_hands_clients_over_in_waves() {
+    let c = Cluster::start(2).await;
+    let mut waiting = Vec::new();
+    for i in 0..20 {
+        let mut client = Client::connect(&c.node(2).ws_user(&format!("wave{i}"))).await;
+        client.frames_until_pong().await;
+        waiting.push(tokio::spawn(async move {
+            client.expect_type("reconnect").await;
+            std::time::Instant::now()
+        }));
+    }
+    c.node(2).terminate();
+    let mut at = Vec::new();
+    for w in waiting {
+        at.push(w.await.expect("the reader ends"));
+    }
+    at.sort();
+    let spread = at[at.len() - 1] - at[0];
+    // Groups: arrivals more than 100 ms after the one before start a new group.
+    let groups = 1 + at
+        .windows(2)
+        .filter(|w| w[1] - w[0] > Duration::from_millis(100))
+        .count();
+    assert!(
+        // (A busy test machine can merge neighbouring waves as read here; one burst would be
+        // one group within milliseconds.)
+        spread >= Duration::from_secs(1) && groups >= 3,
+        "reconnects spread over {spread:?} in {groups} groups"
+    );
+}
